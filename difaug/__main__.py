@@ -1,0 +1,3 @@
+from difaug.cli import main
+
+main()

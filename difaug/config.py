@@ -1,0 +1,183 @@
+"""One resolved job configuration: defaults < YAML file < CLI flags.
+
+Two halves, because they play different roles in a resumable run:
+- `JobConfig` says *what* is produced. It is fingerprinted into the plan; a rerun with a different
+  one into the same run directory is refused.
+- `RuntimeConfig` says *how* it is produced (cluster, device, batch size, retries). It may change
+  between a run and its resume: the images do not depend on it beyond floating-point tolerance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+CONDITIONS = ("seg", "hed", "scribble")
+CONDITION_STYLES = ("diffss", "upstream")
+SCHEDULERS = ("unipc", "ddim", "euler", "euler_a", "dpmpp_2m", "pndm", "lcm")
+CLUSTERS = ("sync", "local", "cuda", "slurm")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_CONTROLNETS = {c: f"lllyasviel/sd-controlnet-{c}" for c in CONDITIONS}
+DEFAULT_HED_WEIGHTS = "lllyasviel/Annotators"
+DEFAULT_PROMPT = "a real shot photo of {class_name}, best quality, extremely detailed"
+DEFAULT_NEGATIVE_PROMPT = (
+    "longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, "
+    "cropped, worst quality, low quality, artwork"
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key and the allowed values."""
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything that decides the bytes of the output."""
+
+    condition: str = "hed"
+    condition_style: str = "diffss"
+    num_aux: int = 4
+    seed: int = 0
+    resolution: int = 512
+    # `model` may name a folder made by `difaug models make-tiny` (a bundle of all weights);
+    # base_model / controlnet / hed_weights override single parts. controlnet "" = the default
+    # for the condition.
+    model: str = ""
+    base_model: str = DEFAULT_BASE_MODEL
+    controlnet: str = ""
+    hed_weights: str = DEFAULT_HED_WEIGHTS
+    scheduler: str = "unipc"
+    steps: int = 20
+    guidance_scale: float = 9.0
+    controlnet_scale: float = 1.0
+    prompt_template: str = DEFAULT_PROMPT
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    lcm_lora: str = ""
+    image_format: str = "png"
+    jpeg_quality: int = 95
+    shard_size: int = 64
+
+    def validate(self) -> JobConfig:
+        _choice("condition", self.condition, CONDITIONS)
+        _choice("condition_style", self.condition_style, CONDITION_STYLES)
+        _choice("scheduler", self.scheduler, SCHEDULERS)
+        _choice("image_format", self.image_format, ("png", "jpeg"))
+        for name in ("num_aux", "steps", "shard_size", "resolution"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.resolution % 64:
+            raise ConfigError(f"resolution must be a multiple of 64, got {self.resolution}")
+        if "{class_name}" not in self.prompt_template:
+            raise ConfigError("prompt_template must contain {class_name}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be in [0, 2**63), got {self.seed}")
+        return self
+
+    @property
+    def controlnet_id(self) -> str:
+        return self.controlnet or DEFAULT_CONTROLNETS[self.condition]
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How the job runs; free to change between a run and its resume."""
+
+    cluster: str = "local"
+    scheduler_address: str = ""
+    workers: int = 1
+    threads_per_worker: int = 1
+    retries: int = 2
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 8
+    compile: bool = False
+    offload: bool = False
+    progress: bool = True
+    # dask-jobqueue SLURMCluster keyword arguments (queue, account, cores, memory, walltime,
+    # job_extra_directives, …), straight from the YAML's `slurm:` section.
+    slurm: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> RuntimeConfig:
+        _choice("cluster", self.cluster, CLUSTERS)
+        _choice("dtype", self.dtype, DTYPES)
+        if self.workers < 1 or self.batch_size < 1 or self.retries < 0:
+            raise ConfigError("workers and batch_size must be >= 1, retries >= 0")
+        return self
+
+
+@dataclass(frozen=True)
+class Job:
+    """A whole job: inputs, outputs and both halves of the configuration."""
+
+    manifest: str
+    out: str
+    config: JobConfig = field(default_factory=JobConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    overwrite: bool = False
+    limit: int = 0  # generate for the first N rows only (0 = all); part of the plan
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not one of: {', '.join(allowed)}")
+
+
+_JOB_KEYS = {f.name for f in fields(JobConfig)}
+_RUNTIME_KEYS = {f.name for f in fields(RuntimeConfig)}
+_TOP_KEYS = {"manifest", "out", "overwrite", "limit"}
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML job file into a flat dict of known keys (an `execution:` section is flattened)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of keys to values")
+    flat = dict(data)
+    flat.update(flat.pop("execution", None) or {})
+    unknown = sorted(set(flat) - _JOB_KEYS - _RUNTIME_KEYS - _TOP_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key(s) {', '.join(unknown)}; known keys: "
+            f"{', '.join(sorted(_JOB_KEYS | _RUNTIME_KEYS | _TOP_KEYS))}"
+        )
+    return flat
+
+
+def resolve_job(config_file: str | Path | None = None, **overrides: Any) -> Job:
+    """Defaults < YAML file < `overrides` (CLI flags; `None` means "not given")."""
+    values: dict[str, Any] = load_yaml(config_file) if config_file else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = sorted(set(values) - _JOB_KEYS - _RUNTIME_KEYS - _TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+    if not values.get("manifest"):
+        raise ConfigError("no manifest given: pass --manifest FILE or set `manifest:` in the config file")
+    if not values.get("out"):
+        raise ConfigError("no output folder given: pass --out DIR or set `out:` in the config file")
+    job_cfg = JobConfig(**{k: v for k, v in values.items() if k in _JOB_KEYS}).validate()
+    runtime = RuntimeConfig(**{k: v for k, v in values.items() if k in _RUNTIME_KEYS}).validate()
+    return Job(
+        manifest=str(values["manifest"]),
+        out=str(values["out"]),
+        config=job_cfg,
+        runtime=runtime,
+        overwrite=bool(values.get("overwrite", False)),
+        limit=int(values.get("limit", 0) or 0),
+    )
+
+
+def with_changes(cfg: JobConfig, **changes: Any) -> JobConfig:
+    return replace(cfg, **changes).validate()
