@@ -1,0 +1,29 @@
+"""Fixtures shared across test modules. Area-specific helpers live in their own `tests/_*.py` modules."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never touch the network: any hub lookup fails fast instead of hanging.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_MANIFEST = REPO / "manifests" / "demo" / "manifest.csv"
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random SD1.5 + ControlNet (hed, seg, scribble) + HED bundle, built once per session."""
+    from difaug.models import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+def demo_manifest() -> Path:
+    return DEMO_MANIFEST
