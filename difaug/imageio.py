@@ -50,14 +50,26 @@ def exists(path: str | Path) -> bool:
     return Path(path.removeprefix("file://")).is_file()
 
 
+def decode_error(source: str, e: BaseException) -> ImageReadError:
+    """The `ImageReadError` for a file PIL could not decode."""
+    # PIL names the in-memory buffer (`<_io.BytesIO object at 0x…>`): say what it means instead.
+    detail = "not an image file, or a format PIL cannot read" if isinstance(e, UnidentifiedImageError) else e
+    return ImageReadError(f"cannot decode {source}: {detail}")
+
+
+def error_reason(e: BaseException, path: str | Path) -> str:
+    """An `ImageReadError` message without the file name, for tables that show the file already."""
+    return str(e).replace(f" {path}:", ":").replace(f" {path}", "")
+
+
 def _open(data: bytes | str | Path, what: str) -> Image.Image:
     source = str(data) if not isinstance(data, bytes) else what
     raw = data if isinstance(data, bytes) else read_bytes(data)
     try:
         img = Image.open(io.BytesIO(raw))
         img.load()  # truncated files fail here, not later in a worker
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ImageReadError(f"cannot decode {source}: {e}") from e
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as e:
+        raise decode_error(source, e) from e
     return img
 
 
@@ -72,9 +84,81 @@ def probe(path: str | Path) -> tuple[int, int, str]:
                 return img.width, img.height, img.mode
     except FileNotFoundError as e:
         raise ImageReadError(f"file not found: {path}") from e
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ImageReadError(f"cannot decode {path}: {e}") from e
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as e:
+        raise decode_error(path, e) from e
     return img.width, img.height, img.mode
+
+
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+_JPEG_EOI = b"\xff\xd9"
+
+
+def _looks_complete(fmt: str | None, tail: bytes) -> bool | None:
+    """Whether a file's last bytes hold its format's end marker; `None` when the format has none we know.
+
+    A truncated download or copy loses its end marker, so this catches most broken files without
+    decoding any pixels. Valid files with trailing junk fail it too; callers then decode to be sure."""
+    tail = tail.rstrip(b"\x00\r\n\t ")
+    if fmt == "JPEG":
+        return tail.endswith(_JPEG_EOI)
+    if fmt == "PNG":
+        return tail.endswith(_PNG_IEND)
+    return None
+
+
+def check_image_file(path: str | Path, *, deep: bool = False) -> tuple[int, int, str]:
+    """`(width, height, mode)` of an image file that exists and is complete, else `ImageReadError`.
+
+    Default: header + end-marker check (JPEG EOI, PNG IEND), which finds truncated files at header
+    cost; a file without the marker, or of another format, is fully decoded to decide. `deep=True`
+    always decodes every pixel (finds corruption inside otherwise complete files)."""
+    path = str(path)
+    try:
+        if is_url(path):
+            raw = read_bytes(path)
+            fh: io.IOBase = io.BytesIO(raw)
+            tail = raw[-64:]
+        else:
+            local = path.removeprefix("file://")
+            fh = open(local, "rb")  # noqa: SIM115 - closed in finally, PIL needs it open for load()
+            size = fh.seek(0, io.SEEK_END)
+            fh.seek(max(0, size - 64))
+            tail = fh.read()
+            fh.seek(0)
+    except FileNotFoundError as e:
+        raise ImageReadError(f"file not found: {path}") from e
+    except OSError as e:
+        raise ImageReadError(f"cannot read {path}: {e}") from e
+    try:
+        img = Image.open(fh)
+        width, height, mode = img.width, img.height, img.mode
+        if deep or not _looks_complete(img.format, tail):
+            img.load()  # truncated or corrupt data raises here
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
+        raise decode_error(path, e) from e
+    finally:
+        fh.close()
+    return width, height, mode
+
+
+def value_counts(mask: np.ndarray) -> dict[int, int]:
+    """`{pixel value: pixel count}` of a mask, values ascending.
+
+    8-bit masks go through OpenCV's histogram: about 2x faster than `np.bincount` (which first
+    widens every pixel to int64) and it releases the GIL, so a thread pool scales. Its float32 bins
+    are exact below 2**24 pixels; larger masks take the numpy path."""
+    arr = np.asarray(mask)
+    if arr.dtype == np.uint8 and arr.ndim == 2 and arr.size < 2**24:
+        import cv2
+
+        counts = cv2.calcHist([np.ascontiguousarray(arr)], [0], None, [256], [0, 256]).ravel()
+        return {int(v): int(counts[v]) for v in np.flatnonzero(counts)}
+    flat = arr.ravel()
+    if flat.dtype == np.uint8:
+        counts = np.bincount(flat, minlength=256)
+        return {int(v): int(counts[v]) for v in np.flatnonzero(counts)}
+    values, counts = np.unique(flat, return_counts=True)
+    return {int(v): int(c) for v, c in zip(values, counts, strict=True)}
 
 
 def to_rgb(img: Image.Image) -> np.ndarray:

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path, PurePosixPath
 
+import numpy as np
+
 from difaug import imageio
 
 REQUIRED_COLUMNS = ("image", "mask", "class_id", "class_name")
@@ -102,13 +104,17 @@ def resolve_path(value: str, base: str) -> str:
 def _read_records(path: str) -> Iterator[dict]:
     lower = path.lower()
     if lower.endswith(".parquet"):
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = (
-            pq.read_table(path)
-            if not imageio.is_url(path)
-            else pq.read_table(io.BytesIO(imageio.read_bytes(path)))
-        )
+        try:
+            table = (
+                pq.read_table(path)
+                if not imageio.is_url(path)
+                else pq.read_table(io.BytesIO(imageio.read_bytes(path)))
+            )
+        except (pa.ArrowException, OSError, imageio.ImageReadError) as e:
+            raise ManifestError(f"{path}: not a readable Parquet file: {e}") from e
         yield from table.to_pylist()
         return
     try:
@@ -222,26 +228,162 @@ MANIFEST_COLUMNS = (
 
 
 def write_manifest(rows: Sequence[dict], out: str | Path) -> None:
-    """Write manifest rows (dicts with the DESIGN columns) as CSV, JSONL or Parquet by extension."""
+    """Write manifest rows (dicts with the DESIGN columns) as CSV/TSV, JSONL or Parquet by extension.
+
+    Column order is `MANIFEST_COLUMNS`; a missing or `None` value is an empty cell in CSV, `null` for
+    `fold` in JSONL and Parquet (where `class_id` and `fold` are int64, the rest strings)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    clean = [{c: ("" if r.get(c) is None else r.get(c)) for c in MANIFEST_COLUMNS} for r in rows]
     suffix = out.suffix.lower()
+    if suffix not in (".parquet", ".jsonl", ".ndjson", ".csv", ".tsv"):
+        raise ManifestError(f"{out}: unknown manifest format; use .csv, .tsv, .jsonl or .parquet")
+    clean = [{c: ("" if r.get(c) is None else r.get(c)) for c in MANIFEST_COLUMNS} for r in rows]
+    for r in clean:
+        r["fold"] = None if r["fold"] == "" else int(r["fold"])
+    out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        schema = pa.schema(
+            [(c, pa.int64() if c in ("class_id", "fold") else pa.string()) for c in MANIFEST_COLUMNS]
+        )
         for r in clean:
-            r["fold"] = None if r["fold"] == "" else int(r["fold"])
-        pq.write_table(pa.Table.from_pylist(clean), out)
+            r["class_id"] = int(r["class_id"])
+            for c in MANIFEST_COLUMNS:
+                if c not in ("class_id", "fold"):
+                    r[c] = str(r[c])
+        pq.write_table(pa.Table.from_pylist(clean, schema=schema), out)
     elif suffix in (".jsonl", ".ndjson"):
         out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in clean), encoding="utf-8")
-    elif suffix in (".csv", ".tsv"):
+    else:
         with out.open("w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(
                 fh, fieldnames=MANIFEST_COLUMNS, delimiter="\t" if suffix == ".tsv" else ","
             )
             writer.writeheader()
-            writer.writerows(clean)
-    else:
-        raise ManifestError(f"{out}: unknown manifest format; use .csv, .tsv, .jsonl or .parquet")
+            writer.writerows({**r, "fold": "" if r["fold"] is None else r["fold"]} for r in clean)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Validation
+
+
+@dataclass(frozen=True)
+class _FileCheck:
+    """One file's check: what a row needs to know about it, or why it is unusable."""
+
+    error: str = ""
+    width: int = 0
+    height: int = 0
+    missing: dict[int, str] | None = None  # masks only: class id → "values present" text, if absent
+
+
+def _check_file(kind: str, path: str, deep: bool, class_ids: frozenset[int] = frozenset()) -> _FileCheck:
+    try:
+        if not imageio.exists(path):
+            return _FileCheck(error="file not found")
+        if kind == "image":
+            width, height, _ = imageio.check_image_file(path, deep=deep)
+            return _FileCheck(width=width, height=height)
+        # Masks are always decoded: only their pixels can show that the row's class is there.
+        mask = imageio.load_mask(path)
+    except imageio.ImageReadError as e:
+        return _FileCheck(error=imageio.error_reason(e, path))
+    except OSError as e:  # fsspec / network errors
+        return _FileCheck(error=f"cannot read: {e}")
+    except Exception as e:  # one odd file must not hide the report on all the others
+        return _FileCheck(error=f"unexpected {type(e).__name__}: {e}")
+    # One comparison per class the rows need is ~30x cheaper than a full histogram, which is only
+    # worth computing for the message when a class is absent.
+    absent = [c for c in sorted(class_ids) if not np.count_nonzero(mask == c)]
+    values = _values_text(imageio.value_counts(mask)) if absent else ""
+    return _FileCheck(width=mask.shape[1], height=mask.shape[0], missing=dict.fromkeys(absent, values))
+
+
+def _values_text(counts: dict[int, int], limit: int = 8) -> str:
+    values = list(counts)
+    text = ", ".join(str(v) for v in values[:limit])
+    return text + (f", … ({len(values)} values)" if len(values) > limit else "")
+
+
+_COLUMN_ORDER = {c: i for i, c in enumerate(("", *MANIFEST_COLUMNS))}
+
+
+def validate_manifest(
+    manifest: Manifest, *, deep: bool = False, progress: bool = False, workers: int | None = None
+) -> list[RowProblem]:
+    """Every problem of every row, before any GPU time is spent, sorted by row.
+
+    Checked: the rows `read_manifest` could not normalise; unique sample_id (each duplicate row names
+    the others); class_id neither 0 (background) nor 255 (ignore); image and mask exist and decode;
+    same width × height; the mask holds at least one pixel == class_id. Images are checked at
+    header cost plus an end-marker test that finds truncated files (`deep=True`: full decode);
+    masks are always decoded. Each distinct file is read once, on a thread pool."""
+    from difaug.datasets.common import parallel_map  # here: datasets imports this module
+
+    problems = list(manifest.problems)
+    samples = manifest.samples
+    if not samples and not problems:
+        problems.append(RowProblem(0, "", manifest.path, "manifest has no rows"))
+    rows_by_id: dict[str, list[int]] = {}
+    for s in samples:
+        rows_by_id.setdefault(s.sample_id, []).append(s.row)
+    for s in samples:
+        others = [r for r in rows_by_id[s.sample_id] if r != s.row]
+        if others:
+            also = ", ".join(str(r) for r in others)
+            problems.append(
+                RowProblem(s.row, "sample_id", "", f"duplicate sample_id (also row {also})", s.sample_id)
+            )
+        if s.class_id == IGNORE_VALUE:
+            problems.append(
+                RowProblem(
+                    s.row, "class_id", "", "class_id 255 is the ignore value, not a class", s.sample_id
+                )
+            )
+        elif s.class_id <= 0:
+            why = "is background, not a class" if s.class_id == 0 else "must be a positive pixel value"
+            problems.append(RowProblem(s.row, "class_id", "", f"class_id {s.class_id} {why}", s.sample_id))
+
+    wanted: dict[str, set[int]] = {}
+    for s in samples:
+        if s.class_id not in (0, IGNORE_VALUE):
+            wanted.setdefault(s.mask, set()).add(s.class_id)
+    tasks = list(dict.fromkeys([("image", s.image) for s in samples] + [("mask", s.mask) for s in samples]))
+    results = parallel_map(
+        lambda t: _check_file(t[0], t[1], deep, frozenset(wanted.get(t[1], ()) if t[0] == "mask" else ())),
+        tasks,
+        workers=workers,
+        progress=progress,
+        label="validating",
+    )
+    checks = dict(zip(tasks, results, strict=True))
+    for s in samples:
+        image, mask = checks[("image", s.image)], checks[("mask", s.mask)]
+        if image.error:
+            problems.append(RowProblem(s.row, "image", s.image, image.error, s.sample_id))
+        if mask.error:
+            problems.append(RowProblem(s.row, "mask", s.mask, mask.error, s.sample_id))
+            continue
+        if not image.error and (image.width, image.height) != (mask.width, mask.height):
+            problems.append(
+                RowProblem(
+                    s.row,
+                    "mask",
+                    s.mask,
+                    f"mask is {mask.width}×{mask.height} but image is {image.width}×{image.height}",
+                    s.sample_id,
+                )
+            )
+        if mask.missing and s.class_id in mask.missing:
+            problems.append(
+                RowProblem(
+                    s.row,
+                    "class_id",
+                    s.mask,
+                    f"mask has no pixel == {s.class_id} (values: {mask.missing[s.class_id]})",
+                    s.sample_id,
+                )
+            )
+    problems.sort(key=lambda p: (p.row, _COLUMN_ORDER.get(p.column, 99)))
+    return problems

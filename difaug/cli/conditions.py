@@ -1,10 +1,104 @@
-"""`difaug conditions` — placeholder until its issue lands."""
+"""`difaug conditions`: compute the ControlNet conditions of a manifest and write them as PNGs."""
 
 from __future__ import annotations
 
-from difaug.cli._common import fail
+from pathlib import Path
+
+import typer
+
+from difaug.cli._common import console, err_console, fail
+
+CONDITION_CHOICES = ("seg", "hed", "scribble")
 
 
-def conditions() -> None:
-    """Not implemented yet."""
-    fail("difaug conditions is not implemented yet")
+def conditions(
+    manifest: Path = typer.Option(..., "--manifest", "-m", help="Manifest file (.csv/.jsonl/.parquet)."),
+    condition: str = typer.Option(
+        "hed", "--condition", "-c", help="Condition: seg, hed or scribble.", show_default=True
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the PNGs and contact sheet."),
+    limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="Only the first N rows."),
+    hed_weights: str = typer.Option(
+        "lllyasviel/Annotators",
+        "--hed-weights",
+        help="HED weights: hub repo id, a folder holding ControlNetHED.pth, or the file itself.",
+    ),
+    resolution: int = typer.Option(512, "--resolution", min=64, help="Short side of the working size."),
+    condition_style: str = typer.Option(
+        "diffss", "--condition-style", help="diffss (masked, as DifFSS) or upstream (ControlNet annotator)."
+    ),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Samples per HED forward pass."),
+    device: str | None = typer.Option(None, "--device", help="cuda, cuda:1, cpu (default: CUDA if present)."),
+) -> None:
+    """Write each sample's condition (at the ControlNet working size) to OUT/{sample_id}.png, plus
+    OUT/contact_sheet.png (support | mask overlay | condition per row). Exit code 1 if any row failed.
+
+    Example:
+
+        difaug conditions --manifest manifests/demo/manifest.csv --condition hed --out previews/hed
+    """
+    if condition not in CONDITION_CHOICES:
+        fail(f"unknown condition {condition!r}; use one of {', '.join(CONDITION_CHOICES)}")
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from difaug.conditions import ConditionError, make_condition
+    from difaug.conditions.preview import write_conditions
+    from difaug.conditions.seg import FALLBACK_COLOUR
+    from difaug.manifest import ManifestError, read_manifest
+
+    try:
+        mf = read_manifest(manifest)
+    except ManifestError as e:
+        fail(str(e))
+    samples = mf.samples
+    problems = [p for p in mf.problems if limit is None or p.row <= limit]
+    if limit is not None:
+        samples = [s for s in samples if s.row <= limit]
+    try:
+        cond = make_condition(
+            condition,
+            style=condition_style,
+            resolution=resolution,
+            hed_weights=hed_weights,
+            device=device,
+            batch_size=batch_size,
+        )
+    except ConditionError as e:
+        fail(str(e))
+
+    with Progress(
+        TextColumn(f"[bold]{condition}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(condition, total=len(samples))
+        result = write_conditions(
+            samples,
+            cond,
+            out,
+            batch_size=batch_size,
+            on_progress=lambda n: progress.advance(task, n),
+        )
+
+    problems = sorted([*problems, *result.problems], key=lambda p: p.row)
+    console.print(
+        f"wrote {len(result.written)} {condition} condition(s) ({condition_style}, resolution "
+        f"{resolution}) to {out}; contact sheet {result.sheet}",
+        highlight=False,
+    )
+    for name, count in sorted(result.fallbacks.items()):
+        console.print(
+            f"[yellow]note:[/] class {name!r} has no ADE20K mapping; {count} sample(s) use the fallback "
+            f"colour {FALLBACK_COLOUR}",
+            highlight=False,
+        )
+    for p in problems:
+        where = f"{p.file}: " if p.file else ""
+        err_console.print(f"[red]row {p.row}[/] ({p.column}) {where}{p.reason}", highlight=False)
+    if problems:
+        err_console.print(f"[bold red]{len(problems)} row(s) failed[/]", highlight=False)
+        raise typer.Exit(1)

@@ -1,10 +1,86 @@
-"""`difaug export` — placeholder until its issue lands."""
+"""`difaug export`: a run's auxiliary images as files where an external FSS trainer reads them."""
 
 from __future__ import annotations
 
-from difaug.cli._common import fail
+from pathlib import Path
+
+import typer
+
+from difaug.cli._common import console, err_console, fail
 
 
-def export() -> None:
-    """Not implemented yet."""
-    fail("difaug export is not implemented yet")
+def export(
+    run: Path = typer.Argument(..., help="Run directory written by `difaug generate`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the files into (BAM: aux_data_dir)."),
+    layout: str = typer.Option(
+        "diffss-bam",
+        "--layout",
+        "-l",
+        help="diffss-bam: {stem}_{class_id}_{k}.jpg (COCO: {train2014|val2014}/…), as DifFSS-BAM "
+        "reads them; folder: {class_name}/{sample_id}_{k}.png.",
+        show_default=True,
+    ),
+    image_format: str | None = typer.Option(
+        None, "--format", help="jpg or png (default: jpg for diffss-bam, as DifFSS saved; png for folder)."
+    ),
+    quality: int = typer.Option(
+        95, "--quality", min=1, max=100, help="JPEG quality when re-encoding (JPEG shards are copied as is)."
+    ),
+    workers: int = typer.Option(2, "--workers", min=1, help="Threads encoding and writing files."),
+    strict: bool = typer.Option(
+        False, "--strict", help="Exit with code 1 if any support lacks some of its X images."
+    ),
+    show: int = typer.Option(20, "--show", min=0, help="List at most N incomplete supports."),
+) -> None:
+    """Write one file per auxiliary image and report coverage: which supports got all X images,
+    which did not, and why. Re-running rewrites nothing that is already right. The DifFSS BAM
+    loader silently uses the real support when a file is missing, so read the coverage report
+    (also saved as OUT/difaug-export.json).
+
+    Example:
+
+        difaug export runs/pascal5i-fold0-hed --layout diffss-bam --out BAM/aux/pascal-hed/
+    """
+    from rich.table import Table
+
+    from difaug.adapters.export import LAYOUTS, ExportError, export_run
+    from difaug.adapters.run import RunError
+    from difaug.adapters.safe_names import UnsafePathError
+
+    if layout not in LAYOUTS:
+        fail(f"unknown layout {layout!r}; use one of: {', '.join(LAYOUTS)}")
+    try:
+        result = export_run(run, out, layout, image_format=image_format, quality=quality, workers=workers)
+    except (ExportError, RunError, UnsafePathError) as e:
+        fail(str(e))
+
+    console.print(
+        f"[bold]{result.files}[/] files in [bold]{result.out}[/] ({layout}, {result.image_format}): "
+        f"{result.written} written, {result.unchanged} already up to date."
+    )
+    x = result.expected_per_support
+    console.print(
+        f"supports: {result.supports}  ·  complete ({x}/{x}): [green]{result.complete}[/]  ·  "
+        f"incomplete: [red]{len(result.incomplete)}[/]  ·  not generated yet: {result.not_generated}"
+    )
+    if result.incomplete and show:
+        table = Table(title="supports without all their aux images", title_justify="left")
+        for col in ("sample_id", "row", "have", "why"):
+            table.add_column(col, overflow="fold")
+        for s in result.incomplete[:show]:
+            table.add_row(s.sample_id, str(s.row or ""), f"{s.have}/{s.expected}", "; ".join(s.reasons))
+        console.print(table)
+        if len(result.incomplete) > show:
+            console.print(f"… and {len(result.incomplete) - show} more (see {result.out}/difaug-export.json)")
+    for shard in result.unfinished_shards:
+        console.print(
+            f"shard {shard['name']} (manifest rows {shard['start']}–{shard['stop'] - 1}) has not finished: "
+            "run `difaug generate` again with the same arguments to complete it"
+        )
+    if layout == "diffss-bam" and (result.incomplete or result.not_generated):
+        err_console.print(
+            "[yellow]note:[/] DifFSS-BAM silently falls back to the real support image for every "
+            "missing file listed above."
+        )
+    if strict and (result.incomplete or result.not_generated):
+        raise typer.Exit(1)

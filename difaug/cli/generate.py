@@ -1,10 +1,90 @@
-"""`difaug generate` — placeholder until its issue lands."""
+"""`difaug generate`: run (or resume) a generation job into a run directory of Parquet shards."""
 
 from __future__ import annotations
 
-from difaug.cli._common import fail
+from pathlib import Path
+
+import typer
+
+from difaug.cli._common import console, fail
+
+_EXECUTION = "Execution (may change between a run and its resume)"
+_JOB = "What is generated (a rerun must match)"
 
 
-def generate() -> None:
-    """Not implemented yet."""
-    fail("difaug generate is not implemented yet")
+def _opt(flag: str, help: str, panel: str = _JOB, **kw: object) -> typer.models.OptionInfo:
+    # Every flag defaults to None = "not given", so the YAML file's value (or the default) stands.
+    return typer.Option(None, flag, help=help, rich_help_panel=panel, **kw)
+
+
+def generate(
+    config: Path | None = typer.Option(None, "--config", help="YAML job file; flags override its keys."),
+    manifest: str | None = typer.Option(None, "--manifest", "-m", help="Manifest (.csv/.jsonl/.parquet)."),
+    out: str | None = typer.Option(None, "--out", "-o", help="Run directory (plan, shards/, stats/)."),
+    condition: str | None = _opt("--condition", "seg, hed or scribble."),
+    condition_style: str | None = _opt("--condition-style", "diffss (as the paper) or upstream."),
+    num_aux: int | None = _opt("--num-aux", "Auxiliary images per support sample."),
+    seed: int | None = _opt("--seed", "Job seed; each image's seed derives from it."),
+    resolution: int | None = _opt("--resolution", "Working short side (multiple of 64)."),
+    model: str | None = _opt("--model", "Model bundle: a folder made by `difaug models make-tiny`."),
+    base_model: str | None = _opt("--base-model", "SD1.5 hub id or diffusers folder."),
+    controlnet: str | None = _opt("--controlnet", "ControlNet hub id or folder (default: per condition)."),
+    hed_weights: str | None = _opt("--hed-weights", "HED weights: hub repo, folder or ControlNetHED.pth."),
+    scheduler: str | None = _opt("--scheduler", "unipc, ddim, euler, euler_a, dpmpp_2m, pndm, lcm."),
+    steps: int | None = _opt("--steps", "Denoising steps."),
+    guidance_scale: float | None = _opt("--guidance-scale", "Classifier-free guidance scale."),
+    controlnet_scale: float | None = _opt("--controlnet-scale", "ControlNet conditioning scale."),
+    prompt_template: str | None = _opt("--prompt-template", "Prompt with {class_name}."),
+    negative_prompt: str | None = _opt("--negative-prompt", "Negative prompt."),
+    lcm_lora: str | None = _opt("--lcm-lora", "LCM-LoRA id or folder (4-8 steps)."),
+    image_format: str | None = _opt("--image-format", "png or jpeg for the aux images."),
+    jpeg_quality: int | None = _opt("--jpeg-quality", "JPEG quality (image-format jpeg)."),
+    shard_size: int | None = _opt("--shard-size", "Manifest rows per shard (one Dask task each)."),
+    limit: int | None = _opt("--limit", "Only the first N manifest rows (part of the plan)."),
+    batch_size: int | None = _opt("--batch-size", "Images per generator call.", _EXECUTION),
+    cluster: str | None = _opt("--cluster", "sync, local, cuda or slurm.", _EXECUTION),
+    scheduler_address: str | None = _opt(
+        "--scheduler-address", "Use a running Dask scheduler, e.g. tcp://host:8786.", _EXECUTION
+    ),
+    workers: int | None = _opt(
+        "--workers", "Worker processes (local, slurm; cuda: one per GPU).", _EXECUTION
+    ),
+    threads_per_worker: int | None = _opt(
+        "--threads-per-worker", "Torch CPU threads per worker.", _EXECUTION
+    ),
+    retries: int | None = _opt("--retries", "Retries of a failed shard task.", _EXECUTION),
+    device: str | None = _opt("--device", "auto, cpu, cuda, cuda:1 …", _EXECUTION),
+    dtype: str | None = _opt("--dtype", "auto, float32, float16, bfloat16.", _EXECUTION),
+    compile: bool | None = _opt("--compile/--no-compile", "torch.compile the UNet.", _EXECUTION),
+    offload: bool | None = _opt("--offload/--no-offload", "CPU offload (small GPUs).", _EXECUTION),
+    progress: bool | None = _opt("--progress/--no-progress", "Show the progress bar.", _EXECUTION),
+    overwrite: bool | None = _opt(
+        "--overwrite/--no-overwrite", "Delete OUT's shards and start over.", _EXECUTION
+    ),
+) -> None:
+    """Generate auxiliary images for every manifest row into OUT (resumable: a rerun does only
+    the shards without a completion marker). Exit code 0 when every row is done, 1 when some rows
+    failed (listed in OUT/summary.json), 2 when the job cannot start.
+
+    Example:
+
+        difaug generate --config pipelines/demo.yaml --model models/tiny --out runs/demo
+    """
+    flags = dict(locals())  # first statement: exactly the parameters
+    config_file = flags.pop("config")
+    from difaug.config import ConfigError, resolve_job
+    from difaug.manifest import ManifestError
+    from difaug.models import ModelLoadError
+    from difaug.plan import PlanError
+
+    try:
+        job = resolve_job(config_file, **flags)
+        from difaug.runner import run
+
+        summary = run(job, console=console)
+    except (ConfigError, ManifestError, PlanError, ModelLoadError) as e:
+        from rich.markup import escape
+
+        fail(escape(str(e)))  # messages hold literal brackets: pip install 'difaug[cuda]'
+
+    raise typer.Exit(0 if summary.ok else 1)

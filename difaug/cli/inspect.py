@@ -1,10 +1,118 @@
-"""`difaug inspect` — placeholder until its issue lands."""
+"""`difaug inspect`: counts, timings, failures, config and a contact sheet of a run."""
 
 from __future__ import annotations
 
-from difaug.cli._common import fail
+import json
+from pathlib import Path
+
+import typer
+
+from difaug.cli._common import console, fail
 
 
-def inspect() -> None:
-    """Not implemented yet."""
-    fail("difaug inspect is not implemented yet")
+def _num(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def inspect(
+    run: Path = typer.Argument(..., help="Run directory written by `difaug generate`."),
+    sheet: Path | None = typer.Option(
+        None, "--sheet", help="Write a contact sheet PNG: support | mask | condition | aux 1..X per row."
+    ),
+    html: Path | None = typer.Option(
+        None, "--html", help="Write a self-contained HTML page (images embedded)."
+    ),
+    max_samples: int = typer.Option(
+        8, "--max-samples", "-n", min=1, help="Samples on the sheet/page (a fixed, hash-spread choice)."
+    ),
+    thumb: int = typer.Option(128, "--thumb", min=16, help="Cell size of the contact sheet, pixels."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of tables."),
+    show: int = typer.Option(20, "--show", min=0, help="List at most N failed rows and shards."),
+) -> None:
+    """Print what a run holds: rows, samples, classes, failures by reason; images/s overall and per
+    shard, GPU-seconds; disk use; the job config. Optionally draw a contact sheet and an HTML page.
+
+    Example:
+
+        difaug inspect runs/demo --sheet runs/demo/contact_sheet.png --html runs/demo/index.html
+    """
+    from rich.table import Table
+
+    from difaug import report as rpt
+    from difaug.adapters.run import RunError
+
+    try:
+        rep = rpt.summarise(run)
+    except RunError as e:
+        fail(str(e))
+
+    if sheet or html:
+        rows = rpt.sheet_rows(run, max_samples)
+        if sheet:
+            rpt.write_sheet(sheet, rows, rep.num_aux, thumb)
+        if html:
+            rpt.write_html(html, rep, rows)
+    if as_json:
+        console.print_json(json.dumps(rep.to_dict(), default=str))
+        return
+
+    totals = Table(title=f"run {rep.run_dir}", title_justify="left", show_header=False)
+    totals.add_column(style="bold")
+    totals.add_column()
+    for k, v in (
+        ("manifest rows (planned)", rep.manifest_rows),
+        ("aux images", rep.rows),
+        ("samples with images", f"{rep.samples}  (X = {rep.num_aux} each)"),
+        ("classes", len(rep.classes)),
+        ("failed rows", len(rep.failures)),
+        ("shards finished / planned", f"{rep.shards_done} / {rep.shards_planned}"),
+        ("disk: run dir / shards", f"{rpt.human_bytes(rep.disk_bytes)} / {rpt.human_bytes(rep.shard_bytes)}"),
+        ("wall time", f"{_num(rep.wall_seconds, 1)} s"),
+        ("images/s overall", _num(rep.images_per_s)),
+        ("GPU-seconds (generate)", _num(rep.device_seconds, 1)),
+        ("seconds by stage", ", ".join(f"{k} {v:,.1f}" for k, v in rep.stage_seconds.items()) or "–"),
+    ):
+        totals.add_row(k, "–" if v is None else str(v))
+    console.print(totals)
+
+    cfg = Table(title="config", title_justify="left", show_header=False)
+    cfg.add_column(style="bold")
+    cfg.add_column(overflow="fold")
+    for k, v in rep.config.items():
+        cfg.add_row(k, str(v))
+    for k, values in rep.provenance.items():
+        cfg.add_row(f"{k} (shards)", ", ".join(values))
+    console.print(cfg)
+
+    shards = Table(title="per shard", title_justify="left")
+    for col in ("shard", "images", "seconds", "GPU-s", "images/s"):
+        shards.add_column(col, justify="right")
+    for t in rep.per_shard[:show]:
+        shards.add_row(t.shard, str(t.images), _num(t.seconds), _num(t.device_seconds), _num(t.images_per_s))
+    console.print(shards)
+    if len(rep.per_shard) > show:
+        console.print(f"… {len(rep.per_shard) - show} more shards")
+    if rep.unfinished_shards:
+        console.print(f"[yellow]unfinished shards:[/] {', '.join(rep.unfinished_shards[:show])}")
+
+    if rep.failures:
+        reasons = Table(title="failures by reason", title_justify="left")
+        reasons.add_column("rows", justify="right")
+        reasons.add_column("reason", overflow="fold")
+        for reason, n in rep.failures_by_reason.items():
+            reasons.add_row(str(n), reason)
+        console.print(reasons)
+        failed = Table(title="failed rows", title_justify="left")
+        for col in ("row", "sample_id", "stage", "reason"):
+            failed.add_column(col, overflow="fold")
+        for f in rep.failures[:show]:
+            failed.add_row(str(f.row if f.row is not None else ""), f.sample_id, f.stage, f.reason)
+        console.print(failed)
+        if len(rep.failures) > show:
+            console.print(f"… {len(rep.failures) - show} more failed rows (--json lists all)")
+    else:
+        console.print("[green]no failed rows[/]")
+    if sheet:
+        console.print(f"contact sheet: {sheet}")
+    if html:
+        console.print(f"html: {html}")

@@ -1,7 +1,365 @@
-"""`difaug manifest` — placeholder until its issue lands."""
+"""`difaug manifest`: build manifests from dataset trees, and validate them before any GPU work."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import typer
 
-app = typer.Typer(help="manifest commands", no_args_is_help=True)
+from difaug.cli._common import console, err_console, fail
+
+if TYPE_CHECKING:
+    from difaug.datasets import BuildResult
+
+app = typer.Typer(
+    help="Build manifests from dataset layouts (PASCAL-5i, COCO-20i, FSS-1000, a plain folder) and "
+    "validate them.\n\nExample: difaug manifest validate manifests/demo/manifest.csv",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+build_app = typer.Typer(
+    help="Write a manifest (one row per image and foreground class) from a dataset tree; prints what "
+    "was read, written and skipped, and why.\n\nExample: difaug manifest build pascal5i --root "
+    "data/VOCdevkit/VOC2012 --list lists/pascal/val.txt --fold 0 --split val --out pascal-f0.csv",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+app.add_typer(build_app, name="build")
+
+MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet")
+
+
+# --------------------------------------------------------------------------------------------------
+# validate
+
+
+@app.command("validate")
+def validate(
+    file: Path = typer.Argument(..., help="Manifest (.csv/.tsv/.jsonl/.parquet) to check."),
+    deep: bool = typer.Option(
+        False,
+        "--deep",
+        help="Decode every image fully (default: header + end-marker check; masks are always decoded).",
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", min=1, help="Reader threads (default: 4 per core)."
+    ),
+) -> None:
+    """Check every row of a manifest; exit code 1 if any problem.
+
+    Checks that files exist and decode, image and mask sizes match, the mask holds the row's class_id,
+    and sample_ids are unique. Prints a table of problems (row, column, file, reason) and a summary.
+
+    Example:
+
+        difaug manifest validate manifests/demo/manifest.csv
+    """
+    from rich.table import Table
+
+    from difaug.manifest import ManifestError, read_manifest, validate_manifest
+
+    try:
+        manifest = read_manifest(file)
+    except ManifestError as e:
+        fail(str(e))
+    problems = validate_manifest(manifest, deep=deep, progress=err_console.is_terminal, workers=workers)
+    n_rows = len(manifest.samples) + len({p.row for p in manifest.problems})
+    if not problems:
+        console.print(f"[green]ok[/] {file}: {n_rows} row(s), no problems", highlight=False)
+        return
+    table = Table(title=f"problems in {file}", title_justify="left")
+    table.add_column("row", justify="right", style="bold")
+    table.add_column("column")
+    table.add_column("file", overflow="fold")
+    table.add_column("reason", overflow="fold")
+    for p in problems:
+        table.add_row(str(p.row), p.column, p.file, p.reason)
+    console.print(table)
+    bad_rows = len({p.row for p in problems})
+    console.print(
+        f"[bold red]{len(problems)} problem(s) in {bad_rows} of {n_rows} row(s)[/] "
+        "(row = 1-based data row, header not counted)",
+        highlight=False,
+    )
+    raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------------------------------
+# build
+
+
+def _check_out(out: Path) -> None:
+    if out.suffix.lower() not in MANIFEST_SUFFIXES:
+        fail(f"{out}: unknown manifest format; use one of {', '.join(MANIFEST_SUFFIXES)}")
+
+
+def _finish(
+    result: BuildResult, out: Path, root: Path, absolute: bool, skipped_out: Path | None, name: str
+) -> None:
+    """Write the manifest (and the skip report) and print the summary; nothing goes unreported."""
+    from collections import Counter
+
+    from rich.table import Table
+
+    if skipped_out is not None:
+        _write_skips(result, skipped_out)
+    counts = result.skip_counts
+    if not result.rows:
+        _print_skips(result, counts)
+        fail(f"{name}: no rows to write from {root} (see the skip reasons above); {out} not written", code=1)
+    result.write(out, absolute=absolute, root=root)
+    classes = result.class_counts
+    console.print(
+        f"[bold]{name}[/]: {result.images_read} image(s) read → [bold green]{len(result.rows)} row(s)[/] "
+        f"written to {out} ({len(classes)} class(es))",
+        highlight=False,
+    )
+    per_class = Table(show_header=True, box=None, pad_edge=False)
+    per_class.add_column("class")
+    per_class.add_column("rows", justify="right")
+    ids = Counter((r["class_id"], r["class_name"]) for r in result.rows)
+    for (cid, cname), n in sorted(ids.items()):
+        per_class.add_row(f"{cid} {cname}", str(n))
+    console.print(per_class)
+    _print_skips(result, counts)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    if skipped_out is not None:
+        console.print(f"skip report: {skipped_out}", highlight=False)
+
+
+def _print_skips(result: BuildResult, counts: dict[str, int]) -> None:
+    from rich.table import Table
+
+    if not counts:
+        console.print("skipped: nothing", highlight=False)
+        return
+    table = Table(title="skipped", title_justify="left", box=None, pad_edge=False)
+    table.add_column("reason")
+    table.add_column("count", justify="right")
+    table.add_column("example", overflow="fold")
+    for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        first = next(s for s in result.skipped if s.reason == reason)
+        example = f"{first.file}" + (f" ({first.detail})" if first.detail else "")
+        table.add_row(reason, str(n), example)
+    console.print(table)
+
+
+def _write_skips(result: BuildResult, path: Path) -> None:
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["file", "reason", "detail", "class_id"])
+        for s in result.skipped:
+            writer.writerow([s.file, s.reason, s.detail, "" if s.class_id is None else s.class_id])
+
+
+ROOT_HELP = "Dataset root (list paths are relative to it)."
+OUT_HELP = "Manifest to write: .csv, .tsv, .jsonl or .parquet."
+LIST_HELP = "PFENet/BAM data list: lines 'JPEGImages/x.jpg SegmentationClassAug/x.png' (relative to --root)."
+FOLD_HELP = "Fold 0-3; needs --split (val: the fold's test classes, train: the others). None: all classes."
+SPLIT_HELP = "train or val (with --fold: which classes); recorded in the split column."
+MIN_AREA_HELP = "Skip (image, class) pairs with fewer foreground pixels (PFENet/BAM's 2·32·32); 0 keeps all."
+DEEP_HELP = "Decode every image fully (default: header + end-marker check, which finds truncated files)."
+ABSOLUTE_HELP = (
+    "Write absolute paths (default: relative when the manifest sits inside --root or beside the files)."
+)
+SKIPPED_HELP = "Also write every skip (file, reason, detail, class_id) to this CSV."
+WORKERS_HELP = "Reader threads (default: 4 per core)."
+
+
+def _run(build, out: Path, root: Path, absolute: bool, skipped_out: Path | None, name: str, **kwargs) -> None:
+    from difaug.datasets import BuildError
+
+    _check_out(out)
+    try:
+        result = build(root, progress=err_console.is_terminal, **kwargs)
+    except BuildError as e:
+        fail(str(e))
+    _finish(result, out, root, absolute, skipped_out, name)
+
+
+@build_app.command("pascal5i")
+def build_pascal5i(
+    root: Path = typer.Option(
+        ..., "--root", help=ROOT_HELP + " Holds JPEGImages/ and SegmentationClassAug/."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
+    list_file: Path | None = typer.Option(None, "--list", help=LIST_HELP + " Default: every mask found."),
+    fold: int | None = typer.Option(
+        None, "--fold", min=0, max=3, help=FOLD_HELP + " Fold i = classes 5i+1..5i+5."
+    ),
+    split: str | None = typer.Option(None, "--split", help=SPLIT_HELP),
+    min_area: int = typer.Option(2048, "--min-area", min=0, help=MIN_AREA_HELP),
+    image_dir: str = typer.Option("JPEGImages", "--image-dir", help="Image folder under --root."),
+    mask_dir: str | None = typer.Option(
+        None,
+        "--mask-dir",
+        help="Mask folder under --root (default: SegmentationClassAug, else SegmentationClass).",
+    ),
+    deep: bool = typer.Option(False, "--deep", help=DEEP_HELP),
+    absolute: bool = typer.Option(False, "--absolute", help=ABSOLUTE_HELP),
+    skipped_out: Path | None = typer.Option(None, "--skipped", help=SKIPPED_HELP),
+    workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
+) -> None:
+    """PASCAL-5i (VOC2012 + SBD masks): one row per (image, class present), class ids 1..20.
+
+    Example (fold 0 test classes airplane…bottle, from PFENet's val list):
+
+        difaug manifest build pascal5i --root data/VOCdevkit/VOC2012 --list lists/pascal/val.txt --fold 0 --split val --out manifests/pascal5i-f0-val.csv
+    """
+    from difaug.datasets import build_pascal5i as build
+
+    _run(
+        build, out, root, absolute, skipped_out, "pascal5i",
+        list_file=list_file, fold=fold, split=split, min_area=min_area,
+        image_dir=image_dir, mask_dir=mask_dir, deep=deep, workers=workers,
+    )  # fmt: skip
+
+
+@build_app.command("coco20i")
+def build_coco20i(
+    root: Path = typer.Option(
+        ..., "--root", help=ROOT_HELP + " Holds train2014/, val2014/ and annotations/{train2014,val2014}/."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
+    list_file: Path | None = typer.Option(None, "--list", help=LIST_HELP + " Default: every mask found."),
+    fold: int | None = typer.Option(None, "--fold", min=0, max=3, help=FOLD_HELP),
+    split: str | None = typer.Option(
+        None, "--split", help=SPLIT_HELP + " Without --list also picks the image folder (train2014/val2014)."
+    ),
+    fold_rule: str = typer.Option(
+        "interleaved",
+        "--fold-rule",
+        help="interleaved: fold i = i+1, i+5, …, i+77 (BAM use_split_coco, HSNet, DifFSS); "
+        "contiguous: fold i = 20i+1..20i+20 (PANet, PFENet).",
+    ),
+    min_area: int = typer.Option(2048, "--min-area", min=0, help=MIN_AREA_HELP),
+    image_dir: str | None = typer.Option(
+        None, "--image-dir", help="Image folder under --root (default by --split)."
+    ),
+    mask_dir: str | None = typer.Option(
+        None, "--mask-dir", help="Mask folder under --root (default: annotations/<image folder>)."
+    ),
+    deep: bool = typer.Option(False, "--deep", help=DEEP_HELP),
+    absolute: bool = typer.Option(False, "--absolute", help=ABSOLUTE_HELP),
+    skipped_out: Path | None = typer.Option(None, "--skipped", help=SKIPPED_HELP),
+    workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
+) -> None:
+    """COCO-20i (COCO 2014 with class-id annotation PNGs, ids 1..80): one row per (image, class).
+
+    Example (fold 0 test classes, BAM's interleaved split, val2014 images):
+
+        difaug manifest build coco20i --root data/COCO2014 --fold 0 --split val --fold-rule interleaved --out manifests/coco20i-f0-val.parquet
+    """
+    from difaug.datasets import build_coco20i as build
+
+    if fold_rule not in ("interleaved", "contiguous"):
+        fail(f"unknown --fold-rule {fold_rule!r}; use interleaved or contiguous")
+    _run(
+        build, out, root, absolute, skipped_out, "coco20i",
+        list_file=list_file, fold=fold, split=split, fold_rule=fold_rule, min_area=min_area,
+        image_dir=image_dir, mask_dir=mask_dir, deep=deep, workers=workers,
+    )  # fmt: skip
+
+
+@build_app.command("fss1000")
+def build_fss1000(
+    root: Path = typer.Option(..., "--root", help="FSS-1000 root: <class>/<n>.jpg + <n>.png."),
+    out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
+    mask_out: Path | None = typer.Option(
+        None, "--mask-out", help="Where the binarised masks go (default: <out folder>/<out stem>_masks/)."
+    ),
+    list_file: Path | None = typer.Option(
+        None, "--list", help="Class folders to take, one per line (HSNet's splits/fss/{trn,val,test}.txt)."
+    ),
+    split: str | None = typer.Option(
+        None, "--split", help="Recorded in the split column (e.g. trn, val, test)."
+    ),
+    min_area: int = typer.Option(0, "--min-area", min=0, help="Skip masks with fewer foreground pixels."),
+    threshold: int = typer.Option(
+        128, "--threshold", min=1, max=255, help="Mask luminance >= this is foreground (HSNet's rule)."
+    ),
+    deep: bool = typer.Option(False, "--deep", help=DEEP_HELP),
+    absolute: bool = typer.Option(False, "--absolute", help=ABSOLUTE_HELP),
+    skipped_out: Path | None = typer.Option(None, "--skipped", help=SKIPPED_HELP),
+    workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
+) -> None:
+    """FSS-1000: one row per image, with binarised mask copies.
+
+    Masks (0/255, some anti-aliased) are binarised at --threshold and written as 0/class_id copies
+    under --mask-out, so `mask == class_id` is the foreground downstream.
+
+    Example (HSNet's test classes):
+
+        difaug manifest build fss1000 --root data/FSS-1000 --list splits/fss/test.txt --split test --out manifests/fss-test.csv
+    """
+    from difaug.datasets import build_fss1000 as build
+
+    if mask_out is None:
+        mask_out = out.parent / f"{out.stem}_masks"
+    _run(
+        build, out, root, absolute, skipped_out, "fss1000",
+        mask_out=mask_out, list_file=list_file, split=split, min_area=min_area,
+        threshold=threshold, deep=deep, workers=workers,
+    )  # fmt: skip
+
+
+@build_app.command("folder")
+def build_folder(
+    root: Path = typer.Option(
+        ..., "--root", help="Folder holding images/ and masks/ (matched by file stem)."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
+    class_name: str | None = typer.Option(None, "--class-name", help="The one class every mask shows."),
+    class_id: int | None = typer.Option(
+        None, "--class-id", min=1, max=65535, help="Its foreground pixel value (default 1; never 255)."
+    ),
+    classes: Path | None = typer.Option(
+        None,
+        "--classes",
+        help="Sidecar CSV with columns class_id,class_name and optional image: a value→name table, or per-image classes.",
+    ),
+    binarize: int | None = typer.Option(
+        None,
+        "--binarize",
+        min=1,
+        max=255,
+        help="For 0/255 masks: luminance >= this is foreground; writes 0/class_id copies to --mask-out.",
+    ),
+    mask_out: Path | None = typer.Option(
+        None, "--mask-out", help="Where --binarize writes masks (default: <out folder>/<out stem>_masks/)."
+    ),
+    image_dir: str = typer.Option("images", "--image-dir", help="Image folder under --root."),
+    mask_dir: str = typer.Option("masks", "--mask-dir", help="Mask folder under --root."),
+    dataset: str = typer.Option("folder", "--dataset", help="Value of the dataset column."),
+    split: str | None = typer.Option(None, "--split", help="Value of the split column."),
+    min_area: int = typer.Option(0, "--min-area", min=0, help="Skip classes with fewer foreground pixels."),
+    deep: bool = typer.Option(False, "--deep", help=DEEP_HELP),
+    absolute: bool = typer.Option(False, "--absolute", help=ABSOLUTE_HELP),
+    skipped_out: Path | None = typer.Option(None, "--skipped", help=SKIPPED_HELP),
+    workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
+) -> None:
+    """Your own images/ + masks/ folder, matched by stem.
+
+    The class comes from --class-name/--class-id (every mask) or a --classes CSV sidecar.
+
+    Examples:
+
+        difaug manifest build folder --root data/birds --class-name bird --class-id 1 --out birds.csv
+
+        difaug manifest build folder --root data/scans --class-name crack --binarize 128 --out cracks.csv
+    """
+    from difaug.datasets import build_folder as build
+
+    if binarize is not None and mask_out is None:
+        mask_out = out.parent / f"{out.stem}_masks"
+    _run(
+        build, out, root, absolute, skipped_out, "folder",
+        image_dir=image_dir, mask_dir=mask_dir, class_name=class_name, class_id=class_id,
+        classes=classes, binarize=binarize, mask_out=mask_out, min_area=min_area, split=split,
+        dataset=dataset, deep=deep, workers=workers,
+    )  # fmt: skip

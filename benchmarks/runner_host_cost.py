@@ -1,0 +1,87 @@
+"""Host cost per auxiliary image: the CPU the runner spends around the model.
+
+Everything but the model is real: read + decode the 512² demo-like photos and masks, the `seg`
+condition (condition prep without the HED network), resize-back, PNG encoding of the aux image and
+the condition, Parquet write + stats marker. The model is `SleepGenerator` with T = 0 (it only
+builds a photo-like image, cached per sample). The figure is process CPU time per image summed over
+all threads (the shards' `seconds.cpu`), i.e. per image per core:
+
+    target ≤ 15 ms per image per core
+
+Per-sample work (read, decode, condition) is shared by the sample's `--num-aux` images (4). Also
+printed: the PNG vs JPEG split and this machine's zlib speed, to scale the figure to another CPU.
+(Here: 2 slow cores in a VM, where zlib level 1 runs at ~20 MB/s; a server core does 3–5× that.)
+
+    python benchmarks/runner_host_cost.py            # 64 samples × 4 images
+    python benchmarks/runner_host_cost.py --quick    # 16 samples
+    python benchmarks/runner_host_cost.py --image-format jpeg
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from _runner_helpers import job, make_bench_set
+
+from difaug import shards
+from difaug.runner import run
+from difaug.worker import sleep_generator_factory
+
+
+def zlib_mb_per_s() -> float:
+    data = os.urandom(1 << 18) * 4  # 1 MiB, partly repetitive
+    t0 = time.process_time()
+    for _ in range(5):
+        zlib.compress(data, 1)
+    return 5 / (time.process_time() - t0)
+
+
+def measure(
+    manifest: Path, out: Path, image_format: str, num_aux: int
+) -> tuple[float, dict[str, float], int]:
+    j = job(
+        manifest, out, condition="seg", num_aux=num_aux, resolution=512, shard_size=16,
+        image_format=image_format, runtime={"cluster": "sync", "batch_size": 8},
+    )  # fmt: skip
+    summary = run(j, generator_factory=functools.partial(sleep_generator_factory, ms_per_image=0.0))
+    stats = shards.load_stats(out)[1:]  # the first shard pays one-off warm-ups (imports, first calls)
+    images = sum(s["images"] for s in stats) or summary.images
+    busy: dict[str, float] = {}
+    for s in stats:
+        for k, v in s["seconds"].items():
+            busy[k] = busy.get(k, 0.0) + v
+    return 1000 * busy["cpu"] / images, {k: 1000 * v / images for k, v in busy.items()}, images
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="32 samples (two measured shards)")
+    ap.add_argument("--samples", type=int, default=80)
+    ap.add_argument("--num-aux", type=int, default=4)
+    ap.add_argument("--image-format", default="png", choices=("png", "jpeg"))
+    args = ap.parse_args()
+    n = 32 if args.quick else args.samples
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = make_bench_set(Path(tmp) / "data", n)
+        cpu_ms, busy, images = measure(manifest, Path(tmp) / "out", args.image_format, args.num_aux)
+        other = "jpeg" if args.image_format == "png" else "png"
+        other_ms, _, _ = measure(manifest, Path(tmp) / "out2", other, args.num_aux)
+    print(f"{images} images (after a warm-up shard), 512², condition seg, {args.num_aux} aux per sample")
+    print("stage wall ms/image: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(busy.items()) if k != "cpu"))
+    print(
+        f"{other} instead of {args.image_format}: {other_ms:.1f} ms/image; zlib level 1: {zlib_mb_per_s():.0f} MB/s"
+    )
+    print(f"runner_host_cost_ms_per_image ({args.image_format}): {cpu_ms:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Feed a run's shards to external FSS trainers: file exports, a lazy index, a PyTorch wrapper.
+
+- `export_run(run_dir, out, layout)` — files where a trainer looks (`diffss-bam`, `folder`).
+- `AuxIndex(run_dir)` — (support image path or sample_id, class_id) → aux images, read lazily.
+- `AuxShotDataset(base, index, k, key_fn)` — append K aux shots per support to any FSS episode.
+
+Names resolve lazily so `import difaug.adapters.export` (the CLI) does not import torch.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "AuxIndex": "difaug.adapters.index",
+    "AuxKeyError": "difaug.adapters.index",
+    "SampleInfo": "difaug.adapters.index",
+    "AuxShotDataset": "difaug.adapters.torch_dataset",
+    "DictFormat": "difaug.adapters.torch_dataset",
+    "TupleFormat": "difaug.adapters.torch_dataset",
+    "EpisodeFormat": "difaug.adapters.torch_dataset",
+    "binary_mask": "difaug.adapters.torch_dataset",
+    "to_tensor": "difaug.adapters.torch_dataset",
+    "export_run": "difaug.adapters.export",
+    "ExportError": "difaug.adapters.export",
+    "ExportResult": "difaug.adapters.export",
+    "LAYOUTS": "difaug.adapters.export",
+    "open_run": "difaug.adapters.run",
+    "RunError": "difaug.adapters.run",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'difaug.adapters' has no attribute {name!r}")
+    return getattr(import_module(module), name)

@@ -1,0 +1,339 @@
+"""Export a run's auxiliary images as files in the layout an external FSS trainer reads.
+
+Layouts:
+- `diffss-bam`: where the DifFSS fork of BAM (`util/dataset.py`, `SemData`) looks for them:
+  `aux_data_dir + mainshot_fn + f"_{class_chosen}_{k}.jpg"` (then `.png`), where `mainshot_fn` is
+  the support image's file name minus its last 4 characters (`name[:-4]`, i.e. the stem for
+  `.jpg`/`.png`), prefixed with the image's parent folder for COCO (`train2014/…`, `val2014/…`),
+  `class_chosen` the support mask's class value (PASCAL 1..20, COCO 1..80) and k = 0..X-1.
+  That loader silently falls back to the real support when a file is missing, so the export
+  reports coverage per support: complete, or how many are missing and why.
+- `folder`: `DIR/{class_name}/{sample_id}_{k}.png`, for FSS-1000-style trees and general use.
+
+Names built from manifest values go through `safe_names`: nothing is written outside DIR. Every
+file is written to a temp name and renamed; a file whose bytes are already right is left alone,
+so re-exporting is cheap and changes nothing. JPEG/PNG images already stored in the target
+format are copied byte for byte; others are re-encoded (JPEG at `quality`, 4:4:4).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import threading
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from difaug import imageio
+from difaug.adapters.run import Failure, RunView, open_run
+from difaug.adapters.safe_names import is_safe_component, safe_component, safe_join
+
+LAYOUTS = ("diffss-bam", "folder")
+FORMATS = ("jpg", "png")
+DEFAULT_FORMAT = {"diffss-bam": "jpg", "folder": "png"}
+BAM_CLASS_RANGE = {"pascal": (1, 20), "coco": (1, 80)}
+REPORT_FILE = "difaug-export.json"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class ExportError(ValueError):
+    """The run cannot be exported in this layout; the message names the rows and what to do."""
+
+
+@dataclass(frozen=True)
+class SupportCoverage:
+    """One support (manifest row) that did not get all X files, and why."""
+
+    sample_id: str
+    row: int | None
+    image: str
+    class_id: int | None
+    have: int
+    expected: int
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SkippedRow:
+    sample_id: str
+    aux_index: int
+    reason: str
+
+
+@dataclass
+class ExportResult:
+    layout: str
+    out: Path
+    image_format: str
+    expected_per_support: int
+    written: int = 0  # files created or replaced
+    unchanged: int = 0  # files already holding the right bytes
+    supports: int = 0
+    complete: int = 0
+    incomplete: list[SupportCoverage] = field(default_factory=list)
+    skipped: list[SkippedRow] = field(default_factory=list)
+    failures_by_reason: dict[str, int] = field(default_factory=dict)
+    # Shards of the plan without a completion marker: their rows have no images (and no failure
+    # record) yet; `difaug generate` with the same arguments finishes them.
+    unfinished_shards: list[dict[str, Any]] = field(default_factory=list)
+    not_generated: int = 0
+
+    @property
+    def files(self) -> int:
+        return self.written + self.unchanged
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["out"] = str(self.out)
+        d["files"] = self.files
+        return d
+
+
+@dataclass(frozen=True)
+class _Target:
+    shard: int
+    offset: int
+    sample_id: str
+    path: Path
+
+
+def export_run(
+    run_dir: str | Path,
+    out: str | Path,
+    layout: str = "diffss-bam",
+    *,
+    image_format: str | None = None,
+    quality: int = 95,
+    workers: int = 2,
+    write_report: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> ExportResult:
+    """Write one file per auxiliary image of `run_dir` into `out` in `layout`; report coverage.
+
+    `image_format`: jpg or png (default jpg for diffss-bam, which DifFSS used, png for folder).
+    `progress(n)` is called with the number of files handled after each row group."""
+    if layout not in LAYOUTS:
+        raise ExportError(f"unknown layout {layout!r}; use one of: {', '.join(LAYOUTS)}")
+    fmt = (image_format or DEFAULT_FORMAT[layout]).lower().replace("jpeg", "jpg")
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown image format {image_format!r}; use jpg or png")
+    if not 1 <= quality <= 100:
+        raise ExportError(f"JPEG quality must be in 1..100, got {quality}")
+    view = open_run(run_dir)
+    out = Path(out)
+    result = ExportResult(layout, out, fmt, view.num_aux)
+
+    targets = _plan_targets(view, out, layout, fmt, result.skipped)  # refuses before writing anything
+    out.mkdir(parents=True, exist_ok=True)
+    done_by_sample = _write_all(view, targets, fmt, quality, workers, result, progress)
+    _coverage(view, done_by_sample, result)
+    if write_report:
+        # What this export produced, not what this call did: a re-export leaves the file as it is.
+        saved = {k: v for k, v in result.to_dict().items() if k not in ("written", "unchanged")}
+        text = json.dumps(saved, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+        _write_if_changed(out / REPORT_FILE, text.encode("utf-8"))
+    return result
+
+
+# --- naming ------------------------------------------------------------------------------------
+
+
+def bam_relative_name(image: str, dataset: str, class_id: int, k: int, fmt: str = "jpg") -> list[str]:
+    """The path parts (under aux_data_dir) at which DifFSS-BAM looks for aux image k of a support."""
+    parts = image.split("/")  # BAM splits on "/" whatever the OS
+    stem = parts[-1][:-4]
+    name = f"{stem}_{class_id}_{k}.{fmt}"
+    if dataset == "coco":
+        return [parts[-2] if len(parts) > 1 else "", name]
+    return [name]
+
+
+def folder_relative_name(class_name: str, sample_id: str, k: int, fmt: str = "png") -> list[str]:
+    return [safe_component(class_name), f"{safe_component(sample_id)}_{k}.{fmt}"]
+
+
+def _check_bam_rows(view: RunView) -> None:
+    """Refuse a run the BAM layout cannot describe, naming the first offending rows."""
+    datasets = [str(d or "").lower() for d in view.keys.column("dataset").to_pylist()]
+    class_ids = view.keys.column("class_id").to_pylist()
+    sample_ids = view.keys.column("sample_id").to_pylist()
+    bad_ds = sorted(
+        {(sid, d) for sid, d in zip(sample_ids, datasets, strict=True) if d not in BAM_CLASS_RANGE}
+    )
+    if bad_ds:
+        examples = ", ".join(f"{sid} (dataset {d!r})" for sid, d in bad_ds[:3])
+        raise ExportError(
+            f"--layout diffss-bam needs every row's dataset to be pascal or coco; {len(bad_ds)} "
+            f"sample(s) are not, e.g. {examples}. Use --layout folder for other data."
+        )
+    bad_cls = sorted(
+        {
+            (sid, d, c)
+            for sid, d, c in zip(sample_ids, datasets, class_ids, strict=True)
+            if not BAM_CLASS_RANGE[d][0] <= c <= BAM_CLASS_RANGE[d][1]
+        }
+    )
+    if bad_cls:
+        sid, d, c = bad_cls[0]
+        lo, hi = BAM_CLASS_RANGE[d]
+        raise ExportError(
+            f"BAM names aux files by the {d} class id ({lo}..{hi}), the support mask's value; "
+            f"{len(bad_cls)} sample(s) have other class ids, e.g. {sid} with class_id {c}. Build the "
+            "manifest with the dataset's class ids (difaug manifest build pascal5i/coco20i), or use "
+            "--layout folder."
+        )
+
+
+def _plan_targets(
+    view: RunView, out: Path, layout: str, fmt: str, skipped: list[SkippedRow]
+) -> list[_Target]:
+    if layout == "diffss-bam":
+        _check_bam_rows(view)
+    cols = {n: view.keys.column(n).to_pylist() for n in view.keys.column_names}
+    targets: list[_Target] = []
+    owner: dict[Path, str] = {}
+    for i, sid in enumerate(cols["sample_id"]):
+        k = cols["aux_index"][i]
+        if layout == "diffss-bam":
+            parts = bam_relative_name(
+                cols["image"][i], str(cols["dataset"][i]).lower(), cols["class_id"][i], k, fmt
+            )
+            # BAM must find the file under exactly this name: an unsafe one cannot be "fixed".
+            unsafe = [p for p in parts if not is_safe_component(p)]
+            if unsafe:
+                reason = f"image path {cols['image'][i]!r} gives the unsafe file name {unsafe[0]!r}"
+                skipped.append(SkippedRow(sid, k, reason))
+                continue
+        else:
+            parts = folder_relative_name(cols["class_name"][i], sid, k, fmt)
+        path = safe_join(out, *parts)
+        if path in owner:
+            skipped.append(SkippedRow(sid, k, f"same file name as sample {owner[path]}: {path.name}"))
+            continue
+        owner[path] = sid
+        targets.append(_Target(cols["_shard"][i], cols["_offset"][i], sid, path))
+    return targets
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+
+def convert(data: bytes, fmt: str, quality: int = 95) -> bytes:
+    """Stored image bytes → bytes in `fmt`; already-right formats are returned as they are."""
+    if fmt == "jpg" and data.startswith(_JPEG_MAGIC):
+        return data
+    if fmt == "png" and data.startswith(_PNG_MAGIC):
+        return data
+    return imageio.encode(imageio.load_image(data), "jpeg" if fmt == "jpg" else "png", quality)
+
+
+def _write_if_changed(path: Path, data: bytes) -> bool:
+    """Atomically write `data` unless the file already holds exactly it. True if written."""
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
+
+
+def _write_all(
+    view: RunView,
+    targets: list[_Target],
+    fmt: str,
+    quality: int,
+    workers: int,
+    result: ExportResult,
+    progress: Callable[[int], None] | None,
+) -> Counter[str]:
+    by_shard: dict[int, list[_Target]] = {}
+    for t in targets:
+        by_shard.setdefault(t.shard, []).append(t)
+    done: Counter[str] = Counter()
+
+    def one(item: tuple[_Target, bytes]) -> bool:
+        target, data = item
+        return _write_if_changed(target.path, convert(data, fmt, quality))
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for shard, shard_targets in sorted(by_shard.items()):
+            pf = pq.ParquetFile(view.shard_paths[shard])
+            starts = [0]
+            for g in range(pf.metadata.num_row_groups):
+                starts.append(starts[-1] + pf.metadata.row_group(g).num_rows)
+            by_group: dict[int, list[_Target]] = {}
+            for t in shard_targets:
+                by_group.setdefault(bisect.bisect_right(starts, t.offset) - 1, []).append(t)
+            for g, group_targets in sorted(by_group.items()):
+                # One row group of image bytes in memory at a time, never the whole shard.
+                column = pf.read_row_group(g, columns=["aux_image"]).column(0)
+                items = [(t, column[t.offset - starts[g]].as_py()["bytes"]) for t in group_targets]
+                for (t, _), wrote in zip(items, pool.map(one, items), strict=True):
+                    result.written += wrote
+                    result.unchanged += not wrote
+                    done[t.sample_id] += 1
+                if progress:
+                    progress(len(items))
+    return done
+
+
+# --- coverage ----------------------------------------------------------------------------------
+
+
+def _coverage(view: RunView, done: Counter[str], result: ExportResult) -> None:
+    """Every support the run was asked for: complete, or what it lacks and why."""
+    expected = view.num_aux
+    sample_ids = view.keys.column("sample_id").to_pylist()
+    info: dict[str, tuple[int | None, str, int | None]] = {}
+    for sid, row, image, cls in zip(
+        sample_ids,
+        view.keys.column("row").to_pylist(),
+        view.keys.column("image").to_pylist(),
+        view.keys.column("class_id").to_pylist(),
+        strict=True,
+    ):
+        info.setdefault(sid, (row, image, cls))
+    in_shards = Counter(sample_ids)
+    failures: dict[str, list[Failure]] = {}
+    for f in view.failures:  # a failure without a sample_id (unreadable row) is keyed by its row
+        failures.setdefault(f.sample_id or f"row {f.row}", []).append(f)
+    skipped: dict[str, list[str]] = {}
+    for s in result.skipped:
+        skipped.setdefault(s.sample_id, []).append(f"aux {s.aux_index} not exported: {s.reason}")
+
+    for sid in sorted(set(info) | set(failures)):
+        have = done.get(sid, 0)
+        if expected and have >= expected:
+            result.complete += 1
+            continue
+        reasons = [f"{f.stage}: {f.reason}" if f.stage else f.reason for f in failures.get(sid, [])]
+        reasons += skipped.get(sid, [])
+        if not reasons:
+            reasons.append(f"only {in_shards.get(sid, 0)} of {expected} aux images in the shards")
+        row, image, cls = info.get(sid, (None, "", None))
+        if row is None:
+            row = next((f.row for f in failures.get(sid, []) if f.row is not None), None)
+        result.incomplete.append(SupportCoverage(sid, row, image, cls, have, expected, tuple(reasons)))
+    unfinished = view.unfinished_shards()
+    result.unfinished_shards = [asdict(s) for s in unfinished]
+    # Rows of unfinished shards: those of a shard that failed as a whole are listed above with the
+    # task's error; the rest were never attempted.
+    failed_rows = {f.row for f in view.failures if f.shard in {s.name for s in unfinished}}
+    result.not_generated = sum(s.num_rows for s in unfinished) - len(failed_rows)
+    result.supports = result.complete + len(result.incomplete) + result.not_generated
+    result.failures_by_reason = dict(sorted(view.failure_reasons().items()))

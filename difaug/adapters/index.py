@@ -1,0 +1,234 @@
+"""`AuxIndex`: from a support (image path or sample_id, class_id) to its auxiliary images, lazily.
+
+Opening an index reads only the shards' key columns and Parquet footers (a few bytes per aux
+image); the image bytes stay on disk until asked for, and are then read one row group at a time
+(≈100 images), with a small per-process LRU cache so the shots of one support, which sit in the
+same row group, cost one read. Safe to use from DataLoader worker processes: each process opens
+its own file handles.
+
+A trainer rarely knows our sample ids, so a support can be named several ways, tried from the most
+to the least specific, and refused if a name matches two different images:
+the sample_id; the image path exactly as in the manifest (or normalised); and its tails
+`parent/name`, `name`, `parent/stem`, `stem` (HSNet names PASCAL supports by stem, `2007_000032`,
+and COCO ones by `train2014/COCO_train2014_….jpg`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import posixpath
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from difaug import imageio
+from difaug.adapters.run import open_run
+
+
+class AuxKeyError(KeyError):
+    """No (or no unique) sample for a support key; the message says what was tried."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True)
+class SampleInfo:
+    """The manifest values of one sample, as stored in its shard rows."""
+
+    sample_id: str
+    image: str
+    mask: str
+    class_id: int
+    class_name: str
+    dataset: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class _Loc:
+    aux_index: int
+    shard: int
+    group: int
+    offset: int  # row inside the row group
+
+
+def _path_aliases(path: str) -> list[str]:
+    """The names a trainer may use for an image, most specific first."""
+    p = path.replace("\\", "/")
+    norm = posixpath.normpath(p)
+    name = posixpath.basename(norm)
+    parent = posixpath.basename(posixpath.dirname(norm))
+    stem = posixpath.splitext(name)[0]
+    out = [path, norm, posixpath.splitext(norm)[0]]
+    if parent:
+        out += [f"{parent}/{name}", f"{parent}/{stem}"]
+    out += [name, stem]
+    return list(dict.fromkeys(a for a in out if a))  # dedupe, keep order
+
+
+class AuxIndex:
+    """Lazy map (support image path or sample_id, class_id) → auxiliary images of a run.
+
+    >>> index = AuxIndex("runs/pascal5i-fold0-hed")
+    >>> shots = index.aux_images("2007_000032", class_id=1)   # X arrays, H×W×3 uint8, by aux_index
+    """
+
+    def __init__(self, run_dir: str | Path, *, cache_row_groups: int = 4) -> None:
+        view = open_run(run_dir)
+        self.run_dir = Path(run_dir)
+        self.num_aux = view.num_aux
+        self._paths = [str(p) for p in view.shard_paths]
+        self._cache_size = max(1, cache_row_groups)
+        self.row_groups_read = 0  # how many row groups were fetched (not counting cache hits)
+        self._init_runtime()
+
+        bounds = []  # per shard: cumulative first-row offsets of its row groups
+        for path in self._paths:
+            meta = pq.ParquetFile(path).metadata  # footer only
+            starts, n = [], 0
+            for g in range(meta.num_row_groups):
+                starts.append(n)
+                n += meta.row_group(g).num_rows
+            bounds.append(starts)
+
+        cols = {name: view.keys.column(name).to_pylist() for name in view.keys.column_names}
+        self._locs: dict[str, list[_Loc]] = {}
+        self._info: dict[str, SampleInfo] = {}
+        for i, sid in enumerate(cols["sample_id"]):
+            shard, offset = cols["_shard"][i], cols["_offset"][i]
+            group = bisect.bisect_right(bounds[shard], offset) - 1
+            self._locs.setdefault(sid, []).append(
+                _Loc(cols["aux_index"][i], shard, group, offset - bounds[shard][group])
+            )
+            if sid not in self._info:
+                self._info[sid] = SampleInfo(
+                    sid,
+                    cols["image"][i],
+                    cols["mask"][i],
+                    cols["class_id"][i],
+                    cols["class_name"][i],
+                    cols["dataset"][i],
+                    cols["width"][i],
+                    cols["height"][i],
+                )
+        for locs in self._locs.values():
+            locs.sort(key=lambda loc: loc.aux_index)
+
+        self._aliases: dict[tuple[str, int], set[str]] = {}
+        for sid, info in self._info.items():
+            for alias in _path_aliases(info.image):
+                self._aliases.setdefault((alias, info.class_id), set()).add(sid)
+
+    # --- pickling for DataLoader workers: file handles and caches are per process ---------------
+
+    def _init_runtime(self) -> None:
+        self._lock = threading.Lock()
+        self._files: dict[tuple[int, int], pq.ParquetFile] = {}
+        self._groups: OrderedDict[tuple[int, int, str], pa.Array] = OrderedDict()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        for name in ("_lock", "_files", "_groups"):
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._init_runtime()
+
+    # --- lookup ----------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._info)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._info)
+
+    def __contains__(self, key: object) -> bool:
+        if isinstance(key, tuple) and len(key) == 2:
+            try:
+                self.sample_id(str(key[0]), key[1])
+            except AuxKeyError:
+                return False
+            return True
+        return key in self._info
+
+    def sample_id(self, key: str, class_id: int | None = None) -> str:
+        """The sample_id a support key names. `class_id` is the mask value (required for paths)."""
+        info = self._info.get(key)
+        if info is not None and (class_id is None or info.class_id == class_id):
+            return key
+        if class_id is None:
+            raise AuxKeyError(
+                f"{key!r} is not a sample_id of {self.run_dir}; pass class_id to look up by path"
+            )
+        for alias in _path_aliases(str(key)):
+            found = self._aliases.get((alias, int(class_id)))
+            if not found:
+                continue
+            images = {self._info[s].image for s in found}
+            if len(images) > 1:
+                raise AuxKeyError(
+                    f"{key!r} (class {class_id}) is ambiguous in {self.run_dir}: {alias!r} matches "
+                    f"{', '.join(sorted(images)[:3])}; pass a longer path or the sample_id"
+                )
+            return min(found)  # same image and class twice: the first sample_id, deterministically
+        raise AuxKeyError(
+            f"no aux images for {key!r} with class_id {class_id} in {self.run_dir} "
+            f"({len(self)} samples indexed; tried sample_id, path, parent/name, name, stem)"
+        )
+
+    def info(self, key: str, class_id: int | None = None) -> SampleInfo:
+        return self._info[self.sample_id(key, class_id)]
+
+    def count(self, key: str, class_id: int | None = None) -> int:
+        """How many aux images the support has (≤ num_aux when some failed)."""
+        return len(self._locs[self.sample_id(key, class_id)])
+
+    # --- image access ----------------------------------------------------------------------------
+
+    def aux_bytes(self, key: str, class_id: int | None = None, k: int | None = None) -> list[bytes]:
+        """Encoded aux images (PNG or JPEG as stored), in aux_index order; the first `k` if given."""
+        return self._column_bytes(self.sample_id(key, class_id), "aux_image", k)
+
+    def aux_images(self, key: str, class_id: int | None = None, k: int | None = None) -> list[np.ndarray]:
+        """Decoded aux images, `H×W×3 uint8` at the support's own size, in aux_index order."""
+        return [imageio.load_image(b) for b in self.aux_bytes(key, class_id, k)]
+
+    def aux_indices(self, key: str, class_id: int | None = None) -> list[int]:
+        return [loc.aux_index for loc in self._locs[self.sample_id(key, class_id)]]
+
+    def condition_image(self, key: str, class_id: int | None = None) -> np.ndarray:
+        """The ControlNet condition (at working size) the sample's aux images were generated from."""
+        return imageio.load_image(self._column_bytes(self.sample_id(key, class_id), "condition_image", 1)[0])
+
+    def _column_bytes(self, sid: str, column: str, k: int | None) -> list[bytes]:
+        locs = self._locs[sid][:k] if k is not None else self._locs[sid]
+        return [self._group(loc.shard, loc.group, column)[loc.offset].as_py()["bytes"] for loc in locs]
+
+    def _group(self, shard: int, group: int, column: str) -> pa.Array:
+        key = (shard, group, column)
+        with self._lock:
+            cached = self._groups.get(key)
+            if cached is not None:
+                self._groups.move_to_end(key)
+                return cached
+            handle = self._files.get((os.getpid(), shard))
+            if handle is None:
+                handle = pq.ParquetFile(self._paths[shard])
+                self._files[(os.getpid(), shard)] = handle
+            array = handle.read_row_group(group, columns=[column]).column(0).combine_chunks()
+            self.row_groups_read += 1
+            self._groups[key] = array
+            while len(self._groups) > self._cache_size:
+                self._groups.popitem(last=False)
+            return array

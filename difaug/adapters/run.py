@@ -1,0 +1,236 @@
+"""A read-only view of a run directory, shared by export, the index and inspect.
+
+It reads the plan, the stats markers and the shards' *key* columns only (never the image bytes),
+so opening a run of 100k auxiliary images costs a few MB. The plan and the markers are written by
+the runner; their fields are read defensively (a missing field degrades the report, it does not
+crash it), see `marker_*` below for the names tried.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from difaug import shards
+from difaug.plan import SUMMARY_FILE
+
+# Columns cheap enough to read for every row up front (no image bytes).
+KEY_COLUMNS = (
+    "sample_id",
+    "aux_index",
+    "row",
+    "class_id",
+    "class_name",
+    "dataset",
+    "split",
+    "image",
+    "mask",
+    "width",
+    "height",
+)
+
+
+class RunError(ValueError):
+    """The folder is not a usable run directory; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed manifest row (or one failed aux image of it), from a stats marker."""
+
+    row: int | None
+    sample_id: str
+    stage: str
+    reason: str
+    shard: str = ""
+
+
+@dataclass
+class RunView:
+    run_dir: Path
+    plan: dict[str, Any]
+    stats: list[dict[str, Any]]
+    shard_paths: list[Path]
+    keys: pa.Table  # KEY_COLUMNS of every finished shard + `_shard` (int) and `_offset` (row in file)
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return plan_config(self.plan)
+
+    @property
+    def num_aux(self) -> int:
+        """X, the number of aux images each sample should have."""
+        n = self.config.get("num_aux")
+        if isinstance(n, int) and n > 0:
+            return n
+        aux = self.keys.column("aux_index").to_pylist()
+        return max(aux) + 1 if aux else 0
+
+    def failures_by_sample(self) -> dict[str, list[Failure]]:
+        out: dict[str, list[Failure]] = {}
+        for f in self.failures:
+            out.setdefault(f.sample_id, []).append(f)
+        return out
+
+    def failure_reasons(self) -> Counter[str]:
+        return Counter(f.reason for f in self.failures)
+
+    def unfinished_shards(self) -> list[PlannedShard]:
+        """Shards the plan lists that have no completion marker (not run yet, or still running)."""
+        done = {p.stem for p in self.shard_paths}
+        return [s for s in plan_shards(self.plan) if s.name not in done]
+
+
+def open_run(run_dir: str | Path) -> RunView:
+    """Read a run directory's plan, markers and key columns. Raises `RunError` if it is not a run."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"run directory not found: {run_dir}")
+    try:
+        plan = shards.load_plan(run_dir)
+    except FileNotFoundError as e:
+        raise RunError(str(e)) from e
+    except ValueError as e:  # json.JSONDecodeError
+        raise RunError(f"{run_dir / shards.PLAN_FILE}: not valid JSON ({e})") from e
+    stats = shards.load_stats(run_dir)
+    paths = list(shards.iter_shard_paths(run_dir))
+    done = {p.stem for p in paths}
+    unfinished = [s for s in plan_shards(plan) if s.name not in done]
+    return RunView(
+        run_dir=run_dir,
+        plan=plan,
+        stats=stats,
+        shard_paths=paths,
+        keys=read_keys(paths),
+        failures=list(marker_failures(stats)) + list(summary_failures(run_dir, unfinished)),
+    )
+
+
+def read_keys(paths: Iterable[Path]) -> pa.Table:
+    """KEY_COLUMNS of all shards, plus `_shard` (position in `paths`) and `_offset` (row in its file)."""
+    tables = []
+    for i, path in enumerate(paths):
+        try:
+            t = pq.read_table(path, columns=list(KEY_COLUMNS))
+        except (OSError, pa.ArrowInvalid) as e:
+            raise RunError(f"{path}: cannot read shard ({e}); rerun `difaug generate` to redo it") from e
+        t = t.append_column("_shard", pa.array([i] * t.num_rows, pa.int32()))
+        t = t.append_column("_offset", pa.array(range(t.num_rows), pa.int64()))
+        tables.append(t)
+    if not tables:
+        empty = shards.SCHEMA.empty_table().select(list(KEY_COLUMNS))
+        return empty.append_column("_shard", pa.array([], pa.int32())).append_column(
+            "_offset", pa.array([], pa.int64())
+        )
+    return pa.concat_tables(tables)
+
+
+# --- plan fields (written by the runner) -------------------------------------------------------
+
+
+def plan_config(plan: Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved JobConfig dict inside the plan (`config`, or `job.config`)."""
+    for cfg in (plan.get("config"), (plan.get("job") or {}).get("config")):
+        if isinstance(cfg, Mapping):
+            return dict(cfg)
+    return {}
+
+
+@dataclass(frozen=True)
+class PlannedShard:
+    name: str  # "00003"
+    start: int  # first manifest row, 1-based (0 when the plan does not say)
+    stop: int  # one past the last
+
+    @property
+    def num_rows(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+def plan_shards(plan: Mapping[str, Any]) -> list[PlannedShard]:
+    """The plan's shard list: `shards: [{index, rows: [start, stop]}, …]` (manifest rows, 1-based)."""
+    entries = plan.get("shards")
+    out = []
+    for i, entry in enumerate(entries if isinstance(entries, list) else []):
+        entry = entry if isinstance(entry, Mapping) else {}
+        index = entry.get("index", i)
+        rows = entry.get("rows")
+        start, stop = rows if isinstance(rows, list) and len(rows) == 2 else (0, 0)
+        out.append(PlannedShard(shards.shard_name(int(index)), int(start), int(stop)))
+    return out
+
+
+def summary_failures(run_dir: Path, unfinished: Sequence[PlannedShard]) -> Iterable[Failure]:
+    """Failures of shards that failed as a whole (no marker; the runner lists them in summary.json).
+
+    Only rows of shards that are still unfinished count: a later run may have redone the others."""
+    path = run_dir / SUMMARY_FILE
+    if not unfinished or not path.is_file():
+        return
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    records = data.get("all_failures", data.get("failures")) if isinstance(data, Mapping) else None
+    for f in records if isinstance(records, list) else ():
+        row = f.get("row") if isinstance(f, Mapping) else None
+        shard = next((s for s in unfinished if isinstance(row, int) and s.start <= row < s.stop), None)
+        if shard is not None:
+            yield Failure(
+                row,
+                str(f.get("sample_id") or ""),
+                str(f.get("stage") or ""),
+                str(f.get("reason") or "unknown"),
+                shard.name,
+            )
+
+
+# --- stats marker fields (written by the runner) -----------------------------------------------
+
+
+def marker_number(marker: Mapping[str, Any], *names: str) -> float | None:
+    """The first numeric field among `names`, in the marker or its `seconds`/`timings`/`counts`."""
+    scopes = [marker] + [
+        marker[k] for k in ("seconds", "timings", "counts") if isinstance(marker.get(k), Mapping)
+    ]
+    for name in names:
+        for scope in scopes:
+            value = scope.get(name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+    return None
+
+
+def marker_shard(marker: Mapping[str, Any], fallback: int) -> str:
+    for name in ("shard", "index", "shard_index"):
+        value = marker.get(name)
+        if isinstance(value, int):
+            return shards.shard_name(value)
+        if isinstance(value, str) and value:
+            return Path(value).stem
+    return shards.shard_name(fallback)
+
+
+def marker_failures(stats: Iterable[Mapping[str, Any]]) -> Iterable[Failure]:
+    for i, marker in enumerate(stats):
+        shard = marker_shard(marker, i)
+        for f in marker.get("failures") or ():
+            if not isinstance(f, Mapping):
+                yield Failure(None, "", "", str(f), shard)
+                continue
+            row = f.get("row")
+            yield Failure(
+                row=row if isinstance(row, int) else None,
+                sample_id=str(f.get("sample_id") or ""),
+                stage=str(f.get("stage") or ""),
+                reason=str(f.get("reason") or "unknown"),
+                shard=shard,
+            )

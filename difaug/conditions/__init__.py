@@ -1,0 +1,156 @@
+"""ControlNet conditions derived from a support image and its mask: `seg`, `hed`, `scribble`.
+
+Every condition takes a batch of decoded samples (`ConditionInput`) and returns one `H×W×3 uint8`
+image per sample at the ControlNet *working size* of that sample (`working_size`), in the same
+order. Two styles exist for each condition:
+
+- `diffss` (default) reproduces what DifFSS (Tan et al., arXiv 2307.00773) fed its ControlNets:
+  seg = ADE20K colour of the class on the foreground, palette[0] elsewhere; hed = HED soft edges
+  multiplied by the foreground mask dilated once with a 14×14 ellipse; scribble = that masked HED
+  map thresholded at 127 (min over channels).
+- `upstream` reproduces the plain ControlNet annotators (controlnet-aux): unmasked HED, and
+  scribble by nms + Gaussian blur + threshold (`HEDdetector(..., scribble=True)`). A seg map is a
+  class colour map in both styles, so `seg` ignores the style.
+
+This module stays import-light (numpy only); torch and OpenCV load when a condition is built.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from difaug.manifest import Sample
+
+DEFAULT_HED_WEIGHTS = "lllyasviel/Annotators"
+HED_FILENAME = "ControlNetHED.pth"
+DEFAULT_RESOLUTION = 512
+CONDITION_NAMES = ("seg", "hed", "scribble")
+STYLES = ("diffss", "upstream")
+
+
+class ConditionError(ValueError):
+    """A condition cannot be built or computed (bad option, missing weights); the message says why."""
+
+
+def working_size(width: int, height: int, resolution: int = DEFAULT_RESOLUTION) -> tuple[int, int]:
+    """ControlNet's `resize_image` geometry: short side → `resolution`, both sides rounded to 64.
+
+    Returns `(w, h)`. Restates `controlnet_aux.util.resize_image` exactly (float64 scale, numpy
+    round-half-to-even of `side / 64`), so our sizes agree with the annotators pixel for pixel."""
+    if width <= 0 or height <= 0:
+        raise ConditionError(f"image size {width}×{height} is empty")
+    if resolution < 64:
+        raise ConditionError(f"resolution {resolution} is too small; use at least 64")
+    k = float(resolution) / min(float(height), float(width))
+    h = int(np.round(float(height) * k / 64.0)) * 64
+    w = int(np.round(float(width) * k / 64.0)) * 64
+    return w, h
+
+
+@dataclass
+class ConditionInput:
+    """One decoded sample: the support image at its own size and the mask's raw values."""
+
+    sample: Sample
+    image: np.ndarray  # H×W×3 uint8 RGB
+    mask: np.ndarray  # H×W ints (class ids; 255 = ignore)
+
+
+@runtime_checkable
+class Condition(Protocol):
+    name: str
+    style: str
+    resolution: int
+    fallbacks: Counter[str]
+
+    def __call__(self, batch: Sequence[ConditionInput]) -> list[np.ndarray]:
+        """Condition images (H×W×3 uint8) at `working_size` of each input, same order."""
+        ...
+
+
+def foreground(mask: np.ndarray, class_id: int) -> np.ndarray:
+    """`mask == class_id` as a bool array (255 borders and other classes are background)."""
+    return np.asarray(mask) == class_id
+
+
+def prepare_input(item: ConditionInput) -> ConditionInput:
+    """Normalise an input's arrays, or refuse it with a message naming the sample.
+
+    The contract is `H×W×3 uint8`, but arrays straight from other tools are accepted too: grey
+    (`H×W` or `H×W×1`), RGBA (composited over white, as controlnet-aux's `HWC3` does), 16-bit
+    (scaled to 8 bits) and bool. The mask must have the image's height and width."""
+    from difaug.conditions.resize import as_rgb8
+
+    where = f"row {item.sample.row} ({item.sample.sample_id})"
+    try:
+        image = as_rgb8(item.image)
+    except ValueError as e:
+        raise ConditionError(f"{where}: {e}") from None
+    mask = np.asarray(item.mask)
+    if mask.ndim == 3:  # channels that agree (imageio refuses colour masks before we get here)
+        mask = mask[:, :, 0]
+    if mask.ndim != 2 or mask.shape != image.shape[:2]:
+        raise ConditionError(
+            f"{where}: mask shape {mask.shape} does not match the image's {image.shape[:2]} (H, W)"
+        )
+    if image is item.image and mask is item.mask:
+        return item
+    return ConditionInput(sample=item.sample, image=image, mask=mask)
+
+
+def make_condition(
+    name: str,
+    *,
+    style: str = "diffss",
+    resolution: int = DEFAULT_RESOLUTION,
+    hed_weights: str = DEFAULT_HED_WEIGHTS,
+    device: str | None = None,
+    dtype: str | None = None,
+    batch_size: int = 16,
+) -> Condition:
+    """Build a condition by name (`seg`, `hed`, `scribble`).
+
+    `device=None` picks CUDA when present, else CPU; `dtype=None` picks fp16 on CUDA, fp32 on CPU.
+    `batch_size` bounds how many images go through the HED network in one forward pass."""
+    if style not in STYLES:
+        raise ConditionError(f"unknown condition style {style!r}; use one of {', '.join(STYLES)}")
+    if resolution < 64:
+        raise ConditionError(f"resolution {resolution} is too small; use at least 64")
+    if name == "seg":
+        from difaug.conditions.seg import SegCondition
+
+        return SegCondition(style=style, resolution=resolution)
+    if name in ("hed", "scribble"):
+        from difaug.conditions.hed import HedCondition
+
+        return HedCondition(
+            name=name,
+            style=style,
+            resolution=resolution,
+            weights=hed_weights,
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+        )
+    raise ConditionError(f"unknown condition {name!r}; use one of {', '.join(CONDITION_NAMES)}")
+
+
+__all__ = [
+    "CONDITION_NAMES",
+    "DEFAULT_HED_WEIGHTS",
+    "DEFAULT_RESOLUTION",
+    "HED_FILENAME",
+    "STYLES",
+    "Condition",
+    "ConditionError",
+    "ConditionInput",
+    "foreground",
+    "make_condition",
+    "prepare_input",
+    "working_size",
+]

@@ -1,0 +1,212 @@
+"""Write the conditions of a manifest to PNG files plus a contact sheet (`difaug conditions`).
+
+`write_conditions` loads samples, computes their conditions in batches, writes
+`OUT/{safe sample_id}.png` at the working size and `OUT/contact_sheet.png` (support | mask overlay |
+condition, one row per sample, thumbnails of a fixed height). A row that cannot be loaded or
+conditioned becomes a `RowProblem` (row, file, reason); the others go on.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from difaug import imageio
+from difaug.conditions import Condition, ConditionError, ConditionInput, prepare_input
+from difaug.manifest import RowProblem, Sample
+
+SHEET_NAME = "contact_sheet"
+THUMB_HEIGHT = 128
+DEFAULT_SHEET_ROWS = 64
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass
+class PreviewResult:
+    written: dict[str, Path] = field(default_factory=dict)  # sample_id → file
+    problems: list[RowProblem] = field(default_factory=list)
+    fallbacks: Counter[str] = field(default_factory=Counter)
+    sheet: Path | None = None
+
+
+def safe_name(sample_id: str) -> str:
+    """A file stem from a sample id: no path separators, no `..`, no leading dot, never empty."""
+    stem = _UNSAFE.sub("_", sample_id)
+    stem = re.sub(r"\.{2,}", "_", stem).strip(". ")[:200]
+    return stem if stem.strip("_") else "sample"
+
+
+def output_names(samples: Iterable[Sample]) -> dict[str, str]:
+    """`{sample_id: file stem}`, unique and never the contact sheet's name.
+
+    Distinct ids can sanitise to the same stem (`a/b`, `a_b`); later ones get `-r{row}` appended,
+    so the names depend only on the manifest."""
+    taken = {SHEET_NAME}
+    out: dict[str, str] = {}
+    for s in samples:
+        stem = safe_name(s.sample_id)
+        if stem.lower() in taken:
+            stem = f"{stem}-r{s.row}"
+        n = 2
+        base = stem
+        while stem.lower() in taken:  # pathological ids; keeps names unique on case-folding file systems
+            stem = f"{base}-{n}"
+            n += 1
+        taken.add(stem.lower())
+        out[s.sample_id] = stem
+    return out
+
+
+class SampleLoadError(ConditionError):
+    """A sample whose image or mask cannot be used; `column` and `file` say which."""
+
+    def __init__(self, column: str, file: str, reason: str) -> None:
+        super().__init__(reason)
+        self.column = column
+        self.file = file
+
+
+def load_input(sample: Sample) -> ConditionInput:
+    """Decode one sample; raises `SampleLoadError` naming the column and file."""
+    try:
+        image = imageio.load_image(sample.image)
+    except imageio.ImageReadError as e:
+        raise SampleLoadError("image", sample.image, str(e)) from None
+    try:
+        mask = imageio.load_mask(sample.mask)
+    except imageio.ImageReadError as e:
+        raise SampleLoadError("mask", sample.mask, str(e)) from None
+    if mask.shape[:2] != image.shape[:2]:
+        raise SampleLoadError(
+            "mask",
+            sample.mask,
+            f"mask is {mask.shape[1]}×{mask.shape[0]} but its image {sample.image} is "
+            f"{image.shape[1]}×{image.shape[0]}",
+        )
+    try:
+        return prepare_input(ConditionInput(sample=sample, image=image, mask=mask))
+    except ConditionError as e:
+        raise SampleLoadError("image", sample.image, str(e)) from None
+
+
+def _thumb(arr: np.ndarray, height: int) -> np.ndarray:
+    h, w = arr.shape[:2]
+    return imageio.resize(arr, (max(1, round(w * height / h)), height))
+
+
+def mask_overlay(image: np.ndarray, mask: np.ndarray, class_id: int) -> np.ndarray:
+    """The image with the foreground tinted red and 255 ("ignore") pixels tinted white."""
+    out = image.astype(np.float32)
+    fg = mask == class_id
+    ignore = (mask == 255) & ~fg
+    out[fg] = out[fg] * 0.45 + np.array([255, 0, 0], np.float32) * 0.55
+    out[ignore] = out[ignore] * 0.4 + 255 * 0.6
+    return out.round().clip(0, 255).astype(np.uint8)
+
+
+def sheet_row(item: ConditionInput, condition: np.ndarray, height: int = THUMB_HEIGHT) -> np.ndarray:
+    """support | mask overlay | condition, each scaled to `height`, separated by 4 px gaps."""
+    overlay = mask_overlay(item.image, item.mask, item.sample.class_id)
+    tiles = [
+        _thumb(item.image, height),
+        _thumb(overlay, height),
+        _thumb(condition, height),
+    ]
+    gap = np.full((height, 4, 3), 255, np.uint8)
+    row = np.concatenate([tiles[0], gap, tiles[1], gap, tiles[2]], axis=1)
+    return _label(row, item.sample.sample_id)
+
+
+def _label(row: np.ndarray, text: str) -> np.ndarray:
+    import cv2
+
+    row = row.copy()
+    text = text.encode("ascii", "replace").decode()[:40]
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
+    cv2.rectangle(row, (0, 0), (tw + 6, th + base + 6), (0, 0, 0), -1)
+    cv2.putText(row, text, (3, th + 3), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    return row
+
+
+def contact_sheet(rows: Sequence[np.ndarray]) -> np.ndarray:
+    """Stack sheet rows vertically on white, left-aligned, 4 px apart."""
+    if not rows:
+        return np.full((THUMB_HEIGHT, THUMB_HEIGHT, 3), 255, np.uint8)
+    width = max(r.shape[1] for r in rows)
+    height = sum(r.shape[0] for r in rows) + 4 * (len(rows) - 1)
+    sheet = np.full((height, width, 3), 255, np.uint8)
+    y = 0
+    for r in rows:
+        sheet[y : y + r.shape[0], : r.shape[1]] = r
+        y += r.shape[0] + 4
+    return sheet
+
+
+def _problem(sample: Sample, error: Exception) -> RowProblem:
+    if isinstance(error, SampleLoadError):
+        return RowProblem(sample.row, error.column, error.file, str(error), sample.sample_id)
+    reason = f"condition failed: {type(error).__name__}: {error}"
+    return RowProblem(sample.row, "condition", sample.image, reason, sample.sample_id)
+
+
+def _run_batch(condition: Condition, batch: list[ConditionInput]) -> list[np.ndarray | Exception]:
+    """Conditions for a batch; if the batch fails, each item alone, so one bad sample costs one row."""
+    try:
+        return list(condition(batch))
+    except (ConditionError, ValueError, RuntimeError) as e:
+        if len(batch) == 1:
+            return [e]
+    results: list[np.ndarray | Exception] = []
+    for item in batch:
+        try:
+            results.append(condition([item])[0])
+        except (ConditionError, ValueError, RuntimeError) as e:
+            results.append(e)
+    return results
+
+
+def write_conditions(
+    samples: Sequence[Sample],
+    condition: Condition,
+    out_dir: str | Path,
+    *,
+    batch_size: int = 8,
+    sheet_rows: int = DEFAULT_SHEET_ROWS,
+    on_progress: Callable[[int], None] | None = None,
+) -> PreviewResult:
+    """Write `out_dir/{sample}.png` for every sample and `out_dir/contact_sheet.png` (first
+    `sheet_rows` samples). `on_progress(n)` is called with the number of samples just finished."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = output_names(samples)
+    result = PreviewResult()
+    rows: list[np.ndarray] = []
+    for start in range(0, len(samples), max(1, batch_size)):
+        chunk = samples[start : start + max(1, batch_size)]
+        loaded: list[ConditionInput] = []
+        for sample in chunk:
+            try:
+                loaded.append(load_input(sample))
+            except SampleLoadError as e:
+                result.problems.append(_problem(sample, e))
+        for item, cond in zip(loaded, _run_batch(condition, loaded), strict=True):
+            if isinstance(cond, Exception):
+                result.problems.append(_problem(item.sample, cond))
+                continue
+            path = out / f"{names[item.sample.sample_id]}.png"
+            path.write_bytes(imageio.encode_png(cond))
+            result.written[item.sample.sample_id] = path
+            if len(rows) < sheet_rows:
+                rows.append(sheet_row(item, cond))
+        if on_progress is not None:
+            on_progress(len(chunk))
+    result.sheet = out / f"{SHEET_NAME}.png"
+    result.sheet.write_bytes(imageio.encode_png(contact_sheet(rows)))
+    result.fallbacks = Counter(condition.fallbacks)
+    result.problems.sort(key=lambda p: p.row)
+    return result

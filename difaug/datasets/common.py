@@ -1,0 +1,386 @@
+"""What every manifest builder shares: list files, the per-image scan, skip reasons, the result.
+
+A builder turns a dataset tree into manifest rows, one per (image, foreground class). Everything it
+does not turn into a row is recorded as a `Skip` with a reason from `SkipReason`, so the summary
+accounts for every image and every class it saw: nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from difaug import imageio
+from difaug.manifest import IGNORE_VALUE, write_manifest
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+# PFENet/BAM only ever sample a support whose class covers >= 2·32·32 pixels (Shaban's rule): a row
+# below that would cost GPU time for an image no trainer picks.
+DEFAULT_MIN_AREA = 2 * 32 * 32
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class BuildError(ValueError):
+    """The dataset tree or an option cannot give a manifest at all (missing root, bad fold…)."""
+
+
+class SkipReason:
+    """The reasons a builder leaves something out; the summary counts them by these exact strings."""
+
+    MISSING_IMAGE = "missing image"
+    MISSING_MASK = "missing mask"
+    UNREADABLE_IMAGE = "unreadable image"
+    UNREADABLE_MASK = "unreadable mask"
+    SIZE_MISMATCH = "image/mask size mismatch"
+    EMPTY = "empty foreground"  # the mask holds no class pixel at all (only 0 / 255)
+    TOO_SMALL = "too small"  # a class with fewer than min_area pixels
+    NOT_SELECTED = "class not in fold/split"
+    UNKNOWN_CLASS = "unknown class id"
+    DUPLICATE = "duplicate sample_id"
+    BAD_LIST_LINE = "malformed list line"
+
+
+@dataclass(frozen=True)
+class Skip:
+    """One thing left out: an image (`class_id=None`) or one class of an image."""
+
+    file: str
+    reason: str
+    detail: str = ""
+    class_id: int | None = None
+
+
+@dataclass
+class BuildResult:
+    """What a builder found: the manifest rows plus an account of everything it left out."""
+
+    dataset: str
+    rows: list[dict]
+    skipped: list[Skip] = field(default_factory=list)
+    images_read: int = 0
+    notes: list[str] = field(default_factory=list)  # facts worth a line in the summary
+
+    @property
+    def skip_counts(self) -> Counter[str]:
+        return Counter(s.reason for s in self.skipped)
+
+    @property
+    def class_counts(self) -> Counter[str]:
+        """Rows per class name."""
+        return Counter(r["class_name"] for r in self.rows)
+
+    def write(self, out: str | Path, *, absolute: bool = False, root: str | Path | None = None) -> Path:
+        """Write the rows as a manifest (format from `out`'s suffix), paths made portable (see
+        `portable_path`). Returns the path written."""
+        out = Path(out)
+        base = out.resolve().parent
+        rows = [
+            {
+                **r,
+                "image": portable_path(r["image"], base, root, absolute=absolute),
+                "mask": portable_path(r["mask"], base, root, absolute=absolute),
+            }
+            for r in self.rows
+        ]
+        write_manifest(rows, out)
+        return out
+
+
+def portable_path(path: str, manifest_dir: Path, root: str | Path | None, *, absolute: bool) -> str:
+    """How a builder writes a path into a manifest.
+
+    Relative (POSIX separators) when the file lies under the manifest's folder, or when the manifest
+    is written inside the dataset root: then data and manifest move as one. Absolute otherwise, so a
+    manifest kept elsewhere keeps working when it is moved on its own."""
+    p = Path(path).resolve()
+    if absolute:
+        return str(p)
+    inside_root = root is not None and _is_under(manifest_dir, Path(root).resolve())
+    if _is_under(p, manifest_dir) or inside_root:
+        return Path(os.path.relpath(p, manifest_dir)).as_posix()
+    return str(p)
+
+
+def _is_under(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+    except ValueError:
+        return False
+    return True
+
+
+def require_dir(path: Path, what: str, hint: str = "") -> Path:
+    if not path.is_dir():
+        raise BuildError(f"{what} not found: {path}" + (f"; {hint}" if hint else ""))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# List files
+
+
+@dataclass(frozen=True)
+class ListEntry:
+    line: int  # 1-based line number in the list file
+    image: str  # as written (relative to root), "" when the line names a stem only
+    mask: str
+    stem: str
+
+
+def read_list_file(path: str | Path) -> tuple[list[ListEntry], list[Skip]]:
+    """Parse a PFENet/BAM-style data list: `JPEGImages/x.jpg SegmentationClassAug/x.png` per line.
+
+    Tolerates CRLF, blank lines, surrounding whitespace and leading slashes (paths are always taken
+    relative to the root). A one-token line is an image path (mask found by stem) or a bare stem, as
+    in VOC's `ImageSets/Segmentation/*.txt`. Lines with more than two tokens are reported, not guessed."""
+    path = Path(path)
+    if not path.is_file():
+        raise BuildError(f"list file not found: {path}")
+    text = path.read_bytes().decode("utf-8-sig", errors="replace")
+    entries: list[ListEntry] = []
+    bad: list[Skip] = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        tokens = raw.split()
+        if not tokens:
+            continue
+        if len(tokens) > 2:
+            bad.append(Skip(f"{path}:{lineno}", SkipReason.BAD_LIST_LINE, f"{len(tokens)} fields: {raw!r}"))
+            continue
+        image = _clean(tokens[0])
+        mask = _clean(tokens[1]) if len(tokens) == 2 else ""
+        if len(tokens) == 1 and "/" not in image and not image.lower().endswith(IMAGE_EXTENSIONS):
+            entries.append(ListEntry(lineno, "", "", image))
+            continue
+        entries.append(ListEntry(lineno, image, mask, Path(image).stem))
+    return entries, bad
+
+
+def _clean(token: str) -> str:
+    return token.replace("\\", "/").lstrip("/")
+
+
+def find_by_stem(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> dict[str, Path]:
+    """`{stem: path}` for the image files directly in `folder` (one directory listing, not N stats).
+
+    When a stem exists with several extensions the first of `extensions` wins, so `.jpg` beats `.png`."""
+    if not folder.is_dir():
+        return {}
+    rank = {ext: i for i, ext in enumerate(extensions)}
+    found: dict[str, tuple[int, Path]] = {}
+    with os.scandir(folder) as it:
+        for entry in it:
+            ext = os.path.splitext(entry.name)[1].lower()
+            if ext not in rank or not entry.is_file():
+                continue
+            stem = os.path.splitext(entry.name)[0]
+            if stem not in found or rank[ext] < found[stem][0]:
+                found[stem] = (rank[ext], Path(entry.path))
+    return {stem: p for stem, (_, p) in found.items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scanning image + mask pairs
+
+
+@dataclass
+class PairScan:
+    """One image + mask read: the mask's values and counts, or the reason it cannot be used."""
+
+    image: str
+    mask: str
+    reason: str = ""  # a SkipReason when the pair is unusable
+    detail: str = ""
+    counts: dict[int, int] = field(default_factory=dict)  # mask value → pixels
+    mask_array: np.ndarray | None = None  # kept only when asked (binarising builders)
+
+    @property
+    def bad_file(self) -> str:
+        """The file a skip of this pair names."""
+        image_side = (SkipReason.MISSING_IMAGE, SkipReason.UNREADABLE_IMAGE)
+        return self.image if self.reason in image_side else self.mask
+
+
+def scan_pair(
+    image: Path,
+    mask: Path,
+    *,
+    deep: bool = False,
+    read_mask: Callable[[Path], np.ndarray] | None = None,
+    keep_mask: bool = False,
+) -> PairScan:
+    """Check one pair the way `validate_manifest` does, and count the mask's values.
+
+    The image is checked at header cost (plus end-marker; `deep` decodes it); the mask is always
+    decoded, since its values decide the rows."""
+    scan = PairScan(str(image), str(mask))
+    if not image.is_file():
+        scan.reason = SkipReason.MISSING_IMAGE
+        return scan
+    if not mask.is_file():
+        scan.reason = SkipReason.MISSING_MASK
+        return scan
+    try:
+        width, height, _ = imageio.check_image_file(image, deep=deep)
+    except imageio.ImageReadError as e:
+        scan.reason, scan.detail = SkipReason.UNREADABLE_IMAGE, imageio.error_reason(e, image)
+        return scan
+    try:
+        arr = read_mask(mask) if read_mask else imageio.load_mask(mask)
+    except imageio.ImageReadError as e:
+        scan.reason, scan.detail = SkipReason.UNREADABLE_MASK, imageio.error_reason(e, mask)
+        return scan
+    if arr.shape[:2] != (height, width):
+        scan.reason = SkipReason.SIZE_MISMATCH
+        scan.detail = f"image {width}×{height}, mask {arr.shape[1]}×{arr.shape[0]}"
+        return scan
+    scan.counts = imageio.value_counts(arr)
+    if keep_mask:
+        scan.mask_array = arr
+    return scan
+
+
+def default_workers() -> int:
+    # Decoding releases the GIL, so threads beyond the cores add only contention on local disks;
+    # on a network file system pass more (`--workers`) to hide the latency.
+    return max(2, min(32, 2 * (os.cpu_count() or 1)))
+
+
+def parallel_map(
+    fn: Callable[[T], R],
+    items: Sequence[T],
+    *,
+    workers: int | None = None,
+    progress: bool = False,
+    label: str = "reading",
+) -> Iterator[R]:
+    """`map(fn, items)` on a thread pool, results in input order (so output is deterministic).
+
+    Items go to the pool in chunks: one future per file costs about as much as checking a small
+    file's header."""
+    workers = workers or default_workers()
+    size = max(1, min(64, len(items) // (workers * 8)))
+    chunks = [items[i : i + size] for i in range(0, len(items), size)]
+
+    def run(chunk: Sequence[T]) -> list[R]:
+        return [fn(x) for x in chunk]
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results: Iterable[list[R]] = pool.map(run, chunks)
+        if progress:
+            from rich.console import Console
+            from rich.progress import track
+
+            results = track(
+                results, total=len(chunks), description=label, transient=True, console=Console(stderr=True)
+            )
+        for chunk_result in results:
+            yield from chunk_result
+
+
+def class_pixels(counts: dict[int, int]) -> dict[int, int]:
+    """Mask value counts without background (0) and ignore (255): the classes present."""
+    return {v: n for v, n in counts.items() if v not in (0, IGNORE_VALUE)}
+
+
+def rows_for_scan(
+    scan: PairScan,
+    *,
+    dataset: str,
+    names: dict[int, str],
+    selected: set[int] | None,
+    min_area: int,
+    split: str,
+    fold: int | None,
+    sample_id: Callable[[int], str],
+    mask_path: str | None = None,
+) -> tuple[list[dict], list[Skip]]:
+    """Rows (one per selected class with >= min_area pixels) and skips for one usable pair."""
+    rows: list[dict] = []
+    skips: list[Skip] = []
+    present = class_pixels(scan.counts)
+    if not present:
+        return rows, [Skip(scan.mask, SkipReason.EMPTY, "no pixel other than 0 / 255")]
+    for class_id, area in present.items():
+        if class_id not in names:
+            skips.append(Skip(scan.mask, SkipReason.UNKNOWN_CLASS, f"value {class_id}", class_id))
+        elif selected is not None and class_id not in selected:
+            skips.append(Skip(scan.mask, SkipReason.NOT_SELECTED, names[class_id], class_id))
+        elif area < min_area:
+            skips.append(
+                Skip(scan.mask, SkipReason.TOO_SMALL, f"{names[class_id]}: {area} < {min_area} px", class_id)
+            )
+        else:
+            rows.append(
+                {
+                    "sample_id": sample_id(class_id),
+                    "image": scan.image,
+                    "mask": mask_path or scan.mask,
+                    "class_id": class_id,
+                    "class_name": names[class_id],
+                    "dataset": dataset,
+                    "split": split,
+                    "fold": fold,
+                    "prompt": "",
+                }
+            )
+    return rows, skips
+
+
+def dedupe(rows: list[dict], skipped: list[Skip]) -> list[dict]:
+    """Keep the first row of each sample_id; later ones become `duplicate sample_id` skips."""
+    seen: dict[str, str] = {}
+    kept: list[dict] = []
+    for r in rows:
+        first = seen.get(r["sample_id"])
+        if first is not None:
+            skipped.append(
+                Skip(r["image"], SkipReason.DUPLICATE, f"{r['sample_id']}, first from {first}", r["class_id"])
+            )
+            continue
+        seen[r["sample_id"]] = r["image"]
+        kept.append(r)
+    return kept
+
+
+def fold_classes(n_classes: int, fold: int, rule: str) -> list[int]:
+    """The test classes of one fold, 1-based ids.
+
+    `contiguous`: fold i = classes n/4·i+1 … n/4·(i+1) (PASCAL-5i, PANet's COCO-20i);
+    `interleaved`: fold i = i+1, i+5, i+9, … (BAM/HSNet `use_split_coco`)."""
+    if fold not in range(4):
+        raise BuildError(f"fold must be 0, 1, 2 or 3, got {fold}")
+    per_fold = n_classes // 4
+    if rule == "contiguous":
+        return list(range(per_fold * fold + 1, per_fold * (fold + 1) + 1))
+    if rule == "interleaved":
+        return list(range(fold + 1, n_classes + 1, 4))
+    raise BuildError(f"unknown fold rule {rule!r}; use interleaved or contiguous")
+
+
+def select_classes(
+    n_classes: int, fold: int | None, split: str | None, rule: str = "contiguous"
+) -> tuple[set[int] | None, str]:
+    """(class ids to keep or None for all, the split column value) for a fold/split choice.
+
+    `split=val` (also `test`): the fold's test classes; `split=train` (also `trn`): all the others.
+    No fold: every class, and the split column just records `split`."""
+    if split is not None and split not in ("train", "trn", "val", "test"):
+        raise BuildError(f"unknown split {split!r}; use train or val")
+    if fold is None:
+        return None, split or ""
+    if split is None:
+        raise BuildError("--fold needs --split: val (the fold's test classes) or train (the others)")
+    test = set(fold_classes(n_classes, fold, rule))
+    if split in ("val", "test"):
+        return test, split
+    return set(range(1, n_classes + 1)) - test, split

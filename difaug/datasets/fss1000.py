@@ -1,0 +1,221 @@
+"""FSS-1000: `ROOT/<class folder>/<n>.jpg` with a binary mask `<n>.png` beside each image.
+
+The masks are 0/255 greyscale (some saved as RGB, some anti-aliased along the outline). The rest of
+difaug takes `mask == class_id` as the foreground, and 255 means "ignore", so the raw masks cannot be
+used as they are. The builder therefore writes a binarised copy of every mask it keeps:
+
+- read as HSNet reads them: luminance (`PIL .convert("L")`), foreground = value >= `threshold`
+  (default 128); anti-aliased pixels (values 1..254) are counted and reported in the summary;
+- written to `mask_out/<class folder>/<n>.png` holding 0 and the row's `class_id` (8-bit PNG when the
+  id is below 255, 16-bit otherwise), so `mask == class_id` is exactly HSNet's foreground.
+
+`class_id` is the class's id in difaug's FSS-1000 table (1..1000) when the folder name is in it,
+otherwise a stable id from the name (`1001 + crc32(name) % 64000`, next free id on a clash).
+`class_name` is the folder name with `_` → space; sample_id is `{class folder}_{stem}` since every
+class folder has its own `1.jpg … 10.jpg`.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from difaug import imageio
+from difaug.classes import class_table
+from difaug.datasets.common import (
+    IMAGE_EXTENSIONS,
+    BuildError,
+    BuildResult,
+    PairScan,
+    Skip,
+    SkipReason,
+    dedupe,
+    parallel_map,
+    require_dir,
+    scan_pair,
+)
+
+DEFAULT_THRESHOLD = 128
+MISSING_CLASS_DIR = "missing class folder"
+
+
+def read_luma_mask(path: Path) -> np.ndarray:
+    """A binary-ish mask as HSNet reads FSS-1000: luminance of whatever mode the file has."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                return (np.asarray(img, dtype=np.int64) >> 8).astype(np.uint8)  # 16-bit → 8-bit
+            return np.asarray(img.convert("L"), dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise imageio.decode_error(str(path), e) from e
+
+
+def write_binary_mask(path: Path, foreground: np.ndarray, class_id: int) -> None:
+    """Write `0 / class_id` as a PNG (8-bit if the id fits below 255, else 16-bit). Same bytes each run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if class_id < 255:
+        img = Image.fromarray(np.where(foreground, class_id, 0).astype(np.uint8))
+    else:
+        img = Image.fromarray(np.where(foreground, class_id, 0).astype(np.uint16))
+    tmp = path.with_name(path.name + ".tmp")
+    img.save(tmp, format="PNG", compress_level=6)
+    tmp.replace(path)
+
+
+def stable_class_ids(folders: list[str]) -> dict[str, int]:
+    """Folder name → class id: the FSS-1000 table's id, else a stable id derived from the name."""
+    table = {info.class_name: cid for cid, info in class_table("fss1000").items()}
+    ids = {f: table[f] for f in folders if f in table}
+    taken = set(table.values())
+    for f in sorted(set(folders) - set(ids)):
+        cid = 1001 + zlib.crc32(f.encode()) % 64000
+        while cid in taken:
+            cid += 1
+        ids[f] = cid
+        taken.add(cid)
+    return ids
+
+
+def _natural_key(name: str) -> tuple:
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
+
+
+@dataclass
+class _Item:
+    folder: str
+    image: Path
+    mask: Path
+    class_id: int
+
+
+@dataclass
+class _Outcome:
+    item: _Item
+    scan: PairScan
+    area: int = 0
+    antialiased: int = 0  # pixels with values strictly between 0 and 255
+    written: Path | None = None
+
+
+def build_fss1000(
+    root: str | Path,
+    *,
+    mask_out: str | Path,
+    list_file: str | Path | None = None,
+    split: str | None = None,
+    min_area: int = 0,
+    threshold: int = DEFAULT_THRESHOLD,
+    deep: bool = False,
+    workers: int | None = None,
+    progress: bool = False,
+) -> BuildResult:
+    """One row per FSS-1000 image (binarised masks written under `mask_out`, see the module doc).
+
+    `list_file`: class folder names, one per line (HSNet's `splits/fss/{trn,val,test}.txt`); without
+    it every folder under `root`. `split` only fills the split column. `min_area` defaults to 0:
+    FSS-1000 trainers sample every image of a class."""
+    root = require_dir(Path(root).resolve(), "dataset root")
+    mask_out = Path(mask_out).resolve()
+    if not 0 < threshold <= 255:
+        raise BuildError(f"threshold must be in 1..255, got {threshold}")
+    skipped: list[Skip] = []
+    if list_file is not None:
+        folders = _read_class_list(Path(list_file))
+        for f in [f for f in folders if not (root / f).is_dir()]:
+            skipped.append(Skip(str(root / f), MISSING_CLASS_DIR, f"listed in {list_file}"))
+        folders = [f for f in folders if (root / f).is_dir()]
+    else:
+        folders = sorted(
+            (p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=_natural_key
+        )
+    if not folders:
+        raise BuildError(f"no class folders under {root}; FSS-1000 is ROOT/<class>/<n>.jpg + <n>.png")
+    ids = stable_class_ids(folders)
+    items = _items(root, folders, ids, skipped)
+
+    def work(item: _Item) -> _Outcome:
+        scan = scan_pair(item.image, item.mask, deep=deep, read_mask=read_luma_mask, keep_mask=True)
+        out = _Outcome(item, scan)
+        if scan.mask_array is None:
+            return out
+        arr, scan.mask_array = scan.mask_array, None  # drop the array: results queue up in order
+        fg = arr >= threshold
+        out.area = int(fg.sum())
+        out.antialiased = int(np.count_nonzero((arr > 0) & (arr < 255)))
+        if out.area >= max(min_area, 1):
+            out.written = mask_out / item.folder / f"{item.mask.stem}.png"
+            write_binary_mask(out.written, fg, item.class_id)
+        return out
+
+    rows: list[dict] = []
+    aa_masks = aa_pixels = 0
+    for o in parallel_map(work, items, workers=workers, progress=progress, label="fss1000 masks"):
+        if o.scan.reason:
+            skipped.append(Skip(o.scan.bad_file, o.scan.reason, o.scan.detail))
+            continue
+        aa_masks += o.antialiased > 0
+        aa_pixels += o.antialiased
+        name = o.item.folder.replace("_", " ")
+        if o.area == 0:
+            skipped.append(Skip(o.scan.mask, SkipReason.EMPTY, f"no pixel >= {threshold}"))
+        elif o.written is None:
+            skipped.append(
+                Skip(o.scan.mask, SkipReason.TOO_SMALL, f"{name}: {o.area} < {min_area} px", o.item.class_id)
+            )
+        else:
+            rows.append(
+                {
+                    "sample_id": f"{o.item.folder}_{o.item.image.stem}",
+                    "image": o.scan.image,
+                    "mask": str(o.written),
+                    "class_id": o.item.class_id,
+                    "class_name": name,
+                    "dataset": "fss1000",
+                    "split": split or "",
+                    "fold": None,
+                    "prompt": "",
+                }
+            )
+    rows = dedupe(rows, skipped)
+    result = BuildResult(dataset="fss1000", rows=rows, skipped=skipped, images_read=len(items))
+    result.notes.append(
+        f"masks binarised (luminance >= {threshold} is foreground) and written to {mask_out}; "
+        f"{aa_masks} of them had anti-aliased pixels ({aa_pixels} px with values 1..254)"
+    )
+    unknown = sorted(f for f in folders if ids[f] > 1000)
+    if unknown:
+        shown = ", ".join(f"{f}={ids[f]}" for f in unknown[:5]) + (" …" if len(unknown) > 5 else "")
+        result.notes.append(
+            f"{len(unknown)} class folder(s) not in the FSS-1000 table got stable ids: {shown}"
+        )
+    return result
+
+
+def _read_class_list(path: Path) -> list[str]:
+    if not path.is_file():
+        raise BuildError(f"class list not found: {path}")
+    names = [line.strip().strip("/") for line in path.read_text(encoding="utf-8-sig").splitlines()]
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def _items(root: Path, folders: list[str], ids: dict[str, int], skipped: list[Skip]) -> list[_Item]:
+    items: list[_Item] = []
+    image_exts = tuple(e for e in IMAGE_EXTENSIONS if e != ".png")
+    for folder in folders:
+        files = {p.name: p for p in (root / folder).iterdir() if p.is_file()}
+        images = sorted(
+            (p for p in files.values() if p.suffix.lower() in image_exts), key=lambda p: _natural_key(p.name)
+        )
+        stems = {p.stem for p in images}
+        for p in images:
+            items.append(_Item(folder, p, p.with_suffix(".png"), ids[folder]))
+        for p in sorted(files.values()):  # a mask whose image is gone is worth a line too
+            if p.suffix.lower() == ".png" and p.stem not in stems:
+                skipped.append(Skip(str(p), SkipReason.MISSING_IMAGE, f"no {p.stem}.jpg beside it"))
+    return items

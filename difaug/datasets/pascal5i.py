@@ -1,0 +1,184 @@
+"""PASCAL-5i: the VOC2012 tree with SBD-augmented masks, as PFENet / BAM / HSNet keep it.
+
+```
+ROOT/JPEGImages/2007_000032.jpg
+ROOT/SegmentationClassAug/2007_000032.png   # values: 0 background, 1..20 classes, 255 border
+```
+Palette PNGs (VOC's own `SegmentationClass`) hold the class ids as palette indices, which is what
+`imageio.load_mask` returns, so both kinds work. Fold i's test classes are 5i+1 … 5i+5.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from difaug.classes import class_table
+from difaug.datasets.common import (
+    DEFAULT_MIN_AREA,
+    BuildError,
+    BuildResult,
+    PairScan,
+    Skip,
+    SkipReason,
+    dedupe,
+    find_by_stem,
+    parallel_map,
+    read_list_file,
+    require_dir,
+    rows_for_scan,
+    scan_pair,
+    select_classes,
+)
+
+N_CLASSES = 20
+
+
+def build_pascal5i(
+    root: str | Path,
+    *,
+    list_file: str | Path | None = None,
+    fold: int | None = None,
+    split: str | None = None,
+    min_area: int = DEFAULT_MIN_AREA,
+    image_dir: str = "JPEGImages",
+    mask_dir: str | None = None,
+    deep: bool = False,
+    workers: int | None = None,
+    progress: bool = False,
+) -> BuildResult:
+    """Rows for every (image, class present with >= `min_area` pixels) of a VOC-style tree.
+
+    `list_file`: a PFENet/BAM data list (paths relative to `root`); without it every mask in
+    `mask_dir` (default `SegmentationClassAug`, else `SegmentationClass`) is paired by stem with
+    `image_dir`. `fold` + `split`: `val` keeps the fold's 5 test classes, `train` the other 15.
+    sample_id is `{stem}_{class_id}`."""
+    names = {cid: info.class_name for cid, info in class_table("pascal").items()}
+    selected, split_value = select_classes(N_CLASSES, fold, split)
+    return build_class_id_masks(
+        "pascal",
+        root,
+        names=names,
+        selected=selected,
+        split=split_value,
+        fold=fold,
+        list_file=list_file,
+        min_area=min_area,
+        image_dirs=[image_dir],
+        mask_dirs=[mask_dir] if mask_dir else None,
+        default_mask_dirs=["SegmentationClassAug", "SegmentationClass"],
+        deep=deep,
+        workers=workers,
+        progress=progress,
+    )
+
+
+def build_class_id_masks(
+    dataset: str,
+    root: str | Path,
+    *,
+    names: dict[int, str],
+    selected: set[int] | None,
+    split: str,
+    fold: int | None,
+    list_file: str | Path | None,
+    min_area: int,
+    image_dirs: list[str],
+    mask_dirs: list[str] | None,
+    default_mask_dirs: list[str],
+    deep: bool,
+    workers: int | None,
+    progress: bool,
+) -> BuildResult:
+    """The shared PASCAL/COCO builder: masks whose pixel values are class ids.
+
+    `image_dirs[i]` pairs with `mask_dirs[i]` (both relative to root) when no list is given."""
+    root = require_dir(Path(root).resolve(), "dataset root")
+    skipped: list[Skip] = []
+    if list_file is not None:
+        pairs, skipped = _pairs_from_list(root, list_file, image_dirs, mask_dirs or default_mask_dirs)
+    else:
+        pairs = _pairs_from_tree(root, image_dirs, mask_dirs, default_mask_dirs, skipped)
+
+    def scan(pair: tuple[Path, Path]) -> PairScan:
+        return scan_pair(pair[0], pair[1], deep=deep)
+
+    rows: list[dict] = []
+    for result in parallel_map(scan, pairs, workers=workers, progress=progress, label=f"{dataset} masks"):
+        if result.reason:
+            skipped.append(Skip(result.bad_file, result.reason, result.detail))
+            continue
+        stem = Path(result.image).stem
+        new_rows, skips = rows_for_scan(
+            result,
+            dataset=dataset,
+            names=names,
+            selected=selected,
+            min_area=min_area,
+            split=split,
+            fold=fold,
+            sample_id=lambda cid, stem=stem: f"{stem}_{cid}",
+        )
+        rows += new_rows
+        skipped += skips
+    rows = dedupe(rows, skipped)
+    return BuildResult(dataset=dataset, rows=rows, skipped=skipped, images_read=len(pairs))
+
+
+def _pairs_from_list(
+    root: Path, list_file: str | Path, image_dirs: list[str], mask_dirs: list[str]
+) -> tuple[list[tuple[Path, Path]], list[Skip]]:
+    entries, skipped = read_list_file(list_file)
+    pairs = []
+    for e in entries:
+        image = _under_root(root, e.image) if e.image else root / image_dirs[0] / f"{e.stem}.jpg"
+        if e.mask:
+            mask = _under_root(root, e.mask)
+        else:
+            mask_dir = next((d for d in mask_dirs if (root / d).is_dir()), mask_dirs[0])
+            mask = root / mask_dir / f"{e.stem}.png"
+        pairs.append((image, mask))
+    return pairs, skipped
+
+
+def _under_root(root: Path, rel: str) -> Path:
+    # Lists are relative to the root even when written with a leading slash; an absolute path that
+    # exists while the root-relative one does not is taken as meant.
+    p = root / rel
+    if not p.exists() and Path("/" + rel).exists():
+        return Path("/" + rel)
+    return p
+
+
+def _pairs_from_tree(
+    root: Path,
+    image_dirs: list[str],
+    mask_dirs: list[str] | None,
+    default_mask_dirs: list[str],
+    skipped: list[Skip],
+) -> list[tuple[Path, Path]]:
+    """Every mask in each mask dir, paired by stem with the matching image dir.
+
+    Masks drive the scan: VOC has ~17k JPEGs but masks for ~12k, and an unlabelled image is not a
+    problem, while a mask without its image is (reported as `missing image`)."""
+    if mask_dirs is None:
+        found = next((d for d in default_mask_dirs if (root / d).is_dir()), None)
+        if found is None:
+            raise BuildError(
+                f"no mask folder under {root} (looked for {', '.join(default_mask_dirs)}); "
+                "pass --mask-dir or --list"
+            )
+        mask_dirs = [found] * len(image_dirs)
+    pairs: list[tuple[Path, Path]] = []
+    for image_dir, mask_dir in zip(image_dirs, mask_dirs, strict=True):
+        require_dir(root / mask_dir, "mask folder", "pass --mask-dir or --list")
+        images = find_by_stem(require_dir(root / image_dir, "image folder", "pass --image-dir or --list"))
+        masks = find_by_stem(root / mask_dir, (".png",))
+        for stem in sorted(masks):
+            image = images.get(stem)
+            if image is None:
+                skipped.append(
+                    Skip(str(masks[stem]), SkipReason.MISSING_IMAGE, f"no {stem}.* in {root / image_dir}")
+                )
+                continue
+            pairs.append((image, masks[stem]))
+    return pairs

@@ -1,0 +1,725 @@
+"""Model specs, pipeline loading, and the tiny offline model builder.
+
+A `ModelSpec` names the three weights a job needs: the Stable Diffusion 1.5 base pipeline, the
+ControlNet for the job's condition, and the HED annotator weights. Each is a Hugging Face hub id or
+a local folder. `JobConfig.model` may name a *bundle*: a folder holding `difaug-models.json`
+(written by `make_tiny` / `difaug models make-tiny`, or by hand for a set of downloaded weights),
+whose entries are paths relative to the bundle folder:
+
+    {"base_model": "stable-diffusion-v1-5",
+     "controlnets": {"hed": "sd-controlnet-hed", "seg": "sd-controlnet-seg", "scribble": "sd-controlnet-scribble"},
+     "hed_weights": "Annotators"}
+
+`load_pipeline` loads a `StableDiffusionControlNetPipeline` with `from_pretrained` (safetensors
+preferred, `.bin` when a repo has only that; `HF_HUB_OFFLINE=1` read at call time means "local
+files and cache only"). A missing or unreachable weight raises `ModelLoadError`, one message that
+names the id and how to point at a local folder.
+
+Speed options
+-------------
+What each knob buys and what it costs (CUDA unless noted). Defaults are the safe, fast choice.
+
+- **fp16** (`dtype: auto` on CUDA): half the memory traffic and tensor-core matmuls, ~2× faster
+  than fp32. Images differ from fp32 by fp16 rounding (not visibly). `bfloat16` is selectable
+  (same speed on Ampere+, wider range, coarser mantissa). fp32 is the CPU default; fp16 on CPU is
+  refused (slow or missing kernels).
+- **SDPA attention**: diffusers' default `AttnProcessor2_0` (PyTorch scaled-dot-product attention,
+  flash / memory-efficient kernels). Nothing to trade; we just never replace it.
+- **channels_last** (UNet, ControlNet, VAE on CUDA): NHWC convolutions map onto tensor cores
+  without transposes; typically 5–15 % faster in fp16. No quality cost.
+- **VAE slicing** (always on): the VAE decodes one image at a time, so a batch of 16 at 512² does
+  not need several GB for its decoder activations. Decoding is ~2 % of the work, so this costs
+  almost nothing — and it makes each decoded image independent of its batch mates.
+- **batch size** (`batch_size`, default 8): images of different samples with the same condition
+  shape share one pipeline call. Larger batches fill the GPU better (8–16 saturate an A100 at
+  512²); memory grows linearly (≈1 GB per image in fp16 with CFG). Output does not depend on it
+  beyond floating-point tolerance.
+- **compile** (`compile: true`): `torch.compile` of the UNet and ControlNet, mode
+  `reduce-overhead` (CUDA graphs: removes Python/launch overhead, biggest win at small batches)
+  or `max-autotune` (also searches GEMM/conv kernels: longest warm-up, best steady state). Costs
+  one to several minutes of compilation per batch shape and per worker, so it pays off only for
+  long jobs; batches of a bucket are padded to `batch_size` so each shape compiles once.
+  Not combinable with `offload`.
+- **lcm_lora** (`lcm_lora: latent-consistency/lcm-lora-sdv1-5` or a local folder): fuses the
+  LCM-LoRA into the UNet and switches to the LCM scheduler; 4–8 steps instead of 20 (set `steps`
+  and `guidance_scale` 1–2 accordingly) → 3–5× faster. Trades image quality and fidelity to the
+  DifFSS reference setup; needs the `peft` package.
+- **offload** (`offload: true`): `enable_model_cpu_offload` keeps only the running model on the
+  GPU (text encoder, then UNet+ControlNet, then VAE). Fits a 4–6 GB GPU; costs host↔device copies
+  on every batch (~20–40 % slower). Use only when the pipeline does not fit.
+- Not enabled on purpose: `cudnn.benchmark` (may pick different kernels run to run, which breaks
+  bit-for-bit reruns), xformers (SDPA is as fast on PyTorch ≥ 2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import itertools
+import json
+import os
+import re
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from difaug.config import (
+    CONDITIONS,
+    DEFAULT_BASE_MODEL,
+    DEFAULT_CONTROLNETS,
+    DEFAULT_HED_WEIGHTS,
+    DEFAULT_NEGATIVE_PROMPT,
+    DEFAULT_PROMPT,
+    ConfigError,
+    JobConfig,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import StableDiffusionControlNetPipeline
+
+BUNDLE_INDEX = "difaug-models.json"
+BASE_DIRNAME = "stable-diffusion-v1-5"
+HED_DIRNAME = "Annotators"
+HED_FILENAME = "ControlNetHED.pth"
+DEFAULT_COMPILE_MODE = "reduce-overhead"
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+# name → (diffusers class, extra config). Built from the base model's own scheduler config, so
+# beta schedule and timestep spacing stay those the model was trained with.
+SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "pndm": ("PNDMScheduler", {}),
+    "lcm": ("LCMScheduler", {}),
+}
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_HOW_TO_POINT = (
+    "point at local weights instead: --model DIR (a folder made by `difaug models make-tiny`, or any "
+    "folder with a difaug-models.json), --base-model DIR (a diffusers SD1.5 folder with "
+    "model_index.json), --controlnet DIR (a ControlNet folder with config.json)"
+)
+
+
+class ModelLoadError(RuntimeError):
+    """Weights that cannot be loaded; the message names the id and how to point at a local copy."""
+
+
+# --------------------------------------------------------------------------------------------
+# Model spec
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where the weights of one job come from: hub ids or local folders."""
+
+    base: str = DEFAULT_BASE_MODEL
+    controlnet: str = DEFAULT_CONTROLNETS["hed"]
+    hed_weights: str = DEFAULT_HED_WEIGHTS
+
+    @classmethod
+    def from_config(cls, cfg: JobConfig) -> ModelSpec:
+        """Resolve `cfg.model` (a bundle or a base model) and the single-part overrides.
+
+        Precedence per part: an explicit `base_model` / `controlnet` / `hed_weights` (one that
+        differs from its default) > the bundle's entry > the default."""
+        base, controlnet, hed = DEFAULT_BASE_MODEL, cfg.controlnet_id, DEFAULT_HED_WEIGHTS
+        if cfg.model:
+            bundle = read_bundle(cfg.model)
+            if bundle is None:
+                base = cfg.model
+            else:
+                base = bundle["base_model"]
+                hed = bundle.get("hed_weights") or hed
+                nets = bundle.get("controlnets", {})
+                if not cfg.controlnet:
+                    if cfg.condition not in nets:
+                        raise ModelLoadError(
+                            f"{bundle['index']} has no ControlNet for condition {cfg.condition!r} "
+                            f"(it has: {', '.join(sorted(nets)) or 'none'}); add one under "
+                            f"'controlnets' or pass --controlnet DIR"
+                        )
+                    controlnet = nets[cfg.condition]
+        if cfg.base_model != DEFAULT_BASE_MODEL:
+            base = cfg.base_model
+        if cfg.hed_weights != DEFAULT_HED_WEIGHTS:
+            hed = cfg.hed_weights
+        return cls(base=base, controlnet=controlnet, hed_weights=hed)
+
+
+def read_bundle(path: str | Path) -> dict[str, Any] | None:
+    """The bundle index at `path` (a folder with difaug-models.json, or that file) with absolute
+    paths, or None when `path` is not a bundle."""
+    p = Path(path).expanduser()
+    index = p if p.name == BUNDLE_INDEX else p / BUNDLE_INDEX
+    if not index.is_file():
+        return None
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{index}: not a readable bundle index ({exc})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("base_model"), str):
+        raise ModelLoadError(f"{index}: a bundle index needs a 'base_model' entry (a folder name)")
+    root = index.parent.resolve()
+
+    def absolute(rel: str) -> str:
+        return str((root / rel).resolve())
+
+    out: dict[str, Any] = {"index": str(index), "base_model": absolute(data["base_model"])}
+    out["controlnets"] = {k: absolute(v) for k, v in (data.get("controlnets") or {}).items()}
+    if data.get("hed_weights"):
+        out["hed_weights"] = absolute(data["hed_weights"])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Device and dtype
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str = "auto") -> str:
+    """`auto` → `cuda` when a GPU is visible, else `cpu`. An explicit CUDA device without CUDA is an error."""
+    import torch
+
+    if device in ("", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as exc:
+        raise ConfigError(f"device={device!r} is not a torch device (use auto, cpu, cuda, cuda:N)") from exc
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} but CUDA is not available here; use device=auto or cpu")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """`auto` → float16 on CUDA, float32 elsewhere. float16 on CPU is refused: many CPU kernels
+    have no half-precision version and those that do are slower than float32."""
+    import torch
+
+    kind = torch.device(device).type
+    if dtype in ("", "auto"):
+        return "float16" if kind == "cuda" else "float32"
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ConfigError(f"dtype={dtype!r} is not one of: auto, float32, float16, bfloat16")
+    if dtype == "float16" and kind == "cpu":
+        raise ConfigError("dtype=float16 is not supported on CPU; use float32 (the default) or bfloat16")
+    return dtype
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub reads it, but at call time (its constant is read at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def looks_local(ref: str) -> bool:
+    """A path rather than a hub id: it exists, or it cannot be a hub id (absolute, ./, ~, 2+ slashes)."""
+    return Path(ref).expanduser().exists() or not _HUB_ID.match(ref)
+
+
+def _check_local(ref: str, what: str, marker: str) -> None:
+    p = Path(ref).expanduser()
+    if not p.is_dir():
+        raise ModelLoadError(f"cannot load the {what} {ref!r}: no such folder; {_HOW_TO_POINT}")
+    if not (p / marker).is_file():
+        if (p / BUNDLE_INDEX).is_file():
+            raise ModelLoadError(
+                f"cannot load the {what} {ref!r}: it is a difaug model bundle; pass it as --model {ref}"
+            )
+        raise ModelLoadError(
+            f"cannot load the {what} {ref!r}: the folder has no {marker}, so it is not in the "
+            f"diffusers layout; {_HOW_TO_POINT}"
+        )
+
+
+def _hub_failure(ref: str, what: str, exc: BaseException) -> ModelLoadError:
+    reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    if hub_offline():
+        where = "it is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading"
+    else:
+        where = f"it could not be fetched from the Hugging Face hub ({reason})"
+    return ModelLoadError(
+        f"cannot load the {what} {ref!r}: {where}. Download it once on a machine with internet "
+        f"(`hf download {ref}`, then copy the cache or the folder), or {_HOW_TO_POINT}"
+    )
+
+
+def _from_pretrained(loader: Any, ref: str, what: str, marker: str, **kwargs: Any) -> Any:
+    """`loader(ref, **kwargs)` with our errors: a local folder is checked first (clear message
+    instead of diffusers' guesses); a hub failure becomes one ModelLoadError."""
+    local = looks_local(ref)
+    if local:
+        _check_local(ref, what, marker)
+        ref = str(Path(ref).expanduser())
+    # use_safetensors=None: safetensors when the repo has them, else the .bin weights.
+    kwargs.setdefault("use_safetensors", None)
+    if hub_offline() or local:
+        kwargs["local_files_only"] = True
+    try:
+        return loader(ref, **kwargs)
+    except (OSError, ValueError) as exc:
+        if local:
+            raise ModelLoadError(f"cannot load the {what} from {ref!r}: {exc}") from exc
+        raise _hub_failure(ref, what, exc) from exc
+
+
+def make_scheduler(name: str, base_config: Any) -> Any:
+    """A scheduler from the registry, configured from the base model's scheduler config."""
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise ConfigError(f"scheduler={name!r} is not one of: {', '.join(SCHEDULERS)}")
+    cls_name, extra = SCHEDULERS[name]
+    cls = getattr(diffusers, cls_name)
+    # Only the keys this scheduler knows (PNDM's skip_prk_steps would make LCM log a warning),
+    # and diffusers' private ones: `_use_default_values` lists the settings the base config
+    # left at *its* class default (e.g. PNDM's timestep_spacing), which must not carry over.
+    known = inspect.signature(cls.__init__).parameters
+    config = {k: v for k, v in dict(base_config).items() if k in known or k.startswith("_")}
+    return cls.from_config(config, **extra)
+
+
+def load_pipeline(
+    spec: ModelSpec,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    scheduler: str = "unipc",
+    compile: bool = False,
+    compile_mode: str = DEFAULT_COMPILE_MODE,
+    lcm_lora: str = "",
+    offload: bool = False,
+) -> StableDiffusionControlNetPipeline:
+    """Load base + ControlNet as a `StableDiffusionControlNetPipeline` ready to sample.
+
+    See the module docstring ("Speed options") for what `dtype`, `compile`, `lcm_lora` and
+    `offload` trade. With `lcm_lora` the scheduler is always LCM."""
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    device = resolve_device(device)
+    dtype_name = resolve_dtype(dtype, device)
+    if compile and offload:
+        raise ConfigError("compile and offload cannot be combined; choose one")
+    tdtype = torch_dtype(dtype_name)
+
+    with _quiet():
+        controlnet = _from_pretrained(
+            ControlNetModel.from_pretrained, spec.controlnet, "ControlNet", "config.json", torch_dtype=tdtype
+        )
+        pipe = _from_pretrained(
+            StableDiffusionControlNetPipeline.from_pretrained,
+            spec.base,
+            "base model",
+            "model_index.json",
+            controlnet=controlnet,
+            safety_checker=None,
+            requires_safety_checker=False,
+            torch_dtype=tdtype,
+        )
+    return prepare_pipeline(
+        pipe,
+        device=device,
+        scheduler=scheduler,
+        lcm_lora=lcm_lora,
+        compile=compile,
+        compile_mode=compile_mode,
+        offload=offload,
+    )
+
+
+def prepare_pipeline(
+    pipe: Any,
+    *,
+    device: str,
+    scheduler: str = "unipc",
+    lcm_lora: str = "",
+    compile: bool = False,
+    compile_mode: str = DEFAULT_COMPILE_MODE,
+    offload: bool = False,
+) -> Any:
+    """Scheduler, LoRA fusion, VAE slicing, channels_last, placement and compilation for a loaded
+    (or, in benchmarks, freshly built) pipeline already in its final dtype."""
+    import torch
+
+    if compile and offload:
+        raise ConfigError("compile and offload cannot be combined; choose one")
+    if compile and compile_mode not in COMPILE_MODES:
+        raise ConfigError(f"compile_mode={compile_mode!r} is not one of: {', '.join(COMPILE_MODES)}")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = make_scheduler("lcm" if lcm_lora else scheduler, pipe.scheduler.config)
+    if lcm_lora:
+        with _quiet():
+            _fuse_lora(pipe, lcm_lora)
+    pipe.vae.enable_slicing()
+
+    if torch.device(device).type == "cuda":
+        for module in (pipe.unet, pipe.controlnet, pipe.vae):
+            module.to(memory_format=torch.channels_last)
+    if offload:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    if compile:
+        # fullgraph=False: a graph break costs a little speed, a hard failure costs the job.
+        pipe.unet = torch.compile(pipe.unet, mode=compile_mode)
+        pipe.controlnet = torch.compile(pipe.controlnet, mode=compile_mode)
+    return pipe
+
+
+def _fuse_lora(pipe: Any, ref: str) -> None:
+    try:
+        import peft  # noqa: F401
+    except ImportError as exc:
+        raise ModelLoadError("lcm_lora needs the `peft` package: pip install peft") from exc
+    kwargs: dict[str, Any] = {}
+    if looks_local(ref):
+        path = Path(ref).expanduser()
+        if not path.exists():
+            raise ModelLoadError(f"cannot load the LCM-LoRA {ref!r}: no such file or folder")
+        kwargs["local_files_only"] = True
+        ref = str(path)
+    elif hub_offline():
+        kwargs["local_files_only"] = True
+    try:
+        pipe.load_lora_weights(ref, **kwargs)
+    except (OSError, ValueError) as exc:
+        if looks_local(ref):
+            raise ModelLoadError(f"cannot load the LCM-LoRA from {ref!r}: {exc}") from exc
+        raise _hub_failure(ref, "LCM-LoRA", exc) from exc
+    # Fused weights cost nothing per step; the LoRA layers themselves are then dropped.
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+
+
+# --------------------------------------------------------------------------------------------
+# Tiny random models in the real on-disk layout
+# --------------------------------------------------------------------------------------------
+
+# Sizes of the tiny pipeline. The VAE has 2 blocks, so it scales by 2; the ControlNet's
+# conditioning embedding has 2 channel stages (one stride-2 conv), so it scales by 2 as well —
+# the two must agree or the control residuals do not fit the latents.
+TINY_CHANNELS = (16, 32)
+TINY_CROSS_DIM = 32
+TINY_NORM_GROUPS = 8
+TINY_VOCAB = 1000
+TINY_COND_CHANNELS = (8, 16)
+
+# Stable Diffusion 1.5's scheduler/scheduler_config.json (PNDM), as the hub repo ships it.
+SD15_SCHEDULER = {
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+}
+# feature_extractor/preprocessor_config.json of the hub repo (only the safety checker reads it).
+SD15_FEATURE_EXTRACTOR = {
+    "crop_size": 224,
+    "do_center_crop": True,
+    "do_convert_rgb": True,
+    "do_normalize": True,
+    "do_resize": True,
+    "feature_extractor_type": "CLIPFeatureExtractor",
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "resample": 3,
+    "size": 224,
+}
+
+
+def make_tiny(out_dir: Path, seed: int = 0) -> Path:
+    """Write a tiny random SD1.5 + ControlNet (hed, seg, scribble) + HED bundle into `out_dir`.
+
+    Layout (the hub repos' own):
+        out_dir/difaug-models.json
+        out_dir/stable-diffusion-v1-5/{model_index.json, unet/, vae/, text_encoder/, tokenizer/,
+                                       scheduler/, feature_extractor/}
+        out_dir/sd-controlnet-{hed,seg,scribble}/{config.json, diffusion_pytorch_model.safetensors}
+        out_dir/Annotators/ControlNetHED.pth
+    Sizes: UNet/ControlNet channels (16, 32), one layer per block, cross-attention dim 32; VAE
+    with 2 blocks (scale factor 2, so a 64×64 condition has 32×32 latents; conditions must be
+    multiples of 4); CLIP text encoder with 2 layers of width 32 and a ~900-token BPE vocabulary
+    trained on the class names and default prompts. About 3 MB, plus the HED file (the real
+    architecture with random weights, 29 MB). A 64×64 image at 20 steps takes ~0.7 s on one
+    CPU core in batches of 8 (~1.2 s alone). Same `seed` → the same bytes. Returns `out_dir`."""
+    import torch
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = out_dir / BASE_DIRNAME
+    with torch.random.fork_rng(devices=[]), _quiet():
+        vocab_size = _write_tokenizer(base / "tokenizer")
+        unet = _tiny_unet(seed)
+        unet.save_pretrained(base / "unet", safe_serialization=True)
+        _tiny_vae(seed).save_pretrained(base / "vae", safe_serialization=True)
+        _tiny_text_encoder(seed, vocab_size).save_pretrained(base / "text_encoder", safe_serialization=True)
+        for i, cond in enumerate(CONDITIONS):
+            _tiny_controlnet(unet, seed, 10 + i).save_pretrained(
+                out_dir / f"sd-controlnet-{cond}", safe_serialization=True
+            )
+    _write_json(
+        base / "scheduler" / "scheduler_config.json",
+        {"_class_name": "PNDMScheduler", **_versions(), **SD15_SCHEDULER},
+    )
+    _write_json(base / "feature_extractor" / "preprocessor_config.json", SD15_FEATURE_EXTRACTOR)
+    _write_json(base / "model_index.json", _model_index())
+    _write_hed(out_dir / HED_DIRNAME / HED_FILENAME, seed)
+    _write_json(
+        out_dir / BUNDLE_INDEX,
+        {
+            "format": "difaug-models/1",
+            "base_model": BASE_DIRNAME,
+            "controlnets": {c: f"sd-controlnet-{c}" for c in CONDITIONS},
+            "hed_weights": HED_DIRNAME,
+            "note": f"tiny random weights (seed {seed}) for tests and demos; images are noise",
+        },
+    )
+    return out_dir
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """No per-component progress bars while loading or saving (a worker log is not a terminal),
+    and no warning that `torch_dtype` was renamed (we keep it: older diffusers releases know no `dtype`)."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    states = [(m, m.is_progress_bar_enabled()) for m in (dlog, tlog)]
+    for m, _ in states:
+        m.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks", category=UserWarning)
+            yield
+    finally:
+        for m, enabled in states:
+            if enabled:
+                m.enable_progress_bar()
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+
+    return {"_diffusers_version": diffusers.__version__}
+
+
+def _model_index() -> dict[str, Any]:
+    return {
+        "_class_name": "StableDiffusionPipeline",
+        **_versions(),
+        "feature_extractor": ["transformers", "CLIPImageProcessor"],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", "PNDMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _seed(seed: int, part: int) -> None:
+    import torch
+
+    torch.manual_seed(seed * 1009 + part)
+
+
+def _tiny_unet(seed: int) -> Any:
+    from diffusers import UNet2DConditionModel
+
+    _seed(seed, 1)
+    return UNet2DConditionModel(
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=TINY_CHANNELS,
+        # The attention at the low-resolution level only, as diffusers' own tiny test models: cheap.
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TINY_CROSS_DIM,
+        attention_head_dim=4,
+        norm_num_groups=TINY_NORM_GROUPS,
+    )
+
+
+def _tiny_controlnet(unet: Any, seed: int, part: int) -> Any:
+    import torch
+    from diffusers import ControlNetModel
+
+    _seed(seed, part)
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=TINY_COND_CHANNELS)
+    # A real ControlNet starts from zero convolutions and learns them; zeros here would make the
+    # condition invisible in the output, and tests could not tell conditions apart.
+    zero_convs = [
+        *net.controlnet_down_blocks,
+        net.controlnet_mid_block,
+        net.controlnet_cond_embedding.conv_out,
+    ]
+    with torch.no_grad():
+        for conv in zero_convs:
+            for p in conv.parameters():
+                p.normal_(0.0, 0.2)
+    return net
+
+
+def _tiny_vae(seed: int) -> Any:
+    from diffusers import AutoencoderKL
+
+    _seed(seed, 2)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(TINY_CHANNELS),
+        up_block_types=("UpDecoderBlock2D",) * len(TINY_CHANNELS),
+        block_out_channels=TINY_CHANNELS,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=TINY_NORM_GROUPS,
+        sample_size=64,
+    )
+
+
+def _tiny_text_encoder(seed: int, vocab_size: int) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    _seed(seed, 3)
+    config = CLIPTextConfig(
+        vocab_size=TINY_VOCAB,
+        hidden_size=TINY_CROSS_DIM,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=TINY_CROSS_DIM,
+        hidden_act="quick_gelu",
+        # The tokenizer puts its two special tokens last, as CLIP's does (49406, 49407).
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+    return CLIPTextModel(config).eval()
+
+
+def _write_hed(path: Path, seed: int) -> None:
+    from difaug.conditions.hed import make_random_hed_weights
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make_random_hed_weights(path, seed)
+
+
+# --- tokenizer: CLIP's byte-level BPE files, trained on a small fixed corpus -----------------
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """CLIP's (GPT-2's) reversible byte → printable character table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs), strict=True))
+
+
+def _corpus_words() -> Counter[tuple[str, ...]]:
+    from difaug.classes import class_table
+
+    text = " ".join([DEFAULT_PROMPT, DEFAULT_NEGATIVE_PROMPT])
+    for dataset in ("pascal", "coco"):
+        text += " " + " ".join(c.class_name for c in class_table(dataset).values())
+    words = Counter(re.findall(r"[a-z]+", text.lower().replace("{class_name}", "")))
+    return Counter({(*w[:-1], w[-1] + "</w>"): n for w, n in words.items()})
+
+
+def _train_bpe(words: Counter[tuple[str, ...]], max_merges: int) -> list[tuple[str, str]]:
+    """Plain BPE: merge the most frequent adjacent pair (ties: the smallest pair), repeat."""
+    merges: list[tuple[str, str]] = []
+    while len(merges) < max_merges:
+        pairs: Counter[tuple[str, str]] = Counter()
+        for word, n in words.items():
+            for pair in itertools.pairwise(word):
+                pairs[pair] += n
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        merges.append(best)
+        merged: Counter[tuple[str, ...]] = Counter()
+        for word, n in words.items():
+            out: list[str] = []
+            i = 0
+            while i < len(word):
+                if i + 1 < len(word) and (word[i], word[i + 1]) == best:
+                    out.append(word[i] + word[i + 1])
+                    i += 2
+                else:
+                    out.append(word[i])
+                    i += 1
+            merged[tuple(out)] += n
+        words = merged
+    return merges
+
+
+def _write_tokenizer(folder: Path) -> int:
+    """vocab.json + merges.txt + the two config files, as in the SD1.5 repo; returns the vocab size."""
+    base = list(_bytes_to_unicode().values())
+    vocab_list = base + [c + "</w>" for c in base]
+    merges = _train_bpe(_corpus_words(), TINY_VOCAB - len(vocab_list) - 2)
+    vocab_list += ["".join(m) for m in merges]
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    lines = ["#version: 0.2", *(f"{a} {b}" for a, b in merges)]
+    (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    special = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+    }
+    _write_json(folder / "special_tokens_map.json", special)
+    _write_json(
+        folder / "tokenizer_config.json",
+        {
+            **special,
+            "add_prefix_space": False,
+            "do_lower_case": True,
+            "errors": "replace",
+            "model_max_length": 77,
+            "tokenizer_class": "CLIPTokenizer",
+        },
+    )
+    return len(vocab)

@@ -1,0 +1,439 @@
+"""`difaug inspect`: what a run holds, how fast it was made, what failed, and what it looks like.
+
+`summarise(run_dir)` reads the plan, the stats markers and the shards' key columns (no image
+bytes) into a `RunReport`. `contact_sheet(...)` draws one row per sample — support | mask |
+condition | aux 1..X — for a deterministic choice of samples (the same run always shows the same
+ones: samples are ordered by a hash of their sample_id, so the choice is spread over classes and
+shards yet stable across reruns and resumes). `write_html(...)` writes a self-contained page
+(images embedded as base64 PNG) with the same content.
+
+Stats marker fields used (written by the runner, read defensively — a missing field leaves a
+blank, never an error): `shard`, `images`, `failures[{row, sample_id, stage, reason}]`,
+`seconds{generate, total, <stage>…}`, `started`/`finished` (ISO timestamps).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image, ImageDraw, ImageFont
+
+from difaug import imageio
+from difaug.adapters.index import AuxIndex
+from difaug.adapters.run import (
+    Failure,
+    RunView,
+    marker_number,
+    marker_shard,
+    open_run,
+    plan_shards,
+)
+from difaug.config import DEFAULT_CONTROLNETS
+
+CONFIG_KEYS = (
+    "condition",
+    "condition_style",
+    "num_aux",
+    "seed",
+    "resolution",
+    "model",
+    "base_model",
+    "controlnet",
+    "scheduler",
+    "steps",
+    "guidance_scale",
+    "controlnet_scale",
+    "lcm_lora",
+    "image_format",
+    "shard_size",
+)
+PROVENANCE_COLUMNS = ("base_model", "controlnet_model", "scheduler", "dtype", "device")
+DEVICE_STAGE = "generate"  # the stage that holds the GPU (conditions may too; listed separately)
+
+# Contact sheet geometry (pixels).
+PAD = 4
+HEADER = 18
+CAPTION = 14
+BACKGROUND = (24, 24, 24)
+CELL = (48, 48, 48)
+TEXT = (230, 230, 230)
+MASK_COLUMN = 1  # label maps are thumbnailed with nearest neighbour, so edges stay hard
+
+
+@dataclass(frozen=True)
+class ShardTiming:
+    shard: str
+    images: int
+    seconds: float | None  # the task's own wall time (seconds.total)
+    device_seconds: float | None  # seconds.generate
+    images_per_s: float | None
+
+
+@dataclass
+class RunReport:
+    run_dir: str
+    manifest_rows: int | None  # rows the plan covers
+    rows: int  # aux images in finished shards (one shard row each)
+    samples: int  # samples with images
+    classes: dict[str, int]  # class_name → samples with images
+    num_aux: int
+    shards_done: int
+    shards_planned: int
+    unfinished_shards: list[str]
+    failures: list[Failure]
+    failures_by_reason: dict[str, int]
+    failures_by_stage: dict[str, int]
+    wall_seconds: float | None  # first shard start → last shard finish
+    images_per_s: float | None  # rows / wall_seconds
+    device_seconds: float  # sum of seconds.generate: the GPU-seconds the images cost
+    stage_seconds: dict[str, float]  # every stage's seconds summed over shards
+    per_shard: list[ShardTiming]
+    disk_bytes: int  # everything in the run dir
+    shard_bytes: int  # the Parquet shards alone
+    config: dict[str, Any]
+    provenance: dict[str, list[str]] = field(default_factory=dict)  # distinct values in the shards
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- totals and timings ------------------------------------------------------------------------
+
+
+def _dir_bytes(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += (Path(root) / name).stat().st_size
+            except OSError:  # a temp file renamed away meanwhile
+                continue
+    return total
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def _wall_seconds(stats: Sequence[dict[str, Any]]) -> float | None:
+    starts = [t for t in (_parse_time(m.get("started")) for m in stats) if t is not None]
+    ends = [t for t in (_parse_time(m.get("finished")) for m in stats) if t is not None]
+    if not starts or not ends:
+        return None
+    try:
+        return max(0.0, (max(ends) - min(starts)).total_seconds())
+    except TypeError:  # naive and aware timestamps mixed
+        return None
+
+
+def _config_summary(view: RunView) -> dict[str, Any]:
+    cfg = view.config
+    out = {k: cfg[k] for k in CONFIG_KEYS if k in cfg}
+    # "" means the default ControlNet for the condition, unless a model bundle supplies one.
+    if not out.get("controlnet") and not cfg.get("model") and cfg.get("condition") in DEFAULT_CONTROLNETS:
+        out["controlnet"] = DEFAULT_CONTROLNETS[cfg["condition"]]
+    return out
+
+
+def _provenance(view: RunView) -> dict[str, list[str]]:
+    values: dict[str, set[str]] = {c: set() for c in PROVENANCE_COLUMNS}
+    for path in view.shard_paths:
+        table = pq.read_table(path, columns=list(PROVENANCE_COLUMNS))  # dictionary-encoded: tiny
+        for c in PROVENANCE_COLUMNS:
+            values[c].update(str(v) for v in table.column(c).unique().to_pylist())
+    return {c: sorted(v) for c, v in values.items() if v}
+
+
+def summarise(run_dir: str | Path) -> RunReport:
+    """Counts, failures, timings, disk use and config of a run, from its plan/markers/key columns."""
+    view = open_run(run_dir)
+    keys = view.keys
+    per_class: dict[str, set[str]] = {}
+    for sid, name in zip(
+        keys.column("sample_id").to_pylist(), keys.column("class_name").to_pylist(), strict=True
+    ):
+        per_class.setdefault(name, set()).add(sid)
+
+    per_shard, stage_seconds = [], Counter[str]()
+    for i, marker in enumerate(view.stats):
+        images = marker_number(marker, "images")
+        seconds = marker_number(marker, "total", "seconds", "elapsed")
+        device = marker_number(marker, DEVICE_STAGE, "gpu_seconds")
+        if isinstance(marker.get("seconds"), dict):
+            for stage, value in marker["seconds"].items():
+                if isinstance(value, (int, float)):
+                    stage_seconds[stage] += float(value)
+        per_shard.append(
+            ShardTiming(
+                marker_shard(marker, i),
+                int(images or 0),
+                seconds,
+                device,
+                (images / seconds) if images is not None and seconds else None,
+            )
+        )
+    wall = _wall_seconds(view.stats)
+    shards_planned = plan_shards(view.plan)
+    rows = view.plan.get("rows")
+    return RunReport(
+        run_dir=str(view.run_dir),
+        manifest_rows=rows if isinstance(rows, int) else None,
+        rows=keys.num_rows,
+        samples=len(set(keys.column("sample_id").to_pylist())),
+        classes={k: len(v) for k, v in sorted(per_class.items())},
+        num_aux=view.num_aux,
+        shards_done=len(view.shard_paths),
+        shards_planned=len(shards_planned) or len(view.shard_paths),
+        unfinished_shards=[s.name for s in view.unfinished_shards()],
+        failures=view.failures,
+        failures_by_reason=dict(view.failure_reasons().most_common()),
+        failures_by_stage=dict(Counter(f.stage or "?" for f in view.failures).most_common()),
+        wall_seconds=wall,
+        images_per_s=(keys.num_rows / wall) if wall else None,
+        device_seconds=sum(t.device_seconds or 0.0 for t in per_shard),
+        stage_seconds={k: round(v, 4) for k, v in sorted(stage_seconds.items())},
+        per_shard=per_shard,
+        disk_bytes=_dir_bytes(view.run_dir),
+        shard_bytes=sum(p.stat().st_size for p in view.shard_paths),
+        config=_config_summary(view),
+        provenance=_provenance(view),
+    )
+
+
+# --- contact sheet -----------------------------------------------------------------------------
+
+
+def choose_samples(sample_ids: Sequence[str], max_samples: int) -> list[str]:
+    """A deterministic, well-spread choice: the `max_samples` ids with the smallest sha256."""
+    unique = sorted(set(sample_ids), key=lambda s: (hashlib.sha256(s.encode()).hexdigest(), s))
+    return unique[: max(0, max_samples)]
+
+
+@dataclass
+class SheetRow:
+    """One sample of the contact sheet: its cells as full-size arrays (None = unavailable)."""
+
+    sample_id: str
+    class_name: str
+    class_id: int
+    support: np.ndarray | None
+    mask: np.ndarray | None  # visualised: class white, ignore grey, rest black
+    condition: np.ndarray | None
+    aux: list[np.ndarray]
+
+    def cells(self, num_aux: int) -> list[np.ndarray | None]:
+        return [self.support, self.mask, self.condition, *self.aux, *([None] * (num_aux - len(self.aux)))]
+
+
+def column_labels(num_aux: int) -> list[str]:
+    return ["support", "mask", "condition", *(f"aux {i + 1}" for i in range(num_aux))]
+
+
+def mask_preview(mask: np.ndarray, class_id: int) -> np.ndarray:
+    out = np.zeros((*mask.shape, 3), dtype=np.uint8)
+    out[mask == 255] = 128
+    out[mask == class_id] = 255
+    return out
+
+
+def _try(fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except (imageio.ImageReadError, OSError, ValueError):
+        return None  # the support may live on another machine: show an empty cell, not an error
+
+
+def sheet_rows(run_dir: str | Path, max_samples: int = 8, index: AuxIndex | None = None) -> list[SheetRow]:
+    """The samples of the contact sheet with their images (support and mask read from their paths)."""
+    index = index or AuxIndex(run_dir)
+    out = []
+    for sid in choose_samples(list(index), max_samples):
+        info = index.info(sid)
+        mask = _try(imageio.load_mask, info.mask)
+        out.append(
+            SheetRow(
+                sid,
+                info.class_name,
+                info.class_id,
+                _try(imageio.load_image, info.image),
+                None if mask is None else mask_preview(mask, info.class_id),
+                index.condition_image(sid),
+                index.aux_images(sid),
+            )
+        )
+    return out
+
+
+def sheet_size(num_rows: int, num_aux: int, thumb: int) -> tuple[int, int]:
+    """(width, height) of a contact sheet with `num_rows` samples and X = `num_aux`."""
+    cols = 3 + num_aux
+    return PAD + cols * (thumb + PAD), HEADER + num_rows * (CAPTION + thumb + PAD) + PAD
+
+
+def _thumbnail(arr: np.ndarray | None, thumb: int, nearest: bool = False) -> Image.Image:
+    cell = Image.new("RGB", (thumb, thumb), CELL)
+    if arr is None:
+        ImageDraw.Draw(cell).line([(0, 0), (thumb, thumb)], fill=(90, 90, 90))
+        return cell
+    h, w = arr.shape[:2]
+    scale = thumb / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    img = Image.fromarray(imageio.resize(arr, size, nearest=nearest))
+    cell.paste(img, ((thumb - size[0]) // 2, (thumb - size[1]) // 2))
+    return cell
+
+
+def _fit_text(draw: ImageDraw.ImageDraw, text: str, width: int, font: Any) -> str:
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def contact_sheet(rows: Sequence[SheetRow], num_aux: int, thumb: int = 128) -> np.ndarray:
+    """Draw the sheet: a header of column labels, then per sample a caption and its cells."""
+    width, height = sheet_size(len(rows), num_aux, thumb)
+    sheet = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=11)
+    for c, label in enumerate(column_labels(num_aux)):
+        draw.text((PAD + c * (thumb + PAD), 3), _fit_text(draw, label, thumb, font), fill=TEXT, font=font)
+    for r, row in enumerate(rows):
+        top = HEADER + r * (CAPTION + thumb + PAD)
+        caption = f"{row.sample_id}  ·  {row.class_name} ({row.class_id})"
+        draw.text((PAD, top), _fit_text(draw, caption, width - 2 * PAD, font), fill=TEXT, font=font)
+        for c, arr in enumerate(row.cells(num_aux)):
+            cell = _thumbnail(arr, thumb, nearest=c == MASK_COLUMN)
+            sheet.paste(cell, (PAD + c * (thumb + PAD), top + CAPTION))
+    return np.asarray(sheet)
+
+
+def write_sheet(out: str | Path, rows: Sequence[SheetRow], num_aux: int, thumb: int = 128) -> Path:
+    """Write the contact sheet as a PNG of `sheet_size(len(rows), num_aux, thumb)`."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(imageio.encode_png(contact_sheet(rows, num_aux, thumb)))
+    return out
+
+
+# --- HTML --------------------------------------------------------------------------------------
+
+
+def _data_uri(arr: np.ndarray | None, thumb: int, nearest: bool = False) -> str:
+    png = imageio.encode_png(np.asarray(_thumbnail(arr, thumb, nearest)))
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(str(h))}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{e('' if v is None else str(v))}</td>" for v in r) + "</tr>" for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def render_html(report: RunReport, rows: Sequence[SheetRow], thumb: int = 192) -> str:
+    """A self-contained page: totals, timings, config, failures, and the sample grid."""
+    e = html.escape
+    totals = [
+        ("manifest rows (planned)", report.manifest_rows),
+        ("aux images (shard rows)", report.rows),
+        ("samples with images", report.samples),
+        ("classes", len(report.classes)),
+        ("aux per sample (X)", report.num_aux),
+        ("failed rows", len(report.failures)),
+        ("shards finished / planned", f"{report.shards_done} / {report.shards_planned}"),
+        ("disk (run dir / shards)", f"{human_bytes(report.disk_bytes)} / {human_bytes(report.shard_bytes)}"),
+        ("wall time (s)", _fmt(report.wall_seconds)),
+        ("images/s overall", _fmt(report.images_per_s)),
+        ("GPU-seconds (generate)", _fmt(report.device_seconds)),
+    ]
+    grid_rows = []
+    for row in rows:
+        cells = "".join(
+            f'<td><img src="{_data_uri(a, thumb, c == MASK_COLUMN)}" width="{thumb}" height="{thumb}"></td>'
+            for c, a in enumerate(row.cells(report.num_aux))
+        )
+        caption = f"{e(row.sample_id)}<br><small>{e(row.class_name)} ({row.class_id})</small>"
+        grid_rows.append(f"<tr><th>{caption}</th>{cells}</tr>")
+    grid_head = "<tr><th>sample</th>" + "".join(f"<th>{e(c)}</th>" for c in column_labels(report.num_aux))
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>difaug run {e(report.run_dir)}</title><style>",
+        "body{font-family:sans-serif;margin:1.5em;background:#fafafa}"
+        "table{border-collapse:collapse;margin:0 0 1.5em}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}"
+        ".grid td{padding:2px}.grid img{display:block}",
+        "</style></head><body>",
+        f"<h1>difaug run <code>{e(report.run_dir)}</code></h1>",
+        "<h2>Totals</h2>",
+        _table(("", ""), totals),
+        "<h2>Configuration</h2>",
+        _table(
+            ("key", "value"),
+            list(report.config.items()) + [(k, ", ".join(v)) for k, v in report.provenance.items()],
+        ),
+        "<h2>Failures by reason</h2>",
+        _table(("reason", "rows"), list(report.failures_by_reason.items()))
+        if report.failures
+        else "<p>none</p>",
+        "<h2>Failed rows</h2>",
+        _table(
+            ("row", "sample_id", "stage", "reason", "shard"),
+            [(f.row, f.sample_id, f.stage, f.reason, f.shard) for f in report.failures],
+        )
+        if report.failures
+        else "<p>none</p>",
+        "<h2>Per shard</h2>",
+        _table(
+            ("shard", "images", "seconds", "GPU-seconds", "images/s"),
+            [
+                (t.shard, t.images, _fmt(t.seconds), _fmt(t.device_seconds), _fmt(t.images_per_s))
+                for t in report.per_shard
+            ],
+        ),
+        "<h2>Classes</h2>",
+        _table(("class", "samples"), list(report.classes.items())),
+        f"<h2>Samples ({len(rows)} shown)</h2>",
+        f"<table class='grid'><thead>{grid_head}</tr></thead><tbody>{''.join(grid_rows)}</tbody></table>",
+        "</body></html>\n",
+    ]
+    return "\n".join(parts)
+
+
+def write_html(out: str | Path, report: RunReport, rows: Sequence[SheetRow], thumb: int = 192) -> Path:
+    """Write the browsable page; images are embedded, so the file can be moved or mailed alone."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_html(report, rows, thumb), encoding="utf-8")
+    return out

@@ -1,0 +1,217 @@
+"""`AuxIndex` (lazy Parquet access, support-key lookup) and the `AuxShotDataset` torch wrapper."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from _runs import COCO_SPECS, SampleSpec, SyntheticRun, make_run
+
+from difaug.adapters import AuxIndex, AuxKeyError, AuxShotDataset, DictFormat, TupleFormat
+from difaug.adapters.torch_dataset import binary_mask, to_tensor
+from difaug.imageio import load_mask, resize
+
+
+@pytest.fixture(scope="module")
+def pascal_run(tmp_path_factory: pytest.TempPathFactory) -> SyntheticRun:
+    return make_run(tmp_path_factory.mktemp("pascal"), num_aux=3, fail=["2008_000123_7"])
+
+
+def test_index_reads_only_key_columns_until_asked(
+    pascal_run: SyntheticRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    requested: list[list[str] | None] = []
+    real_read_table, real_read_group = pq.read_table, pq.ParquetFile.read_row_group
+
+    def spy_read_table(*args, columns=None, **kwargs):
+        requested.append(columns)
+        return real_read_table(*args, columns=columns, **kwargs)
+
+    def spy_read_group(self, i, columns=None, **kwargs):
+        requested.append(columns)
+        return real_read_group(self, i, columns=columns, **kwargs)
+
+    monkeypatch.setattr(pq, "read_table", spy_read_table)
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", spy_read_group)
+    index = AuxIndex(pascal_run.run_dir)
+    assert requested and all(cols is not None for cols in requested)  # never "all columns"
+    assert not any({"aux_image", "condition_image"} & set(cols) for cols in requested)
+    assert index.row_groups_read == 0 and len(index) == 4 and index.num_aux == 3
+
+    s = pascal_run.sample("2007_000039_20")
+    got = index.aux_images(s.sample_id)
+    assert requested[-1] == ["aux_image"]  # one column of one row group
+    for want, have in zip(pascal_run.aux[s.sample_id], got, strict=True):
+        np.testing.assert_array_equal(have, want)
+    assert index.row_groups_read == 1
+    index.aux_images(s.sample_id, k=2)  # same row group: served from the cache
+    assert index.row_groups_read == 1
+    np.testing.assert_array_equal(index.condition_image(s.sample_id), pascal_run.conditions[s.sample_id])
+
+
+def test_index_finds_supports_by_any_reasonable_name(pascal_run: SyntheticRun) -> None:
+    index = AuxIndex(pascal_run.run_dir)
+    s = pascal_run.sample("2007_000032_15")
+    path = Path(s.image)
+    for key in (s.image, f"/elsewhere/{path.parent.name}/{path.name}", path.name, path.stem):
+        assert index.sample_id(key, 15) == "2007_000032_15"
+    assert index.sample_id(path.stem, 1) == "2007_000032_1"  # same image, other class
+    assert index.count(path.stem, 15) == 3 and index.aux_indices(s.sample_id) == [0, 1, 2]
+    assert (path.stem, 15) in index and (path.stem, 2) not in index
+    with pytest.raises(AuxKeyError, match="no aux images for '2008_000123' with class_id 7"):
+        index.sample_id("2008_000123", 7)  # failed in the run
+    with pytest.raises(AuxKeyError, match="pass class_id"):
+        index.sample_id("2007_000032")
+
+
+def test_index_refuses_ambiguous_names(tmp_path: Path) -> None:
+    specs = [
+        SampleSpec("same", 1, "aeroplane", parent="VOC2007"),
+        SampleSpec("same", 1, "aeroplane", parent="VOC2012", sample_id="same_1_b"),
+    ]
+    run = make_run(tmp_path, specs, num_aux=1)
+    index = AuxIndex(run.run_dir)
+    with pytest.raises(AuxKeyError, match="ambiguous"):
+        index.sample_id("same", 1)
+    assert index.sample_id("VOC2012/same.jpg", 1) == "same_1_b"
+
+
+def test_index_coco_names_and_row_groups(tmp_path: Path) -> None:
+    # 60 samples x 2 aux in one shard = 120 rows = row groups of 100 + 20.
+    specs = [SampleSpec(f"img{i:03d}", 1 + i % 20, "thing", size=(16, 12)) for i in range(60)]
+    run = make_run(tmp_path / "p", specs, num_aux=2, shard_size=60)
+    assert pq.ParquetFile(run.run_dir / "shards" / "00000.parquet").metadata.num_row_groups == 2
+    index = AuxIndex(run.run_dir, cache_row_groups=1)
+    for sid in ("img000_1", "img049_10", "img050_11", "img059_20"):  # both sides of the boundary
+        for want, have in zip(run.aux[sid], index.aux_images(sid), strict=True):
+            np.testing.assert_array_equal(have, want)
+
+    coco = make_run(tmp_path / "c", COCO_SPECS, num_aux=1)
+    cindex = AuxIndex(coco.run_dir)
+    assert (
+        cindex.sample_id("train2014/COCO_train2014_000000000009.jpg", 51) == "COCO_train2014_000000000009_51"
+    )
+
+
+def test_index_survives_pickling(pascal_run: SyntheticRun) -> None:
+    index = AuxIndex(pascal_run.run_dir)
+    index.aux_images("2007_000032_1")
+    clone = pickle.loads(pickle.dumps(index))
+    assert clone.row_groups_read == 1  # a counter, not a cache: the clone reads for itself
+    np.testing.assert_array_equal(clone.aux_images("2007_000032_1")[2], pascal_run.aux["2007_000032_1"][2])
+
+
+class HSNetLike(torch.utils.data.Dataset):
+    """Dict episodes as HSNet builds them: supports resized to a fixed size, 0-based class id."""
+
+    def __init__(self, run: SyntheticRun, names: list[tuple[str, int]], size: int = 32) -> None:
+        self.run, self.names, self.size = run, names, size
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> dict:
+        stem, cls = self.names[i]
+        s = next(s for s in self.run.samples if Path(s.image).stem == stem and s.class_id == cls)
+        img = to_tensor(resize(np.asarray(_load(s.image)), (self.size, self.size)))
+        mask = torch.from_numpy(
+            binary_mask(resize(load_mask(s.mask), (self.size, self.size), nearest=True), cls)
+        )
+        return {
+            "query_img": img,
+            "support_imgs": img[None],
+            "support_masks": mask[None],
+            "support_names": [stem],
+            "class_id": torch.tensor(cls - 1),
+        }
+
+
+def _load(path: str) -> np.ndarray:
+    from difaug.imageio import load_image
+
+    return load_image(path)
+
+
+def hsnet_keys(episode: dict) -> list[tuple[str, int]]:
+    return [(name, int(episode["class_id"]) + 1) for name in episode["support_names"]]
+
+
+def test_dataset_dict_episodes_get_aux_shots_at_mask_size(pascal_run: SyntheticRun) -> None:
+    base = HSNetLike(pascal_run, [("2007_000032", 15), ("2007_000039", 20)])
+    ds = AuxShotDataset(base, AuxIndex(pascal_run.run_dir), k=2, key_fn=hsnet_keys)
+    ep = ds[1]
+    assert ep["support_imgs"].shape == (3, 3, 32, 32)
+    assert ep["support_masks"].shape == (3, 32, 32)
+    assert ep["support_names"] == ["2007_000039"] * 3  # per-shot fields stay aligned
+    for shot in range(1, 3):
+        assert ep["support_imgs"][shot].shape[-2:] == ep["support_masks"][shot].shape[-2:]
+        assert torch.equal(ep["support_masks"][shot], ep["support_masks"][0])  # the original mask
+        want = to_tensor(resize(pascal_run.aux["2007_000039_20"][shot - 1], (32, 32)))
+        assert torch.equal(ep["support_imgs"][shot], want)
+    rnd = AuxShotDataset(base, AuxIndex(pascal_run.run_dir), k=1, key_fn=hsnet_keys, choose="random")
+    options = [to_tensor(resize(a, (32, 32))) for a in pascal_run.aux["2007_000039_20"]]
+    for _ in range(4):
+        picked = rnd[1]["support_imgs"][1]
+        assert any(torch.equal(picked, o) for o in options)
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1)))
+    assert batch["support_imgs"].shape == (2, 3, 3, 32, 32)
+
+
+def test_dataset_tuple_episodes_with_shot_transform(pascal_run: SyntheticRun) -> None:
+    """PFENet/BAM-style tuples; shots go through the trainer's joint transform with the raw mask."""
+    s = pascal_run.sample("2009_004567_12")
+    raw = binary_mask(load_mask(s.mask), 12)
+
+    class PFENetLike:
+        def __len__(self) -> int:
+            return 1
+
+        def __getitem__(self, i: int) -> tuple:
+            return ("q", "qm", [np.zeros((4, 4, 3))], [np.zeros((4, 4))], [11], s.image)
+
+    seen: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+
+    def joint(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        seen.append((image.shape, mask.shape))
+        return image, mask
+
+    ds = AuxShotDataset(
+        PFENetLike(),
+        AuxIndex(pascal_run.run_dir),
+        k=3,
+        key_fn=lambda ep: [(ep[5], 12)],
+        episode_format=TupleFormat(2, 3),
+        shot_transform=joint,
+    )
+    ep = ds[0]
+    assert len(ep[2]) == len(ep[3]) == 4 and ep[4] == [11] and ep[5] == s.image
+    h, w = raw.shape
+    assert seen == [((h, w, 3), (h, w))] * 3  # each shot: support-size image + support-size mask
+    for k in range(3):
+        np.testing.assert_array_equal(ep[2][1 + k], pascal_run.aux[s.sample_id][k])
+        np.testing.assert_array_equal(ep[3][1 + k], raw)
+
+
+def test_dataset_missing_aux_errors_or_falls_back(pascal_run: SyntheticRun) -> None:
+    base = HSNetLike(pascal_run, [("2008_000123", 7)])  # this support failed in the run
+    index = AuxIndex(pascal_run.run_dir)
+    with pytest.raises(AuxKeyError, match="fewer than k=2"):
+        AuxShotDataset(base, index, k=2, key_fn=hsnet_keys)[0]
+    ds = AuxShotDataset(base, index, k=2, key_fn=hsnet_keys, missing="support")
+    ep = ds[0]
+    assert ep["support_imgs"].shape[0] == 3 and torch.equal(ep["support_imgs"][2], ep["support_imgs"][0])
+    assert ds.fallbacks == 2
+
+
+def test_dataset_argument_checks(pascal_run: SyntheticRun) -> None:
+    index = AuxIndex(pascal_run.run_dir)
+    with pytest.raises(ValueError, match="only 3 aux"):
+        AuxShotDataset([], index, k=4, key_fn=hsnet_keys)
+    base = HSNetLike(pascal_run, [("2007_000032", 1)])
+    with pytest.raises(ValueError, match=r"one .* per support"):
+        AuxShotDataset(base, index, k=1, key_fn=lambda ep: [])[0]
+    assert isinstance(DictFormat().append({"support_imgs": [], "support_masks": []}, [], [], []), dict)

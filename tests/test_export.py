@@ -1,0 +1,285 @@
+"""`difaug export`: DifFSS-BAM and folder layouts, coverage, safe names, idempotence."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _runs import COCO_SPECS, PASCAL_SPECS, SampleSpec, make_run
+from typer.testing import CliRunner
+
+from difaug.adapters.export import REPORT_FILE, ExportError, bam_relative_name, export_run
+from difaug.adapters.safe_names import UnsafePathError, safe_component, safe_join
+from difaug.cli import app
+from difaug.imageio import load_image, load_mask
+
+# JPEG q95 with 4:4:4 chroma on the smooth synthetic pictures: measured mean |Δ| ≈ 0.6, max 5.
+JPEG_MEAN_TOL = 1.5
+JPEG_MAX_TOL = 10
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != REPORT_FILE}
+
+
+def _stem(image: str) -> str:
+    return Path(image).stem
+
+
+def test_bam_pascal_round_trip(tmp_path: Path) -> None:
+    run = make_run(tmp_path, num_aux=3)
+    out = tmp_path / "aux"
+    result = export_run(run.run_dir, out, "diffss-bam")
+
+    expected = {f"{_stem(s.image)}_{s.class_id}_{k}.jpg" for s in run.samples for k in range(3)}
+    assert _files(out) == expected  # exactly one file per shard row, at BAM's name, nothing else
+    assert result.written == len(expected) and result.unchanged == 0
+    assert result.complete == result.supports == len(run.samples) and not result.incomplete
+    for s in run.samples:
+        for k, want in enumerate(run.aux[s.sample_id]):
+            got = load_image(out / f"{_stem(s.image)}_{s.class_id}_{k}.jpg")
+            assert got.shape == want.shape
+            diff = np.abs(got.astype(int) - want)
+            assert diff.mean() <= JPEG_MEAN_TOL and diff.max() <= JPEG_MAX_TOL
+
+
+def test_bam_coco_keeps_parent_folder(tmp_path: Path) -> None:
+    run = make_run(tmp_path, COCO_SPECS, num_aux=2)
+    out = tmp_path / "aux"
+    export_run(run.run_dir, out, "diffss-bam")
+    assert _files(out) == {
+        "train2014/COCO_train2014_000000000009_51_0.jpg",
+        "train2014/COCO_train2014_000000000009_51_1.jpg",
+        "val2014/COCO_val2014_000000000042_18_0.jpg",
+        "val2014/COCO_val2014_000000000042_18_1.jpg",
+    }
+
+
+def test_bam_name_is_what_the_loader_builds() -> None:
+    # DifFSS-BAM: aux_data_dir + [parent + "/"] + path.split("/")[-1][:-4] + f"_{cls}_{k}.jpg"
+    assert bam_relative_name("/d/JPEGImages/2007_000032.jpg", "pascal", 1, 0) == ["2007_000032_1_0.jpg"]
+    assert bam_relative_name("/c/val2014/COCO_val2014_1.jpg", "coco", 80, 3) == [
+        "val2014",
+        "COCO_val2014_1_80_3.jpg",
+    ]
+
+
+def test_png_format_is_lossless(tmp_path: Path) -> None:
+    run = make_run(tmp_path, PASCAL_SPECS[:2], num_aux=2)
+    out = tmp_path / "aux"
+    export_run(run.run_dir, out, "diffss-bam", image_format="png")
+    s = run.samples[0]
+    for k in range(2):
+        np.testing.assert_array_equal(
+            load_image(out / f"{_stem(s.image)}_{s.class_id}_{k}.png"), run.aux[s.sample_id][k]
+        )
+
+
+def test_jpeg_shards_copied_byte_for_byte(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    run = make_run(tmp_path, PASCAL_SPECS[:2], num_aux=2, image_format="jpeg")
+    out = tmp_path / "aux"
+    export_run(run.run_dir, out, "diffss-bam", quality=50)  # quality only applies to re-encoding
+    table = pq.read_table(run.run_dir / "shards" / "00000.parquet")
+    for row in table.to_pylist():
+        name = f"{_stem(row['image'])}_{row['class_id']}_{row['aux_index']}.jpg"
+        assert (out / name).read_bytes() == row["aux_image"]["bytes"]
+
+
+def test_folder_layout(tmp_path: Path) -> None:
+    run = make_run(tmp_path, num_aux=2)
+    out = tmp_path / "folder"
+    export_run(run.run_dir, out, "folder")
+    assert _files(out) == {f"{s.class_name}/{s.sample_id}_{k}.png" for s in run.samples for k in range(2)}
+    s = run.samples[2]
+    np.testing.assert_array_equal(
+        load_image(out / s.class_name / f"{s.sample_id}_1.png"), run.aux[s.sample_id][1]
+    )
+
+
+def test_coverage_reports_failed_and_unfinished(tmp_path: Path) -> None:
+    # 5 samples, shards of 2: shard 1 (rows 3-4) fails one sample, shard 2 (row 5) never ran.
+    run = make_run(tmp_path, num_aux=2, fail=["2007_000039_20"], unfinished=[2])
+    out = tmp_path / "aux"
+    result = export_run(run.run_dir, out, "diffss-bam")
+    assert result.supports == 5
+    assert result.complete == 3
+    assert [c.sample_id for c in result.incomplete] == ["2007_000039_20"]
+    miss = result.incomplete[0]
+    assert (miss.have, miss.expected, miss.row) == (0, 2, 3)
+    assert "truncated file" in miss.reasons[0] and miss.reasons[0].startswith("read:")
+    assert result.not_generated == 1
+    assert result.unfinished_shards == [{"name": "00002", "start": 5, "stop": 6}]
+    assert len(_files(out)) == 3 * 2
+    saved = json.loads((out / REPORT_FILE).read_text())
+    assert saved["incomplete"][0]["sample_id"] == "2007_000039_20"
+    assert saved["files"] == 6
+
+
+def test_shard_that_failed_as_a_whole_reports_the_task_error(tmp_path: Path) -> None:
+    # The runner writes no marker for a shard that kept failing; its rows' errors are in summary.json.
+    run = make_run(tmp_path, num_aux=2, unfinished=[1, 2])
+    task_error = "RuntimeError: CUDA error: device-side assert (simulated)"
+    summary = {
+        "all_failures": [
+            {"row": r, "sample_id": run.samples[r - 1].sample_id, "stage": "task", "reason": task_error}
+            for r in (3, 4)
+        ]
+    }
+    (run.run_dir / "summary.json").write_text(json.dumps(summary))
+    result = export_run(run.run_dir, tmp_path / "aux", "diffss-bam")
+    assert [c.row for c in result.incomplete] == [3, 4]
+    assert result.incomplete[0].reasons == (f"task: {task_error}",)
+    assert result.not_generated == 1  # row 5: shard 2 was never attempted
+    assert result.supports == 5 and result.complete == 2
+
+
+def test_cli_export_prints_coverage_and_strict_fails(tmp_path: Path) -> None:
+    run = make_run(tmp_path, num_aux=2, fail=["2008_000123_7"])
+    out = tmp_path / "aux"
+    cli = CliRunner()
+    res = cli.invoke(app, ["export", str(run.run_dir), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "2008_000123_7" in res.output and "truncated" in res.output
+    assert "complete (2/2): 4" in res.output
+    res = cli.invoke(app, ["export", str(run.run_dir), "--out", str(out), "--strict"])
+    assert res.exit_code == 1
+    assert "0 written, 8 already up to date" in res.output
+
+
+def test_bam_refuses_other_datasets_and_class_ids(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "a", [SampleSpec("x", 255, "bird", dataset="fss1000")], num_aux=1)
+    with pytest.raises(ExportError, match="--layout folder"):
+        export_run(run.run_dir, tmp_path / "o1", "diffss-bam")
+    res = CliRunner().invoke(app, ["export", str(run.run_dir), "--out", str(tmp_path / "o1")])
+    assert res.exit_code == 2 and "--layout folder" in res.output
+    assert not (tmp_path / "o1").exists()  # refused before anything was written
+
+    run = make_run(tmp_path / "b", [SampleSpec("y", 255, "bird")], num_aux=1)  # pascal, binary mask
+    with pytest.raises(ExportError, match=r"class id \(1\.\.20\)"):
+        export_run(run.run_dir, tmp_path / "o2", "diffss-bam")
+
+
+def test_unknown_layout_and_not_a_run(tmp_path: Path) -> None:
+    cli = CliRunner()
+    res = cli.invoke(app, ["export", str(tmp_path), "--out", str(tmp_path / "o"), "--layout", "hsnet"])
+    assert res.exit_code == 2 and "unknown layout" in res.output
+    res = cli.invoke(app, ["export", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "difaug.json" in res.output
+
+
+EVIL = (
+    SampleSpec("a", 1, "../../../escaped", sample_id="../../../escaped"),
+    SampleSpec("b", 2, "/abs/olute", sample_id="/etc/passwd"),
+    SampleSpec("c", 3, "back\\slash\\..\\..", sample_id="..\\..\\win"),
+    SampleSpec("d", 4, "nul\x00byte", sample_id="nul\x00id"),
+    SampleSpec("e", 5, "c" * 300, sample_id="é" * 400),
+    SampleSpec("f", 6, "..", sample_id=".."),
+    SampleSpec("g", 7, "a/b", sample_id="a_b-x"),
+    SampleSpec("h", 8, "a_b", sample_id="a/b-x"),
+)
+
+
+def test_hostile_names_cannot_escape(tmp_path: Path) -> None:
+    run = make_run(tmp_path, EVIL, num_aux=2)
+    out = tmp_path / "a" / "b" / "c" / "out"  # deep enough that "../../../x" would still land in tmp_path
+    out.parent.mkdir(parents=True)
+    before = {p for p in tmp_path.rglob("*") if not p.is_relative_to(out)}
+    result = export_run(run.run_dir, out, "folder")
+    after = {p for p in tmp_path.rglob("*") if not p.is_relative_to(out)}
+    assert after == before  # nothing appeared outside DIR
+    files = [p for p in out.rglob("*") if p.is_file() and p.name != REPORT_FILE]
+    assert len(files) == len(EVIL) * 2 == result.files  # distinct names: nothing overwrote anything
+    root = out.resolve()
+    for p in files:
+        assert p.resolve().is_relative_to(root)
+        assert len(p.relative_to(out).parts) == 2  # class folder / file, no deeper
+        assert all(len(part.encode()) <= 255 and "\x00" not in part for part in p.relative_to(out).parts)
+    assert result.complete == len(EVIL)
+
+
+def test_bam_unsafe_coco_parent_is_skipped_and_reported(tmp_path: Path) -> None:
+    specs = [
+        COCO_SPECS[0],
+        SampleSpec("COCO_x", 5, "airplane", dataset="coco", image="data/train2014/../COCO_x.jpg"),
+    ]
+    run = make_run(tmp_path, specs, num_aux=1)
+    out = tmp_path / "aux"
+    result = export_run(run.run_dir, out, "diffss-bam")
+    assert _files(out) == {"train2014/COCO_train2014_000000000009_51_0.jpg"}
+    assert not (tmp_path / "COCO_x_5_0.jpg").exists()
+    assert [c.sample_id for c in result.incomplete] == ["COCO_x_5"]
+    assert "unsafe file name '..'" in result.incomplete[0].reasons[0]
+
+
+def test_safe_names_unit(tmp_path: Path) -> None:
+    assert safe_component("2007_000032") == "2007_000032"
+    for bad in ("..", ".", "", "a/b", "a\\b", "a\x00b", "x" * 300, "trailing."):
+        name = safe_component(bad)
+        assert name not in (".", "..", "") and "/" not in name and "\\" not in name and "\x00" not in name
+        assert len(name.encode()) <= 200
+    assert safe_component("a/b") != safe_component("a_b")
+    assert safe_component("x" * 300) != safe_component("x" * 301)
+    with pytest.raises(UnsafePathError):
+        safe_join(tmp_path, "..", "x")
+    (tmp_path / "link").symlink_to(tmp_path.parent)
+    with pytest.raises(UnsafePathError):
+        safe_join(tmp_path, "link", "x")  # a symlink inside DIR pointing out is caught too
+
+
+def test_reexport_is_idempotent(tmp_path: Path) -> None:
+    run = make_run(tmp_path, num_aux=2)
+    out = tmp_path / "aux"
+    first = export_run(run.run_dir, out, "diffss-bam")
+    snapshot = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()}
+    second = export_run(run.run_dir, out, "diffss-bam")
+    assert (second.written, second.unchanged) == (0, first.written)
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()} == snapshot
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+
+    damaged = next(p for p in snapshot if p.suffix == ".jpg")
+    damaged.write_bytes(b"not a jpeg")
+    third = export_run(run.run_dir, out, "diffss-bam")
+    assert third.written == 1 and damaged.read_bytes() == snapshot[damaged][0]
+
+    # A fresh export elsewhere gives the same bytes (deterministic encoding).
+    other = tmp_path / "aux2"
+    export_run(run.run_dir, other, "diffss-bam")
+    for p, (data, _) in snapshot.items():
+        if p.name != REPORT_FILE:
+            assert (other / p.relative_to(out)).read_bytes() == data
+    assert os.listdir(other) and sorted(os.listdir(other)) == sorted(os.listdir(out))
+
+
+@pytest.mark.slow
+def test_end_to_end_on_a_real_tiny_run(tmp_path: Path, tiny_models: Path) -> None:
+    """The real runner with the tiny random model, then export, index and inspect on its output."""
+    from difaug.adapters import AuxIndex
+    from difaug.config import Job, JobConfig, RuntimeConfig
+    from difaug.runner import run
+
+    src = make_run(tmp_path / "src", PASCAL_SPECS[:3], num_aux=2)  # only its manifest + images are used
+    cfg = JobConfig(condition="seg", num_aux=2, resolution=64, shard_size=2, steps=2, model=str(tiny_models))
+    rt = RuntimeConfig(cluster="sync", progress=False, batch_size=4)
+    out_run = tmp_path / "run"
+    summary = run(Job(str(src.manifest), str(out_run), cfg.validate(), rt.validate()))
+    assert summary.done == 3
+
+    out = tmp_path / "aux"
+    result = export_run(out_run, out, "diffss-bam", image_format="png")
+    assert result.complete == 3 and result.files == 6
+    index = AuxIndex(out_run)
+    for s in src.samples:
+        shots = index.aux_images(Path(s.image).stem, s.class_id)
+        for k, shot in enumerate(shots):
+            assert shot.shape[:2] == load_mask(s.mask).shape  # the support mask applies pixel for pixel
+            np.testing.assert_array_equal(
+                load_image(out / f"{Path(s.image).stem}_{s.class_id}_{k}.png"), shot
+            )
+    res = CliRunner().invoke(app, ["inspect", str(out_run), "--sheet", str(tmp_path / "sheet.png")])
+    assert res.exit_code == 0 and "no failed rows" in res.output
+    assert (tmp_path / "sheet.png").stat().st_size > 0

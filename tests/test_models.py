@@ -1,0 +1,276 @@
+"""Model specs, loading errors, device/dtype resolution and the tiny bundle's layout and determinism."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from difaug.cli import app
+from difaug.config import DEFAULT_BASE_MODEL, ConfigError, JobConfig
+from difaug.models import (
+    BUNDLE_INDEX,
+    SCHEDULERS,
+    ModelLoadError,
+    ModelSpec,
+    load_pipeline,
+    make_scheduler,
+    make_tiny,
+    resolve_device,
+    resolve_dtype,
+)
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+# ---- the tiny bundle ----------------------------------------------------------------------------
+
+
+def test_make_tiny_is_deterministic(tiny_models: Path, tmp_path: Path) -> None:
+    again = make_tiny(tmp_path / "again")
+    assert _hashes(again) == _hashes(tiny_models)
+    other_seed = _hashes(make_tiny(tmp_path / "seed1", seed=1))
+    unet = "stable-diffusion-v1-5/unet/diffusion_pytorch_model.safetensors"
+    assert other_seed[unet] != _hashes(tiny_models)[unet]
+
+
+def test_make_tiny_has_the_hub_layout(tiny_models: Path) -> None:
+    base = tiny_models / "stable-diffusion-v1-5"
+    index = json.loads((base / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
+    assert index["vae"] == ["diffusers", "AutoencoderKL"]
+    assert index["text_encoder"] == ["transformers", "CLIPTextModel"]
+    assert index["tokenizer"] == ["transformers", "CLIPTokenizer"]
+    assert index["scheduler"] == ["diffusers", "PNDMScheduler"]
+    assert index["safety_checker"] == [None, None]
+    for rel in (
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",
+        "tokenizer/vocab.json",
+        "tokenizer/merges.txt",
+        "tokenizer/tokenizer_config.json",
+        "scheduler/scheduler_config.json",
+        "feature_extractor/preprocessor_config.json",
+    ):
+        assert (base / rel).is_file(), rel
+    scheduler = json.loads((base / "scheduler/scheduler_config.json").read_text())
+    assert scheduler["_class_name"] == "PNDMScheduler" and scheduler["steps_offset"] == 1
+
+    unet = json.loads((base / "unet/config.json").read_text())
+    vae = json.loads((base / "vae/config.json").read_text())
+    for cond in ("hed", "seg", "scribble"):
+        folder = tiny_models / f"sd-controlnet-{cond}"
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "config.json",
+            "diffusion_pytorch_model.safetensors",
+        ]
+        cn = json.loads((folder / "config.json").read_text())
+        assert cn["_class_name"] == "ControlNetModel"
+        for key in ("block_out_channels", "cross_attention_dim", "down_block_types", "layers_per_block"):
+            assert cn[key] == unet[key], key
+        # The condition embedding must downsample exactly as much as the VAE does.
+        assert 2 ** (len(cn["conditioning_embedding_out_channels"]) - 1) == 2 ** (
+            len(vae["block_out_channels"]) - 1
+        )
+    assert (tiny_models / "Annotators" / "ControlNetHED.pth").stat().st_size > 0
+
+    bundle = json.loads((tiny_models / BUNDLE_INDEX).read_text())
+    assert bundle["base_model"] == "stable-diffusion-v1-5"
+    assert bundle["controlnets"] == {c: f"sd-controlnet-{c}" for c in ("hed", "seg", "scribble")}
+    assert bundle["hed_weights"] == "Annotators"
+
+
+def test_tiny_tokenizer_loads_like_clips(tiny_models: Path) -> None:
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    base = tiny_models / "stable-diffusion-v1-5"
+    tok = CLIPTokenizer.from_pretrained(base / "tokenizer")
+    encoder = CLIPTextModel.from_pretrained(base / "text_encoder")
+    assert tok.model_max_length == 77
+    ids = tok("a real shot photo of cat").input_ids
+    assert ids[0] == tok.bos_token_id == encoder.config.bos_token_id
+    assert ids[-1] == tok.eos_token_id == encoder.config.eos_token_id
+    assert tok.convert_ids_to_tokens(ids[1:3]) == ["a</w>", "real</w>"]
+    assert max(ids) < encoder.config.vocab_size
+
+
+def test_cli_make_tiny(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["models", "make-tiny", str(tmp_path / "tiny"), "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "tiny" / BUNDLE_INDEX).is_file()
+    assert (tmp_path / "tiny" / "sd-controlnet-seg" / "config.json").is_file()
+
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    result = CliRunner().invoke(app, ["models", "make-tiny", str(a_file)])
+    assert result.exit_code != 0
+    assert "not a folder" in " ".join(result.output.split())
+
+
+def test_cli_models_show(tiny_models: Path) -> None:
+    result = CliRunner().invoke(app, ["models", "show", "--model", str(tiny_models), "--condition", "seg"])
+    assert result.exit_code == 0, result.output
+    assert "sd-controlnet-seg" in result.output
+    assert "Annotators" in result.output
+
+
+# ---- model specs --------------------------------------------------------------------------------
+
+
+def test_spec_defaults_are_the_hub_models() -> None:
+    spec = ModelSpec.from_config(JobConfig(condition="seg"))
+    assert spec == ModelSpec(DEFAULT_BASE_MODEL, "lllyasviel/sd-controlnet-seg", "lllyasviel/Annotators")
+
+
+def test_spec_from_bundle_and_overrides(tiny_models: Path, tmp_path: Path) -> None:
+    spec = ModelSpec.from_config(JobConfig(model=str(tiny_models), condition="scribble"))
+    assert spec.base == str((tiny_models / "stable-diffusion-v1-5").resolve())
+    assert spec.controlnet == str((tiny_models / "sd-controlnet-scribble").resolve())
+    assert spec.hed_weights == str((tiny_models / "Annotators").resolve())
+
+    over = ModelSpec.from_config(
+        JobConfig(model=str(tiny_models), controlnet="me/my-cn", hed_weights="me/hed", base_model="me/base")
+    )
+    assert over == ModelSpec("me/base", "me/my-cn", "me/hed")
+
+    # A `model` that is not a bundle is the base model.
+    plain = ModelSpec.from_config(JobConfig(model="someone/sd15-finetune"))
+    assert plain.base == "someone/sd15-finetune"
+    assert plain.controlnet == "lllyasviel/sd-controlnet-hed"
+
+    # A bundle without a ControlNet for the condition says so.
+    (tmp_path / BUNDLE_INDEX).write_text(json.dumps({"base_model": "sd", "controlnets": {"hed": "cn"}}))
+    with pytest.raises(ModelLoadError, match="no ControlNet for condition 'seg'"):
+        ModelSpec.from_config(JobConfig(model=str(tmp_path), condition="seg"))
+
+
+# ---- loading errors -----------------------------------------------------------------------------
+
+
+def test_missing_local_folder_gives_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = ModelSpec(base=str(tmp_path / "nope"), controlnet=str(tmp_path / "nope-cn"))
+    with pytest.raises(ModelLoadError) as err:
+        load_pipeline(spec, device="cpu")
+    msg = str(err.value)
+    assert str(tmp_path / "nope-cn") in msg and "no such folder" in msg
+    assert "--model DIR" in msg and "--base-model" in msg and "--controlnet" in msg
+
+
+def test_folder_without_diffusers_layout(tiny_models: Path, tmp_path: Path) -> None:
+    spec = ModelSpec(base=str(tmp_path), controlnet=str(tiny_models / "sd-controlnet-hed"))
+    with pytest.raises(ModelLoadError, match=r"no model_index\.json"):
+        load_pipeline(spec, device="cpu")
+
+
+def test_uncached_hub_id_offline(tiny_models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = ModelSpec(
+        base="difaug-tests/not-a-cached-model", controlnet=str(tiny_models / "sd-controlnet-hed")
+    )
+    with pytest.raises(ModelLoadError) as err:
+        load_pipeline(spec, device="cpu")
+    msg = str(err.value)
+    assert "'difaug-tests/not-a-cached-model'" in msg
+    assert "HF_HUB_OFFLINE=1" in msg and "--base-model" in msg
+    assert "Traceback" not in msg and len(msg.splitlines()) == 1
+
+
+# ---- device and dtype ---------------------------------------------------------------------------
+
+
+def test_device_and_dtype_without_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    assert resolve_dtype("auto", "cpu") == "float32"
+    assert resolve_dtype("bfloat16", "cpu") == "bfloat16"
+    with pytest.raises(ConfigError, match="float16 is not supported on CPU"):
+        resolve_dtype("float16", "cpu")
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        resolve_device("cuda")
+    with pytest.raises(ConfigError, match="not one of"):
+        resolve_dtype("float8", "cpu")
+
+
+def test_device_and_dtype_with_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda"
+    assert resolve_device("cuda:1") == "cuda:1"
+    assert resolve_dtype("auto", "cuda") == "float16"
+    assert resolve_dtype("auto", "cuda:1") == "float16"
+    assert resolve_dtype("bfloat16", "cuda") == "bfloat16"
+    assert resolve_dtype("float32", "cuda") == "float32"
+
+
+def test_compile_and_offload_refused_together(tiny_models: Path) -> None:
+    spec = ModelSpec.from_config(JobConfig(model=str(tiny_models)))
+    with pytest.raises(ConfigError, match="compile and offload"):
+        load_pipeline(spec, device="cpu", compile=True, offload=True)
+
+
+# ---- loading the tiny bundle --------------------------------------------------------------------
+
+
+def test_load_pipeline_tiny(tiny_models: Path) -> None:
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    spec = ModelSpec.from_config(JobConfig(model=str(tiny_models), condition="seg"))
+    pipe = load_pipeline(spec, device="cpu", dtype="auto", scheduler="ddim")
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+    assert pipe.unet.dtype == torch.float32 and pipe.controlnet.dtype == torch.float32
+    assert pipe.safety_checker is None
+    assert pipe.vae.use_slicing
+    # SDPA attention stays in place in both networks.
+    for net in (pipe.unet, pipe.controlnet):
+        assert {type(p) for p in net.attn_processors.values()} == {AttnProcessor2_0}
+    # The ControlNet came from the seg folder, not another condition's.
+    assert pipe.controlnet.config._name_or_path.endswith("sd-controlnet-seg")
+
+
+def test_scheduler_registry(tiny_models: Path) -> None:
+    import diffusers
+    from diffusers import PNDMScheduler
+
+    base = PNDMScheduler.from_pretrained(tiny_models / "stable-diffusion-v1-5" / "scheduler").config
+    for name, (cls_name, extra) in SCHEDULERS.items():
+        sched = make_scheduler(name, base)
+        assert type(sched).__name__ == cls_name
+        # The beta schedule the model was trained with carries over.
+        assert sched.config.beta_schedule == "scaled_linear"
+        # Same timesteps as diffusers' own `Scheduler.from_config(pipe.scheduler.config)`.
+        ref = getattr(diffusers, cls_name).from_config(base, **extra)
+        sched.set_timesteps(20)
+        ref.set_timesteps(20)
+        assert torch.equal(sched.timesteps, ref.timesteps), name
+    assert make_scheduler("dpmpp_2m", base).config.algorithm_type == "dpmsolver++"
+    with pytest.raises(ConfigError, match="not one of"):
+        make_scheduler("heun", base)
+
+
+def test_load_pipeline_bfloat16_on_cpu(tiny_models: Path) -> None:
+    spec = ModelSpec.from_config(JobConfig(model=str(tiny_models)))
+    pipe = load_pipeline(spec, device="cpu", dtype="bfloat16")
+    assert pipe.unet.dtype == pipe.controlnet.dtype == pipe.vae.dtype == torch.bfloat16
+
+
+@pytest.mark.skipif(importlib.util.find_spec("peft") is not None, reason="peft is installed")
+def test_lcm_lora_without_peft_is_a_clear_error(tiny_models: Path) -> None:
+    spec = ModelSpec.from_config(JobConfig(model=str(tiny_models)))
+    with pytest.raises(ModelLoadError, match="needs the `peft` package"):
+        load_pipeline(spec, device="cpu", lcm_lora="latent-consistency/lcm-lora-sdv1-5")

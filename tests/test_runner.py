@@ -1,0 +1,331 @@
+"""The runner end to end: plan, Dask execution, resume, refusal, failures, the CLI.
+
+Real LocalCluster, real Parquet, the tiny random model (fixture `tiny_models`) where images matter,
+the SleepGenerator (real everything else) where only the runner's bookkeeping is under test."""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from _runner_helpers import (
+    all_keys,
+    aux_images,
+    job,
+    make_dataset,
+    make_sample,
+    shard_bytes,
+    sleep_factory,
+    write_csv,
+)
+from PIL import Image
+
+from difaug import plan as plan_mod
+from difaug import shards
+from difaug.config import JobConfig, RuntimeConfig
+from difaug.manifest import read_manifest
+from difaug.plan import PlanError
+from difaug.runner import run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _stats(out: Path) -> dict[int, dict]:
+    return {s["shard"]: s for s in shards.load_stats(out)}
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+def test_plan_cuts_rows_into_shards(tmp_path: Path) -> None:
+    m = make_dataset(tmp_path / "d", 7)
+    j = job(m, tmp_path / "out", shard_size=3)
+    p = plan_mod.build_plan(j, read_manifest(m))
+    assert [s["rows"] for s in p["shards"]] == [[1, 4], [4, 7], [7, 8]]
+    assert p["rows"] == 7 and p["manifest"]["rows"] == 7
+    assert p["config"] == {**JobConfig().__dict__, **p["config"]}  # the full JobConfig, flat
+    limited = plan_mod.build_plan(
+        job(m, tmp_path / "o2", shard_size=3).__class__(**{**j.__dict__, "limit": 5}), read_manifest(m)
+    )
+    assert [s["rows"] for s in limited["shards"]] == [[1, 4], [4, 6]]
+    assert limited["plan_hash"] != p["plan_hash"]
+
+
+def _plan_must_exist(cfg: JobConfig, runtime: RuntimeConfig, *, out: str, ms: float = 1.0) -> Any:
+    # The plan is on disk before any model loads.
+    assert (Path(out) / shards.PLAN_FILE).is_file()
+    from difaug.worker import SleepGenerator
+
+    return SleepGenerator(ms, runtime.batch_size)
+
+
+def test_sync_run_resume_and_summary(tmp_path: Path) -> None:
+    m = make_dataset(tmp_path / "d", 5)
+    out = tmp_path / "out"
+    j = job(m, out)
+    s = run(j, generator_factory=functools.partial(_plan_must_exist, out=str(out)))
+    assert (s.rows, s.done, s.failed, s.skipped, s.images) == (5, 5, 0, 0, 10)
+    assert s.ok
+    plan = shards.load_plan(out)
+    assert plan["manifest"]["fingerprint"] == plan_mod.manifest_fingerprint(read_manifest(m))
+    assert len(plan["shards"]) == 3
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [
+        "00000.parquet",
+        "00001.parquet",
+        "00002.parquet",
+    ]
+    before = _stats(out)
+    # Lose shard 1's marker: a rerun redoes exactly that shard, the others keep their markers.
+    shards.stats_path(out, 1).unlink()
+    s2 = run(j, generator_factory=sleep_factory())
+    assert (s2.done, s2.skipped, s2.shards_done, s2.shards_skipped) == (2, 3, 1, 2)
+    after = _stats(out)
+    assert after[0] == before[0] and after[2] == before[2]
+    assert after[1]["finished"] != before[1]["finished"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["done"] + summary["failed"] + summary["skipped"] == summary["rows"] == 5
+
+
+def test_changed_manifest_or_config_refused_overwrite_works(tmp_path: Path) -> None:
+    m = make_dataset(tmp_path / "d", 3)
+    out = tmp_path / "out"
+    run(job(m, out), generator_factory=sleep_factory())
+    rows = [make_sample(tmp_path / "d", i) for i in range(4)]
+    m2 = write_csv(tmp_path / "d" / "other.csv", rows)
+    with pytest.raises(PlanError, match=r"manifest differs.*3 rows.*4 rows"):
+        run(job(m2, out), generator_factory=sleep_factory())
+    with pytest.raises(PlanError, match=r"config differs in num_aux \(2 → 3\), seed \(0 → 7\)"):
+        run(job(m, out, num_aux=3, seed=7), generator_factory=sleep_factory())
+    with pytest.raises(PlanError, match=r"limit 0 → 2"):
+        run(job(m, out, limit=2), generator_factory=sleep_factory())
+    assert len(all_keys(out)) == 6  # nothing was touched
+    s = run(replace(job(m2, out, num_aux=3), overwrite=True), generator_factory=sleep_factory())
+    assert s.done == 4 and len(all_keys(out)) == 12
+    assert shards.load_plan(out)["config"]["num_aux"] == 3
+
+
+def test_runtime_may_change_on_resume(tmp_path: Path) -> None:
+    m = make_dataset(tmp_path / "d", 4)
+    out = tmp_path / "out"
+    run(job(m, out), generator_factory=sleep_factory())
+    s = run(job(m, out, runtime={"batch_size": 1, "retries": 0}), generator_factory=sleep_factory())
+    assert s.skipped == 4 and s.ok
+
+
+def test_shards_without_plan_refused(tmp_path: Path) -> None:
+    m = make_dataset(tmp_path / "d", 2)
+    out = tmp_path / "out"
+    (out / "shards").mkdir(parents=True)
+    (out / "shards" / "00000.parquet").write_bytes(b"x")
+    with pytest.raises(PlanError, match=r"no difaug\.json"):
+        run(job(m, out), generator_factory=sleep_factory())
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+def _bad_inputs(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    rows = [make_sample(folder, i, (96, 64)) for i in range(6)]
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(folder / "small_mask.png")
+    Image.fromarray(np.zeros((64, 96), np.uint8)).save(folder / "empty_mask.png")
+    rows[1]["image"] = "missing.jpg"  # file not found
+    rows[2]["image"] = "corrupt.jpg"  # undecodable
+    rows[3]["mask"] = "small_mask.png"  # size mismatch
+    rows[4]["mask"] = "empty_mask.png"  # no foreground pixel
+    rows.append({**rows[0], "class_id": "abc"})  # not normalisable
+    rows.append(dict(rows[5]))  # duplicate sample id
+    return write_csv(folder / "manifest.csv", rows)
+
+
+def test_bad_inputs_become_recorded_failures(tmp_path: Path, tiny_models: Path) -> None:
+    m = _bad_inputs(tmp_path / "d")
+    out = tmp_path / "out"
+    s = run(job(m, out, condition="hed", model=str(tiny_models), shard_size=3))
+    assert s.rows == 8
+    assert s.done == 2 and s.failed == 6 and not s.ok
+    by_row = {f["row"]: f for f in s.failures}
+    assert sorted(by_row) == [2, 3, 4, 5, 7, 8]
+    assert "missing.jpg" in by_row[2]["reason"]
+    assert "corrupt.jpg" in by_row[3]["reason"]
+    assert by_row[7]["stage"] == "manifest" and "class_id" in by_row[7]["reason"]
+    assert by_row[8]["stage"] == "validate" and "duplicate" in by_row[8]["reason"]
+    assert all(f["reason"] for f in s.failures)
+    keys = all_keys(out)
+    assert sorted(keys) == ["img00000_1/0", "img00000_1/1", "img00005_8/0", "img00005_8/1"]
+    stats = shards.load_stats(out)
+    assert sum(x["done"] + x["failed"] for x in stats) == 8
+    assert sum(len(x["failures"]) for x in stats) == 6
+
+
+class _PickyCondition:
+    """The real seg condition, except that it refuses one sample (as an empty mask would)."""
+
+    def __init__(self, bad: str, error: type[Exception]):
+        from difaug.conditions import make_condition
+
+        self.inner, self.bad, self.error = make_condition("seg", resolution=64), bad, error
+        self.fallbacks = self.inner.fallbacks
+
+    def __call__(self, batch: list[Any]) -> list[Any]:
+        if any(x.sample.sample_id == self.bad for x in batch):
+            raise self.error(f"no foreground in {self.bad}")
+        return self.inner(batch)
+
+
+def _picky_condition_factory(
+    cfg: JobConfig, runtime: RuntimeConfig, *, bad: str, error: type[Exception] = ValueError
+) -> Any:
+    return _PickyCondition(bad, error)
+
+
+def test_in_task_failures_isolated_to_their_rows(tmp_path: Path) -> None:
+    """Files that break after validation, and a condition that fails for one sample of a batch."""
+    from difaug.worker import ShardSpec, run_shard
+
+    m = make_dataset(tmp_path / "d", 4)
+    samples = read_manifest(m).samples
+    (tmp_path / "d" / "img00001.jpg").unlink()  # gone after validation
+    j = job(m, tmp_path / "out", shard_size=4, runtime={"batch_size": 8})
+    spec = ShardSpec(0, 1, 5, tuple(samples), (), str(tmp_path / "out"), "h" * 64)
+    stats = run_shard(
+        spec,
+        j,
+        sleep_factory(),
+        functools.partial(_picky_condition_factory, bad="img00002_12"),
+    )
+    assert (stats["done"], stats["failed"], stats["images"]) == (2, 2, 4)
+    stages = {f["row"]: (f["stage"], f["reason"]) for f in stats["failures"]}
+    assert stages[2][0] == "read" and "img00001.jpg" in stages[2][1]
+    assert stages[3] == ("condition", "no foreground in img00002_12")
+    assert sorted(all_keys(tmp_path / "out")) == [
+        "img00000_1/0",
+        "img00000_1/1",
+        "img00003_15/0",
+        "img00003_15/1",
+    ]
+
+
+def _flaky_factory(cfg: JobConfig, runtime: RuntimeConfig, *, bad: str) -> Any:
+    return _Flaky(bad, runtime.batch_size)
+
+
+class _Flaky:
+    """A generator that fails every batch holding sample `bad` (a broken shard)."""
+
+    def __init__(self, bad: str, batch_size: int):
+        from difaug.worker import SleepGenerator
+
+        self.inner = SleepGenerator(1.0, batch_size)
+        self.batch_size, self.provenance, self.bad = batch_size, self.inner.provenance, bad
+
+    def generate(self, items: list[Any]) -> list[Any]:
+        if any(it.sample_id == self.bad for it in items):
+            raise RuntimeError("CUDA error: device-side assert (simulated)")
+        return self.inner.generate(items)
+
+
+def test_failed_shard_recorded_then_redone(tmp_path: Path) -> None:
+    m = make_dataset(tmp_path / "d", 5)
+    out = tmp_path / "out"
+    s = run(job(m, out), generator_factory=functools.partial(_flaky_factory, bad="img00002_12"))
+    assert s.failed_shards == [1] and s.failed == 2 and s.done == 3 and not s.ok
+    assert {f["stage"] for f in s.failures} == {"task"}
+    assert "device-side assert" in s.failures[0]["reason"]
+    assert not shards.stats_path(out, 1).exists()  # no marker: a rerun retries the shard
+    s2 = run(job(m, out), generator_factory=sleep_factory())
+    assert s2.done == 2 and s2.skipped == 3 and s2.ok
+    assert len(all_keys(out)) == 10
+
+
+# ----------------------------------------------------------------------------- real model, real cluster
+
+
+@pytest.fixture(scope="module")
+def tiny_job_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Two aspect ratios → two working sizes → two batch buckets in a shard.
+    return make_dataset(tmp_path_factory.mktemp("data"), 5, sizes=[(96, 64), (64, 64)])
+
+
+def test_local_two_workers_matches_sync(tmp_path: Path, tiny_models: Path, tiny_job_data: Path) -> None:
+    cfg = {"condition": "hed", "model": str(tiny_models), "num_aux": 2, "shard_size": 2}
+    local = run(job(tiny_job_data, tmp_path / "local", runtime={"cluster": "local", "workers": 2}, **cfg))
+    sync = run(job(tiny_job_data, tmp_path / "sync", runtime={"cluster": "sync"}, **cfg))
+    assert local.ok and sync.ok and local.images == 10
+    table = shards.read_shard(next(shards.iter_shard_paths(tmp_path / "local")))
+    rows = table.to_pylist()
+    from difaug.generate import derive_seed
+
+    for r in rows:
+        assert r["seed"] == derive_seed(0, r["sample_id"], r["aux_index"])
+        assert r["prompt"] == f"a real shot photo of {r['class_name']}, best quality, extremely detailed"
+        img = Image.open(io.BytesIO(r["aux_image"]["bytes"]))
+        assert img.size == (r["width"], r["height"])
+    keys = all_keys(tmp_path / "local")
+    assert len(keys) == len(set(keys)) == 10
+    pids = {s["worker"]["pid"] for s in shards.load_stats(tmp_path / "local")}
+    assert len(pids) >= 1
+    assert aux_images(tmp_path / "local") == aux_images(tmp_path / "sync")
+    assert shard_bytes(tmp_path / "local") == shard_bytes(tmp_path / "sync")
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _cli(*args: str) -> Any:
+    from typer.testing import CliRunner
+
+    from difaug.cli import app
+
+    return CliRunner().invoke(app, ["generate", *args])
+
+
+def test_cli_exit_codes_and_yaml(tmp_path: Path, tiny_models: Path) -> None:
+    m = make_dataset(tmp_path / "d", 3)
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(
+        f"manifest: {m}\ncondition: seg\nnum_aux: 1\nresolution: 64\nsteps: 2\nshard_size: 2\n"
+        "execution:\n  cluster: sync\n  batch_size: 2\n"
+    )
+    out = tmp_path / "out"
+    res = _cli("--config", str(cfg), "--model", str(tiny_models), "--out", str(out), "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert shards.load_plan(out)["config"]["model"] == str(tiny_models)
+    assert "done 3 + failed 0 + skipped 0 = 3" in res.output
+    # a flag overriding a job key on the same OUT: refused, exit 2, message names the key
+    res = _cli("--config", str(cfg), "--model", str(tiny_models), "--out", str(out), "--steps", "3")
+    assert res.exit_code == 2 and "steps" in res.output
+    res = _cli("--manifest", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o2"))
+    assert res.exit_code == 2 and "nope.csv" in res.output
+    res = _cli("--config", str(cfg), "--out", str(tmp_path / "o3"), "--cluster", "moon")
+    assert res.exit_code == 2 and "moon" in res.output
+    # a row that fails → exit 1
+    (tmp_path / "d" / "img00001.jpg").write_bytes(b"broken")
+    res = _cli("--config", str(cfg), "--model", str(tiny_models), "--out", str(tmp_path / "o4"))
+    assert res.exit_code == 1, res.output
+    assert "row 2 img00001_8 [validate] image:" in res.output
+
+
+def test_pipeline_yamls_resolve() -> None:
+    from difaug.config import resolve_job
+
+    files = sorted((REPO / "pipelines").glob("*.yaml"))
+    names = {f.stem for f in files}
+    for fold in range(4):
+        for cond in ("seg", "hed", "scribble"):
+            assert f"pascal5i-fold{fold}-{cond}" in names
+    assert {"coco20i-interleaved-fold0-hed", "coco20i-contiguous-fold0-hed", "fss1000-hed", "demo"} <= names
+    for f in files:
+        j = resolve_job(f)
+        assert j.manifest and j.out
+        if f.stem.startswith("pascal5i"):
+            assert j.config.condition == f.stem.rsplit("-", 1)[1]
+    demo = resolve_job(REPO / "pipelines" / "demo.yaml")
+    assert demo.manifest == "manifests/demo/manifest.csv" and demo.runtime.workers == 1
