@@ -32,7 +32,10 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64, help="short side of the conditions")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = default)")
+    ap.add_argument("--quick", action="store_true", help="4 samples, 8 steps (what `make bench` runs)")
     args = ap.parse_args()
+    if args.quick:
+        args.samples, args.steps = min(args.samples, 4), min(args.steps, 8)
 
     import torch
     from PIL import Image

@@ -264,7 +264,10 @@ def main() -> None:
         "--peak-tflops", type=float, default=0.0, help="the GPU's dense fp16 peak, if not in the table"
     )
     ap.add_argument("--force-cpu", action="store_true", help="time on the CPU anyway (use a small --size)")
+    ap.add_argument("--quick", action="store_true", help="batches 1 and 8, 16 timed images per setting")
     args = ap.parse_args()
+    if args.quick:
+        args.batches, args.images = [b for b in args.batches if b <= 8], min(args.images, 16)
 
     import torch
 

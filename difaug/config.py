@@ -99,6 +99,8 @@ class RuntimeConfig:
     dtype: str = "auto"
     batch_size: int = 8
     compile: bool = False
+    # torch.compile mode when `compile` is on: "reduce-overhead" (CUDA graphs) or "max-autotune".
+    compile_mode: str = "reduce-overhead"
     offload: bool = False
     progress: bool = True
     # dask-jobqueue SLURMCluster keyword arguments (queue, account, cores, memory, walltime,

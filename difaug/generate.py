@@ -187,6 +187,7 @@ class AuxGenerator:
             dtype=dtype,
             scheduler=cfg.scheduler,
             compile=runtime.compile,
+            compile_mode=runtime.compile_mode,
             lcm_lora=cfg.lcm_lora,
             offload=runtime.offload,
         )

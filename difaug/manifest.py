@@ -27,7 +27,8 @@ class ManifestError(ValueError):
     """The manifest as a whole cannot be read (missing file, missing column, unknown format)."""
 
 
-@dataclass(frozen=True)
+# slots: a 100k-row manifest is 100k of these on the driver.
+@dataclass(frozen=True, slots=True)
 class Sample:
     """One manifest row, normalised. `row` is the 1-based data row number in the manifest file."""
 

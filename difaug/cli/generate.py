@@ -55,7 +55,12 @@ def generate(
     retries: int | None = _opt("--retries", "Retries of a failed shard task.", _EXECUTION),
     device: str | None = _opt("--device", "auto, cpu, cuda, cuda:1 …", _EXECUTION),
     dtype: str | None = _opt("--dtype", "auto, float32, float16, bfloat16.", _EXECUTION),
-    compile: bool | None = _opt("--compile/--no-compile", "torch.compile the UNet.", _EXECUTION),
+    compile: bool | None = _opt(
+        "--compile/--no-compile", "torch.compile the UNet and ControlNet (CUDA).", _EXECUTION
+    ),
+    compile_mode: str | None = _opt(
+        "--compile-mode", "reduce-overhead (CUDA graphs) or max-autotune.", _EXECUTION
+    ),
     offload: bool | None = _opt("--offload/--no-offload", "CPU offload (small GPUs).", _EXECUTION),
     progress: bool | None = _opt("--progress/--no-progress", "Show the progress bar.", _EXECUTION),
     overwrite: bool | None = _opt(
