@@ -49,7 +49,20 @@ def ade_index_by_name() -> dict[str, int]:
         out.setdefault(normalise_name(r["class_name"]), int(r["ade_index"]))
     for r in _read_tsv("ade20k_palette.tsv"):
         out.setdefault(normalise_name(r["ade_name"]), int(r["ade_index"]))
+    for alias, name in NAME_ALIASES.items():
+        out.setdefault(alias, out[name])
     return out
+
+
+# PASCAL VOC's own spellings (as in its devkit and many FSS repos) → the names in our table.
+NAME_ALIASES = {
+    "aeroplane": "airplane",
+    "diningtable": "dining table",
+    "pottedplant": "potted plant",
+    "tvmonitor": "television",
+    "tv monitor": "television",
+    "tv": "television",
+}
 
 
 def normalise_name(name: str) -> str:

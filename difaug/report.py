@@ -103,6 +103,8 @@ class RunReport:
     shard_bytes: int  # the Parquet shards alone
     config: dict[str, Any]
     provenance: dict[str, list[str]] = field(default_factory=dict)  # distinct values in the shards
+    # class name → samples whose seg condition used the fallback colour (no ADE20K mapping)
+    condition_fallbacks: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,8 +172,10 @@ def summarise(run_dir: str | Path) -> RunReport:
     ):
         per_class.setdefault(name, set()).add(sid)
 
-    per_shard, stage_seconds = [], Counter[str]()
+    per_shard, stage_seconds, fallbacks = [], Counter[str](), Counter[str]()
     for i, marker in enumerate(view.stats):
+        if isinstance(marker.get("fallbacks"), dict):
+            fallbacks.update({str(k): int(v) for k, v in marker["fallbacks"].items()})
         images = marker_number(marker, "images")
         seconds = marker_number(marker, "total", "seconds", "elapsed")
         device = marker_number(marker, DEVICE_STAGE, "gpu_seconds")
@@ -213,6 +217,7 @@ def summarise(run_dir: str | Path) -> RunReport:
         shard_bytes=sum(p.stat().st_size for p in view.shard_paths),
         config=_config_summary(view),
         provenance=_provenance(view),
+        condition_fallbacks=dict(sorted(fallbacks.items())),
     )
 
 

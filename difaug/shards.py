@@ -15,10 +15,14 @@ import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from difaug.config import JobConfig
+    from difaug.manifest import Sample
 
 PLAN_FILE = "difaug.json"
 SHARDS_DIR = "shards"
@@ -104,6 +108,51 @@ def stats_path(run_dir: str | Path, index: int) -> Path:
 def image_struct(data: bytes, path: str) -> dict[str, Any]:
     """One value of an Image column."""
     return {"bytes": data, "path": path}
+
+
+PROVENANCE_COLUMNS = COLUMNS[-8:]  # base_model … device: what the generator reports about itself
+
+
+def make_row(
+    sample: Sample,
+    cfg: JobConfig,
+    *,
+    aux_index: int,
+    seed: int,
+    prompt: str,
+    negative_prompt: str,
+    size: tuple[int, int],
+    condition_png: bytes,
+    aux_bytes: bytes,
+    provenance: Mapping[str, Any],
+) -> dict[str, Any]:
+    """One shard row (one auxiliary image) in the column order of `SCHEMA`."""
+    name = f"{sample.sample_id}_{aux_index}"
+    ext = "jpg" if cfg.image_format == "jpeg" else "png"
+    width, height = size
+    return {
+        "key": f"{sample.sample_id}/{aux_index}",
+        "sample_id": sample.sample_id,
+        "aux_index": aux_index,
+        "row": sample.row,
+        "class_id": sample.class_id,
+        "class_name": sample.class_name,
+        "dataset": sample.dataset,
+        "split": sample.split,
+        "fold": sample.fold,
+        "image": sample.image,
+        "mask": sample.mask,
+        "width": width,
+        "height": height,
+        "condition": cfg.condition,
+        "condition_style": cfg.condition_style,
+        "condition_image": image_struct(condition_png, f"{name}.png"),
+        "aux_image": image_struct(aux_bytes, f"{name}.{ext}"),
+        "prompt": prompt,
+        "negative_prompt": negative_prompt,
+        "seed": seed,
+        **{k: provenance[k] for k in PROVENANCE_COLUMNS},
+    }
 
 
 def _atomic_write(path: Path, write: Any) -> None:

@@ -441,7 +441,6 @@ def _generate_stage(
 def _encode_stage(
     cfg: JobConfig, provenance: dict, results_q: queue.Queue, state: _ShardState
 ) -> Callable[[], None]:
-    ext = "png" if cfg.image_format == "png" else "jpg"
     cond_png: dict[str, bytes] = {}
 
     def run() -> None:
@@ -454,7 +453,7 @@ def _encode_stage(
                 continue
             t0 = time.perf_counter()
             try:
-                state.rows.append(_row(sample, res, cfg, provenance, ext, cond_png))
+                state.rows.append(_row(sample, res, cfg, provenance, cond_png))
             except INPUT_ERRORS as e:
                 state.fail(sample, "encode", _short(e))
             state.add_time("encode", time.perf_counter() - t0)
@@ -462,37 +461,25 @@ def _encode_stage(
     return run
 
 
-def _row(sample: Sample, res: Any, cfg: JobConfig, prov: dict, ext: str, cond_png: dict[str, bytes]) -> dict:
+def _row(sample: Sample, res: Any, cfg: JobConfig, prov: dict, cond_png: dict[str, bytes]) -> dict:
     item = res.item
     if sample.sample_id not in cond_png:  # one condition per sample, shared by its X rows
         cond_png[sample.sample_id] = imageio.encode_png(item.condition)
     w, h = item.out_size
     if res.image.shape[:2] != (h, w):
         raise ValueError(f"generator returned {res.image.shape[1]}×{res.image.shape[0]}, expected {w}×{h}")
-    name = f"{sample.sample_id}_{item.aux_index}"
-    return {
-        "key": f"{sample.sample_id}/{item.aux_index}",
-        "sample_id": sample.sample_id,
-        "aux_index": item.aux_index,
-        "row": sample.row,
-        "class_id": sample.class_id,
-        "class_name": sample.class_name,
-        "dataset": sample.dataset,
-        "split": sample.split,
-        "fold": sample.fold,
-        "image": sample.image,
-        "mask": sample.mask,
-        "width": w,
-        "height": h,
-        "condition": cfg.condition,
-        "condition_style": cfg.condition_style,
-        "condition_image": shards.image_struct(cond_png[sample.sample_id], f"{name}.png"),
-        "aux_image": shards.image_struct(encode_aux(res.image, cfg), f"{name}.{ext}"),
-        "prompt": item.prompt,
-        "negative_prompt": item.negative_prompt,
-        "seed": item.seed,
-        **{k: prov[k] for k in shards.COLUMNS[-8:]},
-    }
+    return shards.make_row(
+        sample,
+        cfg,
+        aux_index=item.aux_index,
+        seed=item.seed,
+        prompt=item.prompt,
+        negative_prompt=item.negative_prompt,
+        size=(w, h),
+        condition_png=cond_png[sample.sample_id],
+        aux_bytes=encode_aux(res.image, cfg),
+        provenance=prov,
+    )
 
 
 def encode_aux(image: np.ndarray, cfg: JobConfig) -> bytes:

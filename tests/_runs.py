@@ -95,40 +95,28 @@ def synthetic_mask(width: int, height: int, class_id: int, seed: int) -> np.ndar
 
 
 def _row_dict(sample: Sample, k: int, aux: np.ndarray, cond: np.ndarray, cfg: JobConfig) -> dict:
-    ext = "jpg" if cfg.image_format == "jpeg" else "png"
     h, w = aux.shape[:2]
-    return {
-        "key": f"{sample.sample_id}/{k}",
-        "sample_id": sample.sample_id,
-        "aux_index": k,
-        "row": sample.row,
-        "class_id": sample.class_id,
-        "class_name": sample.class_name,
-        "dataset": sample.dataset,
-        "split": sample.split,
-        "fold": sample.fold,
-        "image": sample.image,
-        "mask": sample.mask,
-        "width": w,
-        "height": h,
-        "condition": cfg.condition,
-        "condition_style": cfg.condition_style,
-        "condition_image": shards.image_struct(encode(cond, "png"), f"{sample.sample_id}_{k}.png"),
-        "aux_image": shards.image_struct(
-            encode(aux, cfg.image_format, cfg.jpeg_quality), f"{sample.sample_id}_{k}.{ext}"
-        ),
-        "prompt": cfg.prompt_template.format(class_name=sample.class_name),
-        "negative_prompt": cfg.negative_prompt,
-        "seed": 1000 * sample.row + k,
-        "base_model": "tiny/stable-diffusion-v1-5",
-        "controlnet_model": "tiny/sd-controlnet-hed",
-        "scheduler": cfg.scheduler,
-        "steps": cfg.steps,
-        "guidance_scale": cfg.guidance_scale,
-        "controlnet_scale": cfg.controlnet_scale,
-        "dtype": "float32",
-        "device": "cpu",
-    }
+    return shards.make_row(
+        sample,
+        cfg,
+        aux_index=k,
+        seed=1000 * sample.row + k,
+        prompt=cfg.prompt_template.format(class_name=sample.class_name),
+        negative_prompt=cfg.negative_prompt,
+        size=(w, h),
+        condition_png=encode(cond, "png"),
+        aux_bytes=encode(aux, cfg.image_format, cfg.jpeg_quality),
+        provenance={
+            "base_model": "tiny/stable-diffusion-v1-5",
+            "controlnet_model": "tiny/sd-controlnet-hed",
+            "scheduler": cfg.scheduler,
+            "steps": cfg.steps,
+            "guidance_scale": cfg.guidance_scale,
+            "controlnet_scale": cfg.controlnet_scale,
+            "dtype": "float32",
+            "device": "cpu",
+        },
+    )
 
 
 def make_run(

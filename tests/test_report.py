@@ -105,3 +105,29 @@ def test_cli_inspect_json_and_errors(failed_run: SyntheticRun, tmp_path: Path) -
     assert data["rows"] == 6 and data["failures"][0]["sample_id"] == "2008_000123_7"
     res = cli.invoke(app, ["inspect", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "not found" in res.output
+
+
+def test_seg_fallback_classes_counted_by_a_real_run(tmp_path: Path) -> None:
+    """A class with no ADE20K mapping gets the fallback colour in a real seg run, and `inspect`
+    counts it (issue: "counted in the summary, never a crash")."""
+    import csv
+
+    from _runner_helpers import job, make_dataset, sleep_factory
+
+    from difaug.runner import run
+
+    manifest = make_dataset(tmp_path / "d", 3)
+    rows = list(csv.DictReader(manifest.open()))
+    rows[1]["class_name"] = "flux capacitor"
+    with manifest.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "run"
+    summary = run(job(manifest, out), generator_factory=sleep_factory())
+    assert summary.ok and summary.done == 3
+
+    assert report.summarise(out).condition_fallbacks == {"flux capacitor": 1}
+    result = CliRunner().invoke(app, ["inspect", str(out)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "'flux capacitor' has no ADE20K mapping: 1 sample(s)" in result.output

@@ -92,6 +92,10 @@ def inspect(
     console.print(shards)
     if len(rep.per_shard) > show:
         console.print(f"… {len(rep.per_shard) - show} more shards")
+    for name, n in rep.condition_fallbacks.items():
+        console.print(
+            f"[yellow]note:[/] class {name!r} has no ADE20K mapping: {n} sample(s) used the seg fallback colour"
+        )
     if rep.unfinished_shards:
         console.print(f"[yellow]unfinished shards:[/] {', '.join(rep.unfinished_shards[:show])}")
 
