@@ -79,5 +79,10 @@ def gpu_resources(client: Any, runtime: RuntimeConfig) -> dict[str, int] | None:
     if runtime.cluster == "cuda" or advertised:
         return {"GPU": 1}
     if runtime.device.startswith("cuda") and runtime.cluster == "slurm":
-        return {"GPU": 1}
+        # Claiming a resource no worker advertises would leave every task waiting forever.
+        raise ConfigError(
+            "--cluster slurm --device cuda: the SLURM workers advertise no GPU resource, so tasks "
+            'could not be placed one per GPU; add `worker_extra_args: ["--resources", "GPU=1"]` '
+            "to the `slurm:` section of the config"
+        )
     return None

@@ -122,6 +122,10 @@ def _read_records(path: str) -> Iterator[dict]:
         text = imageio.read_bytes(path).decode("utf-8-sig")
     except imageio.ImageReadError as e:
         raise ManifestError(f"manifest not found or unreadable: {path}") from e
+    except UnicodeDecodeError as e:
+        raise ManifestError(
+            f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start : e.start + 1]!r}); save the manifest as UTF-8"
+        ) from e
     if lower.endswith((".jsonl", ".ndjson", ".json")):
         for lineno, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -162,7 +166,7 @@ def default_sample_id(image: str, class_id: int) -> str:
 
 def read_manifest(path: str | Path) -> Manifest:
     """Read and normalise a manifest. Rows that cannot be normalised are returned as problems."""
-    path = str(path)
+    path = str(path).removeprefix("file://")
     if not imageio.is_url(path) and not Path(path).is_file():
         raise ManifestError(f"manifest not found: {path}")
     base = _manifest_dir(path)

@@ -39,6 +39,8 @@ What each knob buys and what it costs (CUDA unless noted). Defaults are the safe
   or `max-autotune` (also searches GEMM/conv kernels: longest warm-up, best steady state). Costs
   one to several minutes of compilation per batch shape and per worker, so it pays off only for
   long jobs; batches of a bucket are padded to `batch_size` so each shape compiles once.
+  `max-autotune` picks kernels by timing them in each process, so, like `cudnn.benchmark`, it
+  gives up bit-for-bit equality between workers and reruns (results stay within fp tolerance).
   Not combinable with `offload`.
 - **lcm_lora** (`lcm_lora: latent-consistency/lcm-lora-sdv1-5` or a local folder): fuses the
   LCM-LoRA into the UNet and switches to the LCM scheduler; 4–8 steps instead of 20 (set `steps`

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -156,9 +159,12 @@ def make_row(
 
 
 def _atomic_write(path: Path, write: Any) -> None:
-    """Call `write(tmp_path)`, then rename over `path`; a crash leaves only a `.tmp-<pid>` file."""
+    """Call `write(tmp_path)`, then rename over `path`; a crash leaves only a temp file.
+
+    The temp name carries host, pid and a random part: on a run directory shared by several nodes or
+    containers (where pids repeat), two attempts at one shard never write into the same file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f"{path.name}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         write(tmp)
         with open(tmp, "rb") as fh:
@@ -249,6 +255,9 @@ def load_plan(run_dir: str | Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+_HOST = socket.gethostname().replace("-", "_") or "host"
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -259,16 +268,26 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_temp_files(run_dir: str | Path) -> int:
-    """Delete `*.tmp-<pid>` leftovers of dead writers; returns how many went.
+def remove_temp_files(run_dir: str | Path, *, foreign_after_s: float = 6 * 3600) -> int:
+    """Delete `*.tmp-<host>-<pid>-<rand>` leftovers of dead writers; returns how many went.
 
-    A temp file whose pid is still alive on this host may belong to a writer that is finishing, so
-    it stays (it is never read either way)."""
+    A temp file of this host whose pid is alive may belong to a writer that is finishing, so it
+    stays (it is never read either way). Another host's pids cannot be checked from here: its temp
+    files go only once they are older than `foreign_after_s` (no shard write takes that long)."""
     n = 0
+    now = time.time()
     for sub in (SHARDS_DIR, STATS_DIR, "."):
         for tmp in (Path(run_dir) / sub).glob("*.tmp-*"):
-            pid = tmp.name.rsplit(".tmp-", 1)[1]
-            if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            host, _, rest = tmp.name.rsplit(".tmp-", 1)[1].rpartition("-")[0].rpartition("-")
+            pid = rest
+            try:
+                age = now - tmp.stat().st_mtime
+            except OSError:
+                continue
+            if host and host != _HOST:
+                if age < foreign_after_s:
+                    continue
+            elif pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
                 continue
             tmp.unlink(missing_ok=True)
             n += 1

@@ -114,6 +114,7 @@ def default_condition_factory(cfg: JobConfig, runtime: RuntimeConfig) -> Any:
 
 
 _MODEL_CACHE: dict[str, tuple[Any, Any]] = {}
+_RUN_LOCK = threading.Lock()
 _MODEL_LOCK = threading.Lock()
 
 
@@ -523,7 +524,22 @@ def run_shard(
     condition_factory: ConditionFactory | None = None,
     progress: ProgressHook | None = None,
 ) -> dict:
-    """Generate one shard, write it and its marker; return the marker (a small stats dict)."""
+    """Generate one shard, write it and its marker; return the marker (a small stats dict).
+
+    One shard at a time per process: the cached pipeline and the torch thread setting are
+    process-wide, and a worker started with several threads (a plain `dask worker`, a SLURM job
+    with `cores: 8`) would otherwise run two shards through one pipeline at once."""
+    with _RUN_LOCK:
+        return _run_shard(spec, job, generator_factory, condition_factory, progress)
+
+
+def _run_shard(
+    spec: ShardSpec,
+    job: Job,
+    generator_factory: GeneratorFactory | None,
+    condition_factory: ConditionFactory | None,
+    progress: ProgressHook | None,
+) -> dict:
     started, t0 = _now(), time.perf_counter()
     gen_f = generator_factory or default_generator_factory
     cond_f = condition_factory or default_condition_factory

@@ -53,6 +53,19 @@ def test_index_reads_only_key_columns_until_asked(
     np.testing.assert_array_equal(index.condition_image(s.sample_id), pascal_run.conditions[s.sample_id])
 
 
+def test_index_keeps_few_files_open(pascal_run: SyntheticRun, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Thousands of shards must not mean thousands of open descriptors in every DataLoader worker.
+    import difaug.adapters.index as index_mod
+
+    monkeypatch.setattr(index_mod, "MAX_OPEN_FILES", 1)
+    index = AuxIndex(pascal_run.run_dir, cache_row_groups=1)
+    ids = [s.sample_id for s in pascal_run.samples if s.sample_id in pascal_run.aux]
+    for sid in ids + ids:
+        for want, have in zip(pascal_run.aux[sid], index.aux_images(sid), strict=True):
+            np.testing.assert_array_equal(have, want)
+    assert len(index._files) == 1
+
+
 def test_index_finds_supports_by_any_reasonable_name(pascal_run: SyntheticRun) -> None:
     index = AuxIndex(pascal_run.run_dir)
     s = pascal_run.sample("2007_000032_15")

@@ -122,3 +122,23 @@ def test_cli_on_demo_set(tmp_path: Path, hed_weights: Path, condition: str) -> N
         if s.row <= 3:
             _is_png(tmp_path / f"{names[s.sample_id]}.png")
     _is_png(tmp_path / "contact_sheet.png")
+
+
+def test_duplicate_ids_and_empty_masks_are_reported_not_written(tmp_path: Path) -> None:
+    image, mask = synthetic(96, 64, seed=0, class_id=12)
+    Image.fromarray(image).save(tmp_path / "img.png")
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    row = {"sample_id": "dog_12", "image": "img.png", "mask": "mask.png", "class_id": 12, "class_name": "dog"}
+    no_fg = {**row, "sample_id": "cat_8", "class_id": 8, "class_name": "cat"}
+    write_manifest([row, row, no_fg], tmp_path / "m.csv")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app,
+        ["conditions", "-m", str(tmp_path / "m.csv"), "-c", "seg", "-o", str(out), "--resolution", "64"],
+        terminal_width=200,
+    )
+    assert result.exit_code == 1
+    said = " ".join(result.output.split())  # rich wraps long lines
+    assert "duplicate sample_id 'dog_12' (first at row 1)" in said
+    assert "mask has no pixel with class_id 8" in said
+    assert sorted(p.name for p in out.iterdir()) == [f"{SHEET_NAME}.png", "dog_12.png"]

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _trees import (
+    H,
+    W,
     class_mask,
     make_coco_tree,
     make_folder_tree,
@@ -21,6 +23,7 @@ from _trees import (
     save_mask,
     write_list,
 )
+from PIL import Image
 from typer.testing import CliRunner
 
 from difaug import imageio
@@ -323,6 +326,20 @@ def test_fss1000_threshold_and_class_list(tmp_path: Path) -> None:
     listed = build_fss1000(tree.root, mask_out=tmp_path / "m2", list_file=lst)
     assert ids(listed) == ["my_widget_1"]
     assert listed.skip_counts[MISSING_CLASS_DIR] == 1
+
+
+def test_fss1000_gazelle_never_gets_the_ignore_id(tmp_path: Path) -> None:
+    # The FSS-1000 table gives "gazelle" id 255, the ignore value of every mask.
+    root = tmp_path / "fss"
+    save_image(root / "gazelle" / "1.jpg")
+    mask = np.zeros((H, W), dtype=np.uint8)
+    mask[10:60, 20:90] = 255
+    Image.fromarray(mask).save(root / "gazelle" / "1.png")
+    result = build_fss1000(root, mask_out=tmp_path / "masks")
+    assert [(r["class_id"], r["class_name"]) for r in result.rows] == [(1255, "gazelle")]
+    manifest = tmp_path / "fss.csv"
+    result.write(manifest)
+    assert validate_manifest(read_manifest(manifest)) == []
 
 
 def test_stable_class_ids_do_not_depend_on_neighbours() -> None:

@@ -295,3 +295,13 @@ def test_validate_survives_decompression_bombs(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     problems = validate_manifest(read_manifest(tmp_path / "m.csv"))
     assert {(p.column, "cannot decode" in p.reason) for p in problems} == {("image", True), ("mask", True)}
+
+
+def test_non_utf8_manifest_and_file_urls(tmp_path: Path) -> None:
+    bad = tmp_path / "latin1.csv"
+    bad.write_bytes(b"image,mask,class_id,class_name\ncaf\xe9.jpg,caf\xe9.png,1,x\n")
+    with pytest.raises(ManifestError, match="not UTF-8"):
+        read_manifest(bad)
+    good = tmp_path / "m.csv"
+    good.write_text("image,mask,class_id,class_name\na.jpg,a.png,1,x\n", encoding="utf-8")
+    assert read_manifest(f"file://{good}").samples == read_manifest(good).samples

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -165,9 +166,26 @@ def test_run_dir_helpers(tmp_path: Path) -> None:
 def test_remove_temp_files_keeps_live_writers(tmp_path: Path) -> None:
     d = tmp_path / "shards"
     d.mkdir()
-    dead = d / "00001.parquet.tmp-999999999"
-    live = d / f"00002.parquet.tmp-{os.getppid()}"
-    dead.write_bytes(b"x")
-    live.write_bytes(b"x")
-    assert shards.remove_temp_files(tmp_path) == 1
-    assert not dead.exists() and live.exists()
+    host = shards._HOST
+    dead = d / f"00001.parquet.tmp-{host}-999999999-0000aaaa"
+    live = d / f"00002.parquet.tmp-{host}-{os.getppid()}-0000bbbb"
+    # Another node's writer (shared run dir): its pid means nothing here; kept while recent.
+    foreign = d / "00003.parquet.tmp-othernode-1-0000cccc"
+    stale = d / "00004.parquet.tmp-othernode-2-0000dddd"
+    for f in (dead, live, foreign, stale):
+        f.write_bytes(b"x")
+    os.utime(stale, (time.time() - 7 * 3600,) * 2)
+    assert shards.remove_temp_files(tmp_path) == 2
+    assert not dead.exists() and live.exists() and foreign.exists() and not stale.exists()
+
+
+def test_temp_names_are_unique_per_attempt(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    def write(tmp: Path) -> None:
+        seen.append(tmp.name)
+        tmp.write_bytes(b"x")
+
+    for _ in range(2):
+        shards._atomic_write(tmp_path / "00000.parquet", write)
+    assert len(set(seen)) == 2 and all(shards._HOST in n for n in seen)

@@ -31,6 +31,8 @@ import pyarrow.parquet as pq
 from difaug import imageio
 from difaug.adapters.run import open_run
 
+MAX_OPEN_FILES = 16
+
 
 class AuxKeyError(KeyError):
     """No (or no unique) sample for a support key; the message says what was tried."""
@@ -132,7 +134,9 @@ class AuxIndex:
 
     def _init_runtime(self) -> None:
         self._lock = threading.Lock()
-        self._files: dict[tuple[int, int], pq.ParquetFile] = {}
+        # Open shard files, least recently used first: bounded, since a COCO-20i run has thousands
+        # of shards and every handle is a file descriptor.
+        self._files: OrderedDict[tuple[int, int], pq.ParquetFile] = OrderedDict()
         self._groups: OrderedDict[tuple[int, int, str], pa.Array] = OrderedDict()
 
     def __getstate__(self) -> dict:
@@ -215,6 +219,20 @@ class AuxIndex:
         locs = self._locs[sid][:k] if k is not None else self._locs[sid]
         return [self._group(loc.shard, loc.group, column)[loc.offset].as_py()["bytes"] for loc in locs]
 
+    def _open(self, shard: int) -> pq.ParquetFile:
+        """The shard's open file (caller holds the lock); at most `MAX_OPEN_FILES` stay open."""
+        key = (os.getpid(), shard)
+        handle = self._files.get(key)
+        if handle is not None:
+            self._files.move_to_end(key)
+            return handle
+        handle = pq.ParquetFile(self._paths[shard])
+        self._files[key] = handle
+        while len(self._files) > MAX_OPEN_FILES:
+            _, evicted = self._files.popitem(last=False)
+            evicted.close()
+        return handle
+
     def _group(self, shard: int, group: int, column: str) -> pa.Array:
         key = (shard, group, column)
         with self._lock:
@@ -222,10 +240,7 @@ class AuxIndex:
             if cached is not None:
                 self._groups.move_to_end(key)
                 return cached
-            handle = self._files.get((os.getpid(), shard))
-            if handle is None:
-                handle = pq.ParquetFile(self._paths[shard])
-                self._files[(os.getpid(), shard)] = handle
+            handle = self._open(shard)
             array = handle.read_row_group(group, columns=[column]).column(0).combine_chunks()
             self.row_groups_read += 1
             self._groups[key] = array

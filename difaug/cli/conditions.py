@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from difaug.cli._common import console, err_console, fail
 
@@ -12,7 +13,9 @@ CONDITION_CHOICES = ("seg", "hed", "scribble")
 
 
 def conditions(
-    manifest: Path = typer.Option(..., "--manifest", "-m", help="Manifest file (.csv/.jsonl/.parquet)."),
+    manifest: str = typer.Option(
+        ..., "--manifest", "-m", help="Manifest (.csv/.jsonl/.parquet), a path or fsspec URL."
+    ),
     condition: str = typer.Option(
         "hed", "--condition", "-c", help="Condition: seg, hed or scribble.", show_default=True
     ),
@@ -87,18 +90,20 @@ def conditions(
     problems = sorted([*problems, *result.problems], key=lambda p: p.row)
     console.print(
         f"wrote {len(result.written)} {condition} condition(s) ({condition_style}, resolution "
-        f"{resolution}) to {out}; contact sheet {result.sheet}",
+        f"{resolution}) to {escape(str(out))}; contact sheet {escape(str(result.sheet))}",
         highlight=False,
     )
     for name, count in sorted(result.fallbacks.items()):
         console.print(
-            f"[yellow]note:[/] class {name!r} has no ADE20K mapping; {count} sample(s) use the fallback "
+            f"[yellow]note:[/] class {escape(repr(name))} has no ADE20K mapping; {count} sample(s) use the fallback "
             f"colour {FALLBACK_COLOUR}",
             highlight=False,
         )
     for p in problems:
         where = f"{p.file}: " if p.file else ""
-        err_console.print(f"[red]row {p.row}[/] ({p.column}) {where}{p.reason}", highlight=False)
+        err_console.print(
+            f"[red]row {p.row}[/] ({escape(p.column)}) {escape(where + p.reason)}", highlight=False
+        )
     if problems:
         err_console.print(f"[bold red]{len(problems)} row(s) failed[/]", highlight=False)
         raise typer.Exit(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from difaug.cli._common import console, err_console, fail
 
@@ -55,7 +56,7 @@ def export(
         fail(str(e))
 
     console.print(
-        f"[bold]{result.files}[/] files in [bold]{result.out}[/] ({layout}, {result.image_format}): "
+        f"[bold]{result.files}[/] files in [bold]{escape(str(result.out))}[/] ({layout}, {result.image_format}): "
         f"{result.written} written, {result.unchanged} already up to date."
     )
     x = result.expected_per_support
@@ -68,7 +69,9 @@ def export(
         for col in ("sample_id", "row", "have", "why"):
             table.add_column(col, overflow="fold")
         for s in result.incomplete[:show]:
-            table.add_row(s.sample_id, str(s.row or ""), f"{s.have}/{s.expected}", "; ".join(s.reasons))
+            table.add_row(
+                escape(s.sample_id), str(s.row or ""), f"{s.have}/{s.expected}", escape("; ".join(s.reasons))
+            )
         console.print(table)
         if len(result.incomplete) > show:
             console.print(f"… and {len(result.incomplete) - show} more (see {result.out}/difaug-export.json)")

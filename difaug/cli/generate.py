@@ -88,8 +88,6 @@ def generate(
 
         summary = run(job, console=console)
     except (ConfigError, ManifestError, PlanError, ModelLoadError) as e:
-        from rich.markup import escape
-
-        fail(escape(str(e)))  # messages hold literal brackets: pip install 'difaug[cuda]'
+        fail(str(e))
 
     raise typer.Exit(0 if summary.ok else 1)

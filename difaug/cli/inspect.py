@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from difaug.cli._common import console, fail
 
@@ -56,7 +57,7 @@ def inspect(
         console.print_json(json.dumps(rep.to_dict(), default=str))
         return
 
-    totals = Table(title=f"run {rep.run_dir}", title_justify="left", show_header=False)
+    totals = Table(title=f"run {escape(rep.run_dir)}", title_justify="left", show_header=False)
     totals.add_column(style="bold")
     totals.add_column()
     for k, v in (
@@ -72,16 +73,16 @@ def inspect(
         ("GPU-seconds (generate)", _num(rep.device_seconds, 1)),
         ("seconds by stage", ", ".join(f"{k} {v:,.1f}" for k, v in rep.stage_seconds.items()) or "–"),
     ):
-        totals.add_row(k, "–" if v is None else str(v))
+        totals.add_row(k, "–" if v is None else escape(str(v)))
     console.print(totals)
 
     cfg = Table(title="config", title_justify="left", show_header=False)
     cfg.add_column(style="bold")
     cfg.add_column(overflow="fold")
     for k, v in rep.config.items():
-        cfg.add_row(k, str(v))
+        cfg.add_row(k, escape(str(v)))
     for k, values in rep.provenance.items():
-        cfg.add_row(f"{k} (shards)", ", ".join(values))
+        cfg.add_row(f"{k} (shards)", escape(", ".join(values)))
     console.print(cfg)
 
     shards = Table(title="per shard", title_justify="left")
@@ -94,7 +95,7 @@ def inspect(
         console.print(f"… {len(rep.per_shard) - show} more shards")
     for name, n in rep.condition_fallbacks.items():
         console.print(
-            f"[yellow]note:[/] class {name!r} has no ADE20K mapping: {n} sample(s) used the seg fallback colour"
+            f"[yellow]note:[/] class {escape(repr(name))} has no ADE20K mapping: {n} sample(s) used the seg fallback colour"
         )
     if rep.unfinished_shards:
         console.print(f"[yellow]unfinished shards:[/] {', '.join(rep.unfinished_shards[:show])}")
@@ -104,19 +105,21 @@ def inspect(
         reasons.add_column("rows", justify="right")
         reasons.add_column("reason", overflow="fold")
         for reason, n in rep.failures_by_reason.items():
-            reasons.add_row(str(n), reason)
+            reasons.add_row(str(n), escape(reason))
         console.print(reasons)
         failed = Table(title="failed rows", title_justify="left")
         for col in ("row", "sample_id", "stage", "reason"):
             failed.add_column(col, overflow="fold")
         for f in rep.failures[:show]:
-            failed.add_row(str(f.row if f.row is not None else ""), f.sample_id, f.stage, f.reason)
+            failed.add_row(
+                str(f.row if f.row is not None else ""), escape(f.sample_id), f.stage, escape(f.reason)
+            )
         console.print(failed)
         if len(rep.failures) > show:
             console.print(f"… {len(rep.failures) - show} more failed rows (--json lists all)")
     else:
         console.print("[green]no failed rows[/]")
     if sheet:
-        console.print(f"contact sheet: {sheet}")
+        console.print(f"contact sheet: {escape(str(sheet))}")
     if html:
-        console.print(f"html: {html}")
+        console.print(f"html: {escape(str(html))}")

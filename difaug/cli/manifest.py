@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+from rich.markup import escape
 
 from difaug.cli._common import console, err_console, fail
 
@@ -36,14 +37,14 @@ MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet")
 
 @app.command("validate")
 def validate(
-    file: Path = typer.Argument(..., help="Manifest (.csv/.tsv/.jsonl/.parquet) to check."),
+    file: str = typer.Argument(..., help="Manifest (.csv/.tsv/.jsonl/.parquet), a path or fsspec URL."),
     deep: bool = typer.Option(
         False,
         "--deep",
         help="Decode every image fully (default: header + end-marker check; masks are always decoded).",
     ),
     workers: int | None = typer.Option(
-        None, "--workers", min=1, help="Reader threads (default: 4 per core)."
+        None, "--workers", min=1, help="Reader threads (default: 2 per core)."
     ),
 ) -> None:
     """Check every row of a manifest; exit code 1 if any problem.
@@ -66,15 +67,15 @@ def validate(
     problems = validate_manifest(manifest, deep=deep, progress=err_console.is_terminal, workers=workers)
     n_rows = len(manifest.samples) + len({p.row for p in manifest.problems})
     if not problems:
-        console.print(f"[green]ok[/] {file}: {n_rows} row(s), no problems", highlight=False)
+        console.print(f"[green]ok[/] {escape(str(file))}: {n_rows} row(s), no problems", highlight=False)
         return
-    table = Table(title=f"problems in {file}", title_justify="left")
+    table = Table(title=f"problems in {escape(str(file))}", title_justify="left")
     table.add_column("row", justify="right", style="bold")
     table.add_column("column")
     table.add_column("file", overflow="fold")
     table.add_column("reason", overflow="fold")
     for p in problems:
-        table.add_row(str(p.row), p.column, p.file, p.reason)
+        table.add_row(str(p.row), escape(p.column), escape(p.file), escape(p.reason))
     console.print(table)
     bad_rows = len({p.row for p in problems})
     console.print(
@@ -112,7 +113,7 @@ def _finish(
     classes = result.class_counts
     console.print(
         f"[bold]{name}[/]: {result.images_read} image(s) read → [bold green]{len(result.rows)} row(s)[/] "
-        f"written to {out} ({len(classes)} class(es))",
+        f"written to {escape(str(out))} ({len(classes)} class(es))",
         highlight=False,
     )
     per_class = Table(show_header=True, box=None, pad_edge=False)
@@ -120,13 +121,13 @@ def _finish(
     per_class.add_column("rows", justify="right")
     ids = Counter((r["class_id"], r["class_name"]) for r in result.rows)
     for (cid, cname), n in sorted(ids.items()):
-        per_class.add_row(f"{cid} {cname}", str(n))
+        per_class.add_row(escape(f"{cid} {cname}"), str(n))
     console.print(per_class)
     _print_skips(result, counts)
     for note in result.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     if skipped_out is not None:
-        console.print(f"skip report: {skipped_out}", highlight=False)
+        console.print(f"skip report: {escape(str(skipped_out))}", highlight=False)
 
 
 def _print_skips(result: BuildResult, counts: dict[str, int]) -> None:
@@ -142,7 +143,7 @@ def _print_skips(result: BuildResult, counts: dict[str, int]) -> None:
     for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
         first = next(s for s in result.skipped if s.reason == reason)
         example = f"{first.file}" + (f" ({first.detail})" if first.detail else "")
-        table.add_row(reason, str(n), example)
+        table.add_row(escape(reason), str(n), escape(example))
     console.print(table)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from difaug.cli._common import console, fail
 
@@ -35,7 +36,9 @@ def make_tiny(
         path = build(out_dir, seed=seed)
     except OSError as exc:
         fail(f"cannot write the tiny models into {out_dir}: {exc}")
-    console.print(f"wrote a tiny model bundle to [bold]{path}[/] (seed {seed}); use it with --model {path}")
+    console.print(
+        f"wrote a tiny model bundle to [bold]{escape(str(path))}[/] (seed {seed}); use it with --model {escape(str(path))}"
+    )
 
 
 @app.command("show")
@@ -62,6 +65,6 @@ def show(
         spec = ModelSpec.from_config(cfg)
     except (ConfigError, ModelLoadError) as exc:
         fail(str(exc))
-    console.print(f"base model : {spec.base}", highlight=False)
-    console.print(f"controlnet : {spec.controlnet}", highlight=False)
-    console.print(f"hed weights: {spec.hed_weights}", highlight=False)
+    console.print(f"base model : {escape(spec.base)}", highlight=False)
+    console.print(f"controlnet : {escape(spec.controlnet)}", highlight=False)
+    console.print(f"hed weights: {escape(spec.hed_weights)}", highlight=False)

@@ -88,6 +88,9 @@ def load_input(sample: Sample) -> ConditionInput:
             f"mask is {mask.shape[1]}×{mask.shape[0]} but its image {sample.image} is "
             f"{image.shape[1]}×{image.shape[0]}",
         )
+    if not (mask == sample.class_id).any():
+        # Its condition would be blank (all background), and nothing would say why.
+        raise SampleLoadError("mask", sample.mask, f"mask has no pixel with class_id {sample.class_id}")
     try:
         return prepare_input(ConditionInput(sample=sample, image=image, mask=mask))
     except ConditionError as e:
@@ -183,8 +186,19 @@ def write_conditions(
     `sheet_rows` samples). `on_progress(n)` is called with the number of samples just finished."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    names = output_names(samples)
     result = PreviewResult()
+    # One file per sample_id: a repeated id is reported, not silently written over its first row.
+    first_row: dict[str, int] = {}
+    unique: list[Sample] = []
+    for s in samples:
+        if s.sample_id in first_row:
+            reason = f"duplicate sample_id {s.sample_id!r} (first at row {first_row[s.sample_id]})"
+            result.problems.append(RowProblem(s.row, "sample_id", "", reason, s.sample_id))
+        else:
+            first_row[s.sample_id] = s.row
+            unique.append(s)
+    samples = unique
+    names = output_names(samples)
     rows: list[np.ndarray] = []
     for start in range(0, len(samples), max(1, batch_size)):
         chunk = samples[start : start + max(1, batch_size)]

@@ -10,15 +10,15 @@ Which ADE index a row gets, first match wins:
 
 1. the row's dataset table (`pascal`, `coco`, `fss1000`) by `class_id` — for `pascal` and `coco`,
    whose masks store the dataset's own class ids; for `fss1000` only when the table's name for that
-   id is the row's class name, because FSS-1000 masks are binary and the builder sets `class_id` to
-   the foreground value (255 or 1), not to the class's index;
+   id is the row's class name, because FSS-1000 masks are binary and hand-made manifests often use
+   the foreground value (1) as `class_id` (our builder writes the table id, 1255 for "gazelle");
 2. the row's dataset table by class name (normalised: lower case, `_` → space);
 3. any table, then the ADE20K class names themselves, by class name (`folder`, `demo`, custom data);
 4. otherwise the **fallback colour (255, 255, 255)**: white is not an ADE20K palette colour, so it
    names no ADE class (a wrong class colour would pull the generated object towards that class),
    while still giving ControlNet the object's exact shape against the grey background; the class
    prompt carries the semantics. Each fallback is counted in `SegCondition.fallbacks` by class name
-   (the CLI and the run summary print them); it never fails the sample.
+   (`difaug conditions` and `difaug inspect` print them); it never fails the sample.
 
 Style `upstream` is the same map: the upstream annotator would segment the whole scene with
 UniFormer, which makes no sense when the ground-truth mask is at hand (and is not what DifFSS did).

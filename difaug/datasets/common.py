@@ -137,6 +137,14 @@ class ListEntry:
     stem: str
 
 
+def read_utf8(path: Path, what: str) -> str:
+    """A text file as str (BOM stripped); a non-UTF-8 file is a `BuildError` naming the byte."""
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise BuildError(f"{path}: {what} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+
+
 def read_list_file(path: str | Path) -> tuple[list[ListEntry], list[Skip]]:
     """Parse a PFENet/BAM-style data list: `JPEGImages/x.jpg SegmentationClassAug/x.png` per line.
 

@@ -14,6 +14,7 @@ foreground) under `mask_out`, as the FSS-1000 builder does.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 from difaug.datasets.common import (
@@ -26,6 +27,7 @@ from difaug.datasets.common import (
     dedupe,
     find_by_stem,
     parallel_map,
+    read_utf8,
     require_dir,
     rows_for_scan,
     scan_pair,
@@ -43,7 +45,7 @@ def read_classes_csv(path: str | Path) -> tuple[dict[int, str], dict[str, dict[i
         raise BuildError(f"classes CSV not found: {path}")
     table: dict[int, str] = {}
     per_image: dict[str, dict[int, str]] = {}
-    with path.open(encoding="utf-8-sig", newline="") as fh:
+    with io.StringIO(read_utf8(path, "the classes CSV"), newline="") as fh:
         reader = csv.DictReader(fh)
         missing = {"class_id", "class_name"} - set(reader.fieldnames or [])
         if missing:

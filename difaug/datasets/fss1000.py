@@ -36,6 +36,7 @@ from difaug.datasets.common import (
     SkipReason,
     dedupe,
     parallel_map,
+    read_utf8,
     require_dir,
     scan_pair,
 )
@@ -56,6 +57,10 @@ def read_luma_mask(path: Path) -> np.ndarray:
         raise imageio.decode_error(str(path), e) from e
 
 
+IGNORE_VALUE = 255
+RESERVED_ID_REMAP = 1000 + IGNORE_VALUE
+
+
 def write_binary_mask(path: Path, foreground: np.ndarray, class_id: int) -> None:
     """Write `0 / class_id` as a PNG (8-bit if the id fits below 255, else 16-bit). Same bytes each run."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,10 +74,16 @@ def write_binary_mask(path: Path, foreground: np.ndarray, class_id: int) -> None
 
 
 def stable_class_ids(folders: list[str]) -> dict[str, int]:
-    """Folder name → class id: the FSS-1000 table's id, else a stable id derived from the name."""
-    table = {info.class_name: cid for cid, info in class_table("fss1000").items()}
+    """Folder name → class id: the FSS-1000 table's id, else a stable id derived from the name.
+
+    255 means "ignore" in every mask, so the one table class that has id 255 (gazelle) is moved to
+    `1000 + 255`, outside the table's 1..1000; its seg colour is looked up by name and is unchanged."""
+    table = {
+        info.class_name: (RESERVED_ID_REMAP if cid == IGNORE_VALUE else cid)
+        for cid, info in class_table("fss1000").items()
+    }
     ids = {f: table[f] for f in folders if f in table}
-    taken = set(table.values())
+    taken = set(table.values()) | {IGNORE_VALUE}
     for f in sorted(set(folders) - set(ids)):
         cid = 1001 + zlib.crc32(f.encode()) % 64000
         while cid in taken:
@@ -200,7 +211,7 @@ def build_fss1000(
 def _read_class_list(path: Path) -> list[str]:
     if not path.is_file():
         raise BuildError(f"class list not found: {path}")
-    names = [line.strip().strip("/") for line in path.read_text(encoding="utf-8-sig").splitlines()]
+    names = [line.strip().strip("/") for line in read_utf8(path, "the class list").splitlines()]
     return list(dict.fromkeys(n for n in names if n))
 
 
