@@ -116,7 +116,8 @@ def _read_records(path: str) -> Iterator[dict]:
             )
         except (pa.ArrowException, OSError, imageio.ImageReadError) as e:
             raise ManifestError(f"{path}: not a readable Parquet file: {e}") from e
-        yield from table.to_pylist()
+        for batch in table.to_batches(max_chunksize=4096):
+            yield from batch.to_pylist()
         return
     try:
         text = imageio.read_bytes(path).decode("utf-8-sig")
@@ -127,7 +128,7 @@ def _read_records(path: str) -> Iterator[dict]:
             f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start : e.start + 1]!r}); save the manifest as UTF-8"
         ) from e
     if lower.endswith((".jsonl", ".ndjson", ".json")):
-        for lineno, line in enumerate(text.splitlines(), 1):
+        for lineno, line in enumerate(io.StringIO(text), 1):
             if not line.strip():
                 continue
             try:
@@ -172,15 +173,15 @@ def read_manifest(path: str | Path) -> Manifest:
     base = _manifest_dir(path)
     samples: list[Sample] = []
     problems: list[RowProblem] = []
-    records = list(_read_records(path))
-    if records:
-        missing = [c for c in REQUIRED_COLUMNS if c not in records[0]]
-        if missing:
-            raise ManifestError(
-                f"{path}: missing column(s) {', '.join(missing)}; a manifest needs "
-                f"{', '.join(REQUIRED_COLUMNS)} (optional: {', '.join(OPTIONAL_COLUMNS)})"
-            )
-    for row, rec in enumerate(records, 1):
+    # Records stream one at a time: the driver of a 100k-row job keeps only the `Sample`s.
+    for row, rec in enumerate(_read_records(path), 1):
+        if row == 1:
+            missing = [c for c in REQUIRED_COLUMNS if c not in rec]
+            if missing:
+                raise ManifestError(
+                    f"{path}: missing column(s) {', '.join(missing)}; a manifest needs "
+                    f"{', '.join(REQUIRED_COLUMNS)} (optional: {', '.join(OPTIONAL_COLUMNS)})"
+                )
         bad = [c for c in REQUIRED_COLUMNS if _blank(rec.get(c))]
         if bad:
             for c in bad:

@@ -113,7 +113,9 @@ def test_read_manifest_whole_file_errors(tmp_path: Path) -> None:
     (tmp_path / "cols.csv").write_text("image,class_id\na.jpg,1\n")
     with pytest.raises(ManifestError, match=r"missing column\(s\) mask, class_name"):
         read_manifest(tmp_path / "cols.csv")
-    (tmp_path / "bad.jsonl").write_text('{"image": "a"}\nnot json\n')
+    (tmp_path / "bad.jsonl").write_text(
+        '{"image": "a", "mask": "b", "class_id": 1, "class_name": "x"}\nnot json\n'
+    )
     with pytest.raises(ManifestError, match="line 2 is not valid JSON"):
         read_manifest(tmp_path / "bad.jsonl")
     (tmp_path / "bad.parquet").write_text("not parquet")
