@@ -391,7 +391,7 @@ def _fuse_lora(pipe: Any, ref: str) -> None:
     try:
         import peft  # noqa: F401
     except ImportError as exc:
-        raise ModelLoadError("lcm_lora needs the `peft` package: pip install peft") from exc
+        raise ModelLoadError("lcm_lora needs the `peft` package: pip install 'difaug[lcm]'") from exc
     kwargs: dict[str, Any] = {}
     if looks_local(ref):
         path = Path(ref).expanduser()
