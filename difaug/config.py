@@ -44,6 +44,8 @@ class JobConfig:
     num_aux: int = 4
     seed: int = 0
     resolution: int = 512
+    # HED's input short side (DifFSS: 512); its map is resized to the working size.
+    detect_resolution: int = 512
     # `model` may name a folder made by `difaug models make-tiny` (a bundle of all weights);
     # base_model / controlnet / hed_weights override single parts. controlnet "" = the default
     # for the condition.
@@ -67,7 +69,7 @@ class JobConfig:
         _choice("condition_style", self.condition_style, CONDITION_STYLES)
         _choice("scheduler", self.scheduler, SCHEDULERS)
         _choice("image_format", self.image_format, ("png", "jpeg"))
-        for name in ("num_aux", "steps", "shard_size", "resolution"):
+        for name in ("num_aux", "steps", "shard_size", "resolution", "detect_resolution"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.resolution % 64:

@@ -110,6 +110,7 @@ def default_condition_factory(cfg: JobConfig, runtime: RuntimeConfig) -> Any:
         device=None if runtime.device == "auto" else runtime.device,
         dtype=None if runtime.dtype == "auto" else runtime.dtype,
         batch_size=runtime.batch_size,
+        detect_resolution=cfg.detect_resolution,
     )
 
 

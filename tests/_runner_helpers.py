@@ -69,6 +69,8 @@ def job(
 ) -> Job:
     """A small test job: seg, 2 aux images, 64 px working size, shards of 2, sync, no progress bar."""
     settings = {"condition": "seg", "num_aux": 2, "resolution": 64, "shard_size": 2, "steps": 2} | cfg
+    # HED at the small working size too: tests stay fast (DifFSS's 512 is the default).
+    settings.setdefault("detect_resolution", settings["resolution"])
     rt = {"cluster": "sync", "workers": 1, "batch_size": 4, "progress": False, "retries": 1} | (runtime or {})
     return Job(
         manifest=str(manifest),

@@ -65,7 +65,7 @@ def test_cli_seg_writes_conditions_and_reports_failures(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = CliRunner().invoke(
         app, ["conditions", "--manifest", str(manifest), "--condition", "seg", "--out", str(out),
-              "--resolution", "128"],
+              "--resolution", "128", "--detect-resolution", "128"],
     )  # fmt: skip
     assert result.exit_code == 1, result.output
     text = result.output.replace("\n", "")  # rich folds long lines at the terminal width
@@ -83,7 +83,16 @@ def test_cli_hed_with_limit_and_local_weights(tmp_path: Path, hed_weights: Path)
     manifest = _manifest(tmp_path)
     out = tmp_path / "hed"
     args = ["conditions", "-m", str(manifest), "-c", "hed", "-o", str(out), "--limit", "2"]
-    args += ["--hed-weights", str(hed_weights), "--resolution", "128", "--batch-size", "2"]
+    args += [
+        "--hed-weights",
+        str(hed_weights),
+        "--resolution",
+        "128",
+        "--detect-resolution",
+        "128",
+        "--batch-size",
+        "2",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["__evil_id.png", "contact_sheet.png", "dog_12.png"]
@@ -115,7 +124,9 @@ def test_cli_missing_weights_is_one_clear_error(tmp_path: Path) -> None:
 def test_cli_on_demo_set(tmp_path: Path, hed_weights: Path, condition: str) -> None:
     samples = read_manifest(DEMO_MANIFEST).samples[:3]
     args = ["conditions", "-m", str(DEMO_MANIFEST), "-c", condition, "-o", str(tmp_path), "-n", "3"]
-    result = CliRunner().invoke(app, [*args, "--hed-weights", str(hed_weights), "--resolution", "128"])
+    result = CliRunner().invoke(
+        app, [*args, "--hed-weights", str(hed_weights), "--resolution", "128", "--detect-resolution", "128"]
+    )
     assert result.exit_code == 0, result.output
     names = output_names(samples)
     for s in samples:

@@ -139,7 +139,9 @@ def test_random_network_gives_structured_edges(hed_weights: Path) -> None:
 def test_hed_edges_match_controlnet_aux_per_image(
     hed_weights: Path, batch: list[ConditionInput], reference_edges: list[np.ndarray]
 ) -> None:
-    cond = make_condition("hed", style="upstream", resolution=RES, hed_weights=str(hed_weights))
+    cond = make_condition(
+        "hed", style="upstream", resolution=RES, detect_resolution=RES, hed_weights=str(hed_weights)
+    )
     ours = cond(batch)
     worst, fraction = 0, 0.0
     for got, ref in zip(ours, reference_edges, strict=True):
@@ -148,11 +150,32 @@ def test_hed_edges_match_controlnet_aux_per_image(
     assert worst <= MAX_LEVELS and fraction <= MAX_FRACTION, (worst, fraction)
 
 
+def test_detect_resolution_is_fixed_and_the_map_resized_to_the_working_size(hed_weights: Path) -> None:
+    # DifFSS/ControlNet: HED at detect resolution, then cv2 INTER_LINEAR to the working size.
+    # 192×128 keeps controlnet-aux's own size arithmetic equal to ours at both resolutions.
+    (item,) = inputs([(192, 128)])
+    net = load_hed_network(str(hed_weights), "cpu", None)
+    detector = controlnet_aux("hed").HEDdetector(net)
+    ref = detector(item.image, detect_resolution=128, image_resolution=64, output_type="np")
+    cond = make_condition(
+        "hed", style="upstream", resolution=64, detect_resolution=128, hed_weights=str(hed_weights)
+    )
+    (got,) = cond([item])
+    assert got.shape == ref.shape == (64, 128, 3)  # 96 rounds (half to even) to 128
+    levels, fraction = compare(got, ref)
+    assert levels <= MAX_LEVELS and fraction <= MAX_FRACTION, (levels, fraction)
+    # …and it is not the map HED makes when it runs at the working size itself.
+    small = make_condition(
+        "hed", style="upstream", resolution=64, detect_resolution=64, hed_weights=str(hed_weights)
+    )
+    assert compare(small([item])[0], ref)[1] > 0.01
+
+
 def test_diffss_hed_and_scribble_follow_the_diffss_steps(
     hed_weights: Path, batch: list[ConditionInput], reference_edges: list[np.ndarray]
 ) -> None:
-    hed = make_condition("hed", resolution=RES, hed_weights=str(hed_weights))
-    scribble = make_condition("scribble", resolution=RES, hed_weights=str(hed_weights))
+    hed = make_condition("hed", resolution=RES, detect_resolution=RES, hed_weights=str(hed_weights))
+    scribble = make_condition("scribble", resolution=RES, detect_resolution=RES, hed_weights=str(hed_weights))
     edges = hed.edges(batch)
     got_hed, got_scribble = hed(batch), scribble(batch)
     for item, edge, h, s, ref_edge in zip(batch, edges, got_hed, got_scribble, reference_edges, strict=True):
@@ -175,7 +198,9 @@ def test_diffss_hed_and_scribble_follow_the_diffss_steps(
 
 
 def test_upstream_scribble_matches_controlnet_aux(hed_weights: Path, batch: list[ConditionInput]) -> None:
-    cond = make_condition("scribble", style="upstream", resolution=RES, hed_weights=str(hed_weights))
+    cond = make_condition(
+        "scribble", style="upstream", resolution=RES, detect_resolution=RES, hed_weights=str(hed_weights)
+    )
     for item, got in zip(batch[:2], cond(batch[:2]), strict=True):
         ref = _reference(cond.net, item.image, scribble=True)
         assert got.shape == ref.shape and set(np.unique(got)) <= {0, 255}
@@ -198,7 +223,7 @@ def test_batched_mixed_sizes_equal_per_image(hed_weights: Path) -> None:
 
 
 def test_hed_odd_inputs(hed_weights: Path) -> None:
-    cond = make_condition("hed", resolution=128, hed_weights=str(hed_weights))
+    cond = make_condition("hed", resolution=128, detect_resolution=128, hed_weights=str(hed_weights))
     image, mask = synthetic(48, 40)  # tiny: < 64 px
     big, big_mask = synthetic(3000, 2000)
     rgba = np.dstack([image, np.full(image.shape[:2], 255, np.uint8)])  # opaque: same as RGB
@@ -218,7 +243,7 @@ def test_hed_odd_inputs(hed_weights: Path) -> None:
 
 def test_foreground_value_255_and_ignore_borders(hed_weights: Path) -> None:
     """Binary masks whose foreground is 255; and VOC masks where 255 is an ignore border."""
-    cond = make_condition("hed", resolution=128, hed_weights=str(hed_weights))
+    cond = make_condition("hed", resolution=128, detect_resolution=128, hed_weights=str(hed_weights))
     image, mask = synthetic(160, 128)
     binary = np.where(mask == 1, 255, 0).astype(np.uint8)
     fg255, fg1 = cond(
@@ -237,8 +262,22 @@ def test_half_precision_overflow_is_redone_in_fp32(hed_weights: Path, tmp_path: 
     state = torch.load(hed_weights / HED_FILENAME, weights_only=True)
     loud = {k: v.float() * 8 if k.endswith("weight") else v.float() for k, v in state.items()}
     torch.save(loud, tmp_path / HED_FILENAME)
-    half = make_condition("hed", style="upstream", resolution=64, hed_weights=str(tmp_path), dtype="float16")
-    full = make_condition("hed", style="upstream", resolution=64, hed_weights=str(tmp_path), dtype="float32")
+    half = make_condition(
+        "hed",
+        style="upstream",
+        resolution=64,
+        detect_resolution=64,
+        hed_weights=str(tmp_path),
+        dtype="float16",
+    )
+    full = make_condition(
+        "hed",
+        style="upstream",
+        resolution=64,
+        detect_resolution=64,
+        hed_weights=str(tmp_path),
+        dtype="float32",
+    )
     assert half.dtype == torch.float16
     item = inputs([(64, 64)])
     with pytest.warns(RuntimeWarning, match="overflowed"):
@@ -249,7 +288,7 @@ def test_half_precision_overflow_is_redone_in_fp32(hed_weights: Path, tmp_path: 
 def test_condition_pickles_as_settings(hed_weights: Path) -> None:
     import pickle
 
-    cond = make_condition("scribble", resolution=64, hed_weights=str(hed_weights))
+    cond = make_condition("scribble", resolution=64, detect_resolution=64, hed_weights=str(hed_weights))
     blob = pickle.dumps(cond)
     assert len(blob) < 10_000  # no weights inside
     clone = pickle.loads(blob)

@@ -78,7 +78,7 @@ def test_worker_killed_while_holding_a_shard(tmp_path: Path) -> None:
 def _generate_cmd(manifest: Path, out: Path, tiny: Path) -> list[str]:
     return [
         sys.executable, "-m", "difaug", "generate", "--manifest", str(manifest), "--out", str(out),
-        "--model", str(tiny), "--condition", "hed", "--num-aux", "2", "--resolution", "64",
+        "--model", str(tiny), "--condition", "hed", "--num-aux", "2", "--resolution", "64", "--detect-resolution", "64",
         "--steps", "2", "--shard-size", "1", "--cluster", "sync", "--batch-size", "4", "--no-progress",
     ]  # fmt: skip
 

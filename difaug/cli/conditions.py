@@ -27,6 +27,9 @@ def conditions(
         help="HED weights: hub repo id, a folder holding ControlNetHED.pth, or the file itself.",
     ),
     resolution: int = typer.Option(512, "--resolution", min=64, help="Short side of the working size."),
+    detect_resolution: int = typer.Option(
+        512, "--detect-resolution", min=64, help="Short side HED runs at (hed, scribble); DifFSS: 512."
+    ),
     condition_style: str = typer.Option(
         "diffss", "--condition-style", help="diffss (masked, as DifFSS) or upstream (ControlNet annotator)."
     ),
@@ -66,6 +69,7 @@ def conditions(
             hed_weights=hed_weights,
             device=device,
             batch_size=batch_size,
+            detect_resolution=detect_resolution,
         )
     except ConditionError as e:
         fail(str(e))

@@ -26,6 +26,9 @@ def generate(
     num_aux: int | None = _opt("--num-aux", "Auxiliary images per support sample."),
     seed: int | None = _opt("--seed", "Job seed; each image's seed derives from it."),
     resolution: int | None = _opt("--resolution", "Working short side (multiple of 64)."),
+    detect_resolution: int | None = _opt(
+        "--detect-resolution", "Short side HED runs at (hed, scribble); DifFSS: 512."
+    ),
     model: str | None = _opt("--model", "Model bundle: a folder made by `difaug models make-tiny`."),
     base_model: str | None = _opt("--base-model", "SD1.5 hub id or diffusers folder."),
     controlnet: str | None = _opt("--controlnet", "ControlNet hub id or folder (default: per condition)."),

@@ -29,6 +29,9 @@ from difaug.manifest import Sample
 DEFAULT_HED_WEIGHTS = "lllyasviel/Annotators"
 HED_FILENAME = "ControlNetHED.pth"
 DEFAULT_RESOLUTION = 512
+# HED always sees the image at this short side (DifFSS / ControlNet's detect_resolution); its map
+# is then resized to the working size, so `resolution` changes the output size, not the edges.
+DEFAULT_DETECT_RESOLUTION = 512
 CONDITION_NAMES = ("seg", "hed", "scribble")
 STYLES = ("diffss", "upstream")
 
@@ -112,11 +115,13 @@ def make_condition(
     device: str | None = None,
     dtype: str | None = None,
     batch_size: int = 16,
+    detect_resolution: int = DEFAULT_DETECT_RESOLUTION,
 ) -> Condition:
     """Build a condition by name (`seg`, `hed`, `scribble`).
 
     `device=None` picks CUDA when present, else CPU; `dtype=None` picks fp16 on CUDA, fp32 on CPU.
-    `batch_size` bounds how many images go through the HED network in one forward pass."""
+    `batch_size` bounds how many images go through the HED network in one forward pass;
+    `detect_resolution` is the short side HED runs at (`hed`, `scribble`)."""
     if style not in STYLES:
         raise ConditionError(f"unknown condition style {style!r}; use one of {', '.join(STYLES)}")
     if resolution < 64:
@@ -136,12 +141,14 @@ def make_condition(
             device=device,
             dtype=dtype,
             batch_size=batch_size,
+            detect_resolution=detect_resolution,
         )
     raise ConditionError(f"unknown condition {name!r}; use one of {', '.join(CONDITION_NAMES)}")
 
 
 __all__ = [
     "CONDITION_NAMES",
+    "DEFAULT_DETECT_RESOLUTION",
     "DEFAULT_HED_WEIGHTS",
     "DEFAULT_RESOLUTION",
     "HED_FILENAME",

@@ -7,10 +7,12 @@ tensors), loaded with `torch.load(weights_only=True)` the way `HEDdetector.from_
 same layout for tests and the tiny demo bundle.
 
 The edge map follows `controlnet_aux.hed.HEDdetector.__call__` step by step — HWC3, resize to the
-working size (= detect resolution), network on 0..255 float input, each of the five side outputs
-bilinearly upsampled to the input size, mean, sigmoid, ×255, truncated to uint8 — but runs a whole
-batch per forward pass on the device (grouped by working size), with the upsampling, mean and
-sigmoid done there too; only the uint8 map comes back to the host.
+detect resolution (512 by default, whatever the working `resolution`), network on 0..255 float
+input, each of the five side outputs bilinearly upsampled to the input size, mean, sigmoid, ×255,
+truncated to uint8 — but runs a whole batch per forward pass on the device (grouped by size), with
+the upsampling, mean and sigmoid done there too; only the uint8 map comes back to the host. As in
+ControlNet's `gradio_hed2image` (what DifFSS ran), the map is then resized with INTER_LINEAR to the
+working size when that differs from the detect size.
 
 DifFSS masking (style `diffss`): the foreground mask (`mask == class_id`) is nearest-resized to the
 edge map, dilated once with `cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (14, 14))` and multiplied
@@ -39,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from difaug.conditions import (
+    DEFAULT_DETECT_RESOLUTION,
     DEFAULT_HED_WEIGHTS,
     DEFAULT_RESOLUTION,
     HED_FILENAME,
@@ -46,6 +49,7 @@ from difaug.conditions import (
     ConditionInput,
     foreground,
     prepare_input,
+    working_size,
 )
 from difaug.conditions.resize import hwc3, resize_image, resize_mask
 
@@ -378,12 +382,14 @@ class HedCondition:
         device: str | None = None,
         dtype: str | None = None,
         batch_size: int = 16,
+        detect_resolution: int = DEFAULT_DETECT_RESOLUTION,
     ) -> None:
         if name not in ("hed", "scribble"):
             raise ConditionError(f"HedCondition builds hed or scribble, not {name!r}")
         self.name = name
         self.style = style
         self.resolution = resolution
+        self.detect_resolution = detect_resolution
         self.weights = str(weights)
         self.batch_size = batch_size
         self.fallbacks: Counter[str] = Counter()
@@ -391,10 +397,25 @@ class HedCondition:
         self.device, self.dtype = _module_device_dtype(self.net)
 
     def edges(self, batch: Sequence[ConditionInput]) -> list[np.ndarray]:
-        """Unmasked HED maps (`H×W uint8`, working size) for a batch."""
-        # Host side: decode-size → working-size resize (what HEDdetector does before the net).
-        resized = [resize_image(prepare_input(item).image, self.resolution) for item in batch]
-        return hed_maps(self.net, resized, self.batch_size, fp32_net=self._fp32_net)
+        """Unmasked HED maps (`H×W uint8`, working size) for a batch.
+
+        As ControlNet's `gradio_hed2image` (what DifFSS ran): the image is resized to the detect
+        resolution for the network, and the map is resized to the working size (`resize_image` of
+        the original image at `resolution`) with INTER_LINEAR. At the default 512/512 the two
+        sizes agree and nothing is resized."""
+        import cv2
+
+        items = [prepare_input(item) for item in batch]
+        detect = [resize_image(item.image, self.detect_resolution) for item in items]
+        maps = hed_maps(self.net, detect, self.batch_size, fp32_net=self._fp32_net)
+        out = []
+        for item, edge in zip(items, maps, strict=True):
+            h, w = item.image.shape[:2]
+            size = working_size(w, h, self.resolution)
+            if (edge.shape[1], edge.shape[0]) != size:
+                edge = cv2.resize(edge, size, interpolation=cv2.INTER_LINEAR)
+            out.append(edge)
+        return out
 
     def _fp32_net(self) -> torch.nn.Module:
         import torch
