@@ -77,3 +77,19 @@ def ade_palette() -> np.ndarray:
     for r in rows:
         palette[int(r["ade_index"])] = (int(r["r"]), int(r["g"]), int(r["b"]))
     return palette
+
+
+def voc_palette() -> list[int]:
+    """PASCAL VOC's colour map (bit-interleaved), 256 × RGB as a flat list, for `Image.putpalette`:
+    class-id masks saved with it look like VOC's own `SegmentationClass` PNGs."""
+    pal = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal += [r, g, b]
+    return pal

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from difaug.classes import voc_palette
+
 W, H = 128, 96  # a 50×50 class (2500 px) passes the 2048 rule, a 20×20 one (400 px) does not
 
 
@@ -49,21 +51,6 @@ def class_mask(
             m[max(y - 1, 0) : y + h + 1, max(x - 1, 0) : x + w + 1] = 255
         m[y : y + h, x : x + w] = cid
     return m
-
-
-def voc_palette() -> list[int]:
-    """VOC's colour map (bit-interleaved), 256 × RGB, as a flat list."""
-    pal = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal += [r, g, b]
-    return pal
 
 
 def save_mask(path: Path, mask: np.ndarray, kind: str = "palette") -> Path:

@@ -24,6 +24,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from difaug.classes import voc_palette
+
 HERE = Path(__file__).resolve().parent
 MAX_SIDE = 384
 JPEG_QUALITY = 90
@@ -256,20 +258,6 @@ def clean(fg: np.ndarray, keep: int) -> np.ndarray:
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
     filled = cv2.morphologyEx(filled, cv2.MORPH_OPEN, kernel)
     return filled.astype(bool)
-
-
-def voc_palette() -> list[int]:
-    pal = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal += [r, g, b]
-    return pal
 
 
 def overlay(img: Image.Image, mask: np.ndarray) -> Image.Image:
