@@ -77,6 +77,19 @@ class Manifest:
         return len(self.samples)
 
 
+def repeated_ids(samples: Iterable[Sample]) -> list[tuple[Sample, str]]:
+    """Rows whose sample_id an earlier row already has, each with its reason: the first row keeps
+    the id (it can still be generated or previewed), the later ones cannot."""
+    first: dict[str, int] = {}
+    out = []
+    for s in samples:
+        if s.sample_id in first:
+            out.append((s, f"duplicate sample_id {s.sample_id!r} (first at row {first[s.sample_id]})"))
+        else:
+            first[s.sample_id] = s.row
+    return out
+
+
 def fingerprint_samples(samples: Iterable[Sample]) -> str:
     """A content hash of the normalised rows: the same rows give the same plan whatever the format."""
     h = hashlib.sha256()

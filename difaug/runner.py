@@ -25,7 +25,7 @@ from typing import Any
 from difaug import plan as plan_mod
 from difaug import shards
 from difaug.config import Job
-from difaug.manifest import Manifest, RowProblem, Sample, read_manifest
+from difaug.manifest import Manifest, RowProblem, Sample, read_manifest, repeated_ids
 from difaug.worker import (
     PROGRESS_TOPIC,
     ConditionFactory,
@@ -78,18 +78,6 @@ class RunSummary:
 # ----------------------------------------------------------------------------- validation
 
 
-def _duplicates(samples: Sequence[Sample]) -> dict[int, dict]:
-    first: dict[str, int] = {}
-    out = {}
-    for s in samples:
-        if s.sample_id in first:
-            reason = f"duplicate sample_id {s.sample_id!r} (first at row {first[s.sample_id]})"
-            out[s.row] = failure(s, "validate", reason)
-        else:
-            first[s.sample_id] = s.row
-    return out
-
-
 def _validate(manifest: Manifest, samples: Sequence[Sample]) -> list[RowProblem]:
     """Problems of `samples` from `difaug.manifest.validate_manifest` (files exist and decode,
     sizes agree, the mask has foreground, …)."""
@@ -115,7 +103,9 @@ def pre_failures(manifest: Manifest, pending: Sequence[plan_mod.ShardRange]) -> 
                 out[p.row]["reason"] += f"; {reason}"
             else:
                 out[p.row] = failure(None, "manifest", reason, row=p.row)
-    out.update({r: f for r, f in _duplicates(manifest.samples).items() if in_pending(r) and r not in out})
+    for s, reason in repeated_ids(manifest.samples):
+        if in_pending(s.row) and s.row not in out:
+            out[s.row] = failure(s, "validate", reason)
     todo = [s for s in manifest.samples if in_pending(s.row) and s.row not in out]
     for p in _validate(manifest, todo):
         sample = by_row.get(p.row)

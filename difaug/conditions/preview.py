@@ -18,7 +18,7 @@ import numpy as np
 
 from difaug import imageio
 from difaug.conditions import Condition, ConditionError, ConditionInput, prepare_input
-from difaug.manifest import RowProblem, Sample
+from difaug.manifest import RowProblem, Sample, repeated_ids
 
 SHEET_NAME = "contact_sheet"
 THUMB_HEIGHT = 128
@@ -188,16 +188,10 @@ def write_conditions(
     out.mkdir(parents=True, exist_ok=True)
     result = PreviewResult()
     # One file per sample_id: a repeated id is reported, not silently written over its first row.
-    first_row: dict[str, int] = {}
-    unique: list[Sample] = []
-    for s in samples:
-        if s.sample_id in first_row:
-            reason = f"duplicate sample_id {s.sample_id!r} (first at row {first_row[s.sample_id]})"
-            result.problems.append(RowProblem(s.row, "sample_id", "", reason, s.sample_id))
-        else:
-            first_row[s.sample_id] = s.row
-            unique.append(s)
-    samples = unique
+    repeated = repeated_ids(samples)
+    result.problems += [RowProblem(s.row, "sample_id", "", reason, s.sample_id) for s, reason in repeated]
+    later = {s.row for s, _ in repeated}
+    samples = [s for s in samples if s.row not in later]
     names = output_names(samples)
     rows: list[np.ndarray] = []
     for start in range(0, len(samples), max(1, batch_size)):
