@@ -324,26 +324,16 @@ def _short(e: BaseException) -> str:
 
 
 def _decode(sample: Sample, state: _ShardState) -> Any | None:
-    from difaug.conditions import ConditionInput
+    from difaug.conditions import load_input
 
     t0 = time.perf_counter()
     try:
-        image = imageio.load_image(sample.image)
-        mask = imageio.load_mask(sample.mask)
+        return load_input(sample)
     except INPUT_ERRORS as e:
         state.fail(sample, "read", _short(e))
         return None
     finally:
         state.add_time("read", time.perf_counter() - t0)
-    if mask.shape[:2] != image.shape[:2]:
-        state.fail(
-            sample,
-            "read",
-            f"mask {sample.mask} is {mask.shape[1]}×{mask.shape[0]} but image {sample.image} is "
-            f"{image.shape[1]}×{image.shape[0]}",
-        )
-        return None
-    return ConditionInput(sample=sample, image=image, mask=mask)
 
 
 def _conditions(condition: Any, inputs: list[Any], state: _ShardState) -> list[tuple[Any, np.ndarray]]:

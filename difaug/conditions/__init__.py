@@ -106,6 +106,44 @@ def prepare_input(item: ConditionInput) -> ConditionInput:
     return ConditionInput(sample=item.sample, image=image, mask=mask)
 
 
+class SampleLoadError(ConditionError):
+    """A sample whose image or mask cannot be used; `column` and `file` say which."""
+
+    def __init__(self, column: str, file: str, reason: str) -> None:
+        super().__init__(reason)
+        self.column = column
+        self.file = file
+
+
+def load_input(sample: Sample) -> ConditionInput:
+    """Decode one sample into a `ConditionInput` (what every condition takes); raises
+    `SampleLoadError` naming the column and file. Used by the shard task and `difaug conditions`."""
+    from difaug import imageio
+
+    try:
+        image = imageio.load_image(sample.image)
+    except imageio.ImageReadError as e:
+        raise SampleLoadError("image", sample.image, str(e)) from None
+    try:
+        mask = imageio.load_mask(sample.mask)
+    except imageio.ImageReadError as e:
+        raise SampleLoadError("mask", sample.mask, str(e)) from None
+    if mask.shape[:2] != image.shape[:2]:
+        raise SampleLoadError(
+            "mask",
+            sample.mask,
+            f"mask {sample.mask} is {mask.shape[1]}×{mask.shape[0]} but image {sample.image} is "
+            f"{image.shape[1]}×{image.shape[0]}",
+        )
+    if not (mask == sample.class_id).any():
+        # Its condition would be blank (all background), and nothing would say why.
+        raise SampleLoadError("mask", sample.mask, f"mask has no pixel with class_id {sample.class_id}")
+    try:
+        return prepare_input(ConditionInput(sample=sample, image=image, mask=mask))
+    except ConditionError as e:
+        raise SampleLoadError("image", sample.image, str(e)) from None
+
+
 def make_condition(
     name: str,
     *,
@@ -156,7 +194,9 @@ __all__ = [
     "Condition",
     "ConditionError",
     "ConditionInput",
+    "SampleLoadError",
     "foreground",
+    "load_input",
     "make_condition",
     "prepare_input",
     "working_size",

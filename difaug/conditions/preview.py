@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from difaug import imageio
-from difaug.conditions import Condition, ConditionError, ConditionInput, prepare_input
+from difaug.conditions import Condition, ConditionError, ConditionInput, SampleLoadError, load_input
 from difaug.manifest import RowProblem, Sample, repeated_ids
 
 SHEET_NAME = "contact_sheet"
@@ -60,41 +60,6 @@ def output_names(samples: Iterable[Sample]) -> dict[str, str]:
         taken.add(stem.lower())
         out[s.sample_id] = stem
     return out
-
-
-class SampleLoadError(ConditionError):
-    """A sample whose image or mask cannot be used; `column` and `file` say which."""
-
-    def __init__(self, column: str, file: str, reason: str) -> None:
-        super().__init__(reason)
-        self.column = column
-        self.file = file
-
-
-def load_input(sample: Sample) -> ConditionInput:
-    """Decode one sample; raises `SampleLoadError` naming the column and file."""
-    try:
-        image = imageio.load_image(sample.image)
-    except imageio.ImageReadError as e:
-        raise SampleLoadError("image", sample.image, str(e)) from None
-    try:
-        mask = imageio.load_mask(sample.mask)
-    except imageio.ImageReadError as e:
-        raise SampleLoadError("mask", sample.mask, str(e)) from None
-    if mask.shape[:2] != image.shape[:2]:
-        raise SampleLoadError(
-            "mask",
-            sample.mask,
-            f"mask is {mask.shape[1]}×{mask.shape[0]} but its image {sample.image} is "
-            f"{image.shape[1]}×{image.shape[0]}",
-        )
-    if not (mask == sample.class_id).any():
-        # Its condition would be blank (all background), and nothing would say why.
-        raise SampleLoadError("mask", sample.mask, f"mask has no pixel with class_id {sample.class_id}")
-    try:
-        return prepare_input(ConditionInput(sample=sample, image=image, mask=mask))
-    except ConditionError as e:
-        raise SampleLoadError("image", sample.image, str(e)) from None
 
 
 def _thumb(arr: np.ndarray, height: int) -> np.ndarray:
