@@ -177,8 +177,8 @@ def summarise(run_dir: str | Path) -> RunReport:
         if isinstance(marker.get("fallbacks"), dict):
             fallbacks.update({str(k): int(v) for k, v in marker["fallbacks"].items()})
         images = marker_number(marker, "images")
-        seconds = marker_number(marker, "total", "seconds", "elapsed")
-        device = marker_number(marker, DEVICE_STAGE, "gpu_seconds")
+        seconds = marker_number(marker, "total")
+        device = marker_number(marker, DEVICE_STAGE)
         if isinstance(marker.get("seconds"), dict):
             for stage, value in marker["seconds"].items():
                 if isinstance(value, (int, float)):

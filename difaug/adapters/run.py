@@ -1,9 +1,9 @@
 """A read-only view of a run directory, shared by export, the index and inspect.
 
 It reads the plan, the stats markers and the shards' *key* columns only (never the image bytes),
-so opening a run of 100k auxiliary images costs a few MB. The plan and the markers are written by
-the runner; their fields are read defensively (a missing field degrades the report, it does not
-crash it), see `marker_*` below for the names tried.
+so opening a run of 100k auxiliary images costs a few MB. The plan (`difaug.plan`) and the markers
+(`difaug.worker`) are the runner's formats; a missing marker field degrades the report, it does not
+crash it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from difaug import shards
-from difaug.plan import SUMMARY_FILE
+from difaug.plan import SUMMARY_FILE, shard_ranges
 
 # Columns cheap enough to read for every row up front (no image bytes).
 KEY_COLUMNS = (
@@ -137,11 +137,8 @@ def read_keys(paths: Iterable[Path]) -> pa.Table:
 
 
 def plan_config(plan: Mapping[str, Any]) -> dict[str, Any]:
-    """The resolved JobConfig dict inside the plan (`config`, or `job.config`)."""
-    for cfg in (plan.get("config"), (plan.get("job") or {}).get("config")):
-        if isinstance(cfg, Mapping):
-            return dict(cfg)
-    return {}
+    """The resolved JobConfig dict inside the plan."""
+    return dict(plan.get("config") or {})
 
 
 @dataclass(frozen=True)
@@ -156,16 +153,8 @@ class PlannedShard:
 
 
 def plan_shards(plan: Mapping[str, Any]) -> list[PlannedShard]:
-    """The plan's shard list: `shards: [{index, rows: [start, stop]}, …]` (manifest rows, 1-based)."""
-    entries = plan.get("shards")
-    out = []
-    for i, entry in enumerate(entries if isinstance(entries, list) else []):
-        entry = entry if isinstance(entry, Mapping) else {}
-        index = entry.get("index", i)
-        rows = entry.get("rows")
-        start, stop = rows if isinstance(rows, list) and len(rows) == 2 else (0, 0)
-        out.append(PlannedShard(shards.shard_name(int(index)), int(start), int(stop)))
-    return out
+    """The plan's shards by file name, with their manifest row ranges (1-based, `[start, stop)`)."""
+    return [PlannedShard(shards.shard_name(r.index), r.start, r.stop) for r in shard_ranges(dict(plan))]
 
 
 def summary_failures(run_dir: Path, unfinished: Sequence[PlannedShard]) -> Iterable[Failure]:
@@ -179,7 +168,7 @@ def summary_failures(run_dir: Path, unfinished: Sequence[PlannedShard]) -> Itera
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return
-    records = data.get("all_failures", data.get("failures")) if isinstance(data, Mapping) else None
+    records = data.get("all_failures") if isinstance(data, Mapping) else None
     for f in records if isinstance(records, list) else ():
         row = f.get("row") if isinstance(f, Mapping) else None
         shard = next((s for s in unfinished if isinstance(row, int) and s.start <= row < s.stop), None)
@@ -196,27 +185,15 @@ def summary_failures(run_dir: Path, unfinished: Sequence[PlannedShard]) -> Itera
 # --- stats marker fields (written by the runner) -----------------------------------------------
 
 
-def marker_number(marker: Mapping[str, Any], *names: str) -> float | None:
-    """The first numeric field among `names`, in the marker or its `seconds`/`timings`/`counts`."""
-    scopes = [marker] + [
-        marker[k] for k in ("seconds", "timings", "counts") if isinstance(marker.get(k), Mapping)
-    ]
-    for name in names:
-        for scope in scopes:
-            value = scope.get(name)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
-    return None
+def marker_number(marker: Mapping[str, Any], name: str) -> float | None:
+    """A numeric marker field: `images`, or a stage's seconds (`total`, `generate`, …)."""
+    value = marker.get(name, (marker.get("seconds") or {}).get(name))
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def marker_shard(marker: Mapping[str, Any], fallback: int) -> str:
-    for name in ("shard", "index", "shard_index"):
-        value = marker.get(name)
-        if isinstance(value, int):
-            return shards.shard_name(value)
-        if isinstance(value, str) and value:
-            return Path(value).stem
-    return shards.shard_name(fallback)
+    value = marker.get("shard")
+    return shards.shard_name(value if isinstance(value, int) else fallback)
 
 
 def marker_failures(stats: Iterable[Mapping[str, Any]]) -> Iterable[Failure]:
