@@ -18,7 +18,6 @@ format are copied byte for byte; others are re-encoded (JPEG at `quality`, 4:4:4
 
 from __future__ import annotations
 
-import bisect
 import json
 import os
 import threading
@@ -100,7 +99,8 @@ class ExportResult:
 @dataclass(frozen=True)
 class _Target:
     shard: int
-    offset: int
+    group: int
+    in_group: int
     sample_id: str
     path: Path
 
@@ -219,7 +219,7 @@ def _plan_targets(
             skipped.append(SkippedRow(sid, k, f"same file name as sample {owner[path]}: {path.name}"))
             continue
         owner[path] = sid
-        targets.append(_Target(cols["_shard"][i], cols["_offset"][i], sid, path))
+        targets.append(_Target(cols["_shard"][i], cols["_group"][i], cols["_in_group"][i], sid, path))
     return targets
 
 
@@ -261,9 +261,9 @@ def _write_all(
     result: ExportResult,
     progress: Callable[[int], None] | None,
 ) -> Counter[str]:
-    by_shard: dict[int, list[_Target]] = {}
+    by_shard: dict[int, dict[int, list[_Target]]] = {}
     for t in targets:
-        by_shard.setdefault(t.shard, []).append(t)
+        by_shard.setdefault(t.shard, {}).setdefault(t.group, []).append(t)
     done: Counter[str] = Counter()
 
     def one(item: tuple[_Target, bytes]) -> bool:
@@ -271,24 +271,18 @@ def _write_all(
         return _write_if_changed(target.path, convert(data, fmt, quality))
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for shard, shard_targets in sorted(by_shard.items()):
-            pf = pq.ParquetFile(view.shard_paths[shard])
-            starts = [0]
-            for g in range(pf.metadata.num_row_groups):
-                starts.append(starts[-1] + pf.metadata.row_group(g).num_rows)
-            by_group: dict[int, list[_Target]] = {}
-            for t in shard_targets:
-                by_group.setdefault(bisect.bisect_right(starts, t.offset) - 1, []).append(t)
-            for g, group_targets in sorted(by_group.items()):
-                # One row group of image bytes in memory at a time, never the whole shard.
-                column = pf.read_row_group(g, columns=["aux_image"]).column(0)
-                items = [(t, column[t.offset - starts[g]].as_py()["bytes"]) for t in group_targets]
-                for (t, _), wrote in zip(items, pool.map(one, items), strict=True):
-                    result.written += wrote
-                    result.unchanged += not wrote
-                    done[t.sample_id] += 1
-                if progress:
-                    progress(len(items))
+        for shard, groups in sorted(by_shard.items()):
+            with pq.ParquetFile(view.shard_paths[shard]) as pf:
+                for group, group_targets in sorted(groups.items()):
+                    # One row group of image bytes in memory at a time, never the whole shard.
+                    column = pf.read_row_group(group, columns=["aux_image"]).column(0)
+                    items = [(t, column[t.in_group].as_py()["bytes"]) for t in group_targets]
+                    for (t, _), wrote in zip(items, pool.map(one, items), strict=True):
+                        result.written += wrote
+                        result.unchanged += not wrote
+                        done[t.sample_id] += 1
+                    if progress:
+                        progress(len(items))
     return done
 
 

@@ -15,7 +15,6 @@ and COCO ones by `train2014/COCO_train2014_….jpg`).
 
 from __future__ import annotations
 
-import bisect
 import os
 import posixpath
 import threading
@@ -93,23 +92,12 @@ class AuxIndex:
         self.row_groups_read = 0  # how many row groups were fetched (not counting cache hits)
         self._init_runtime()
 
-        bounds = []  # per shard: cumulative first-row offsets of its row groups
-        for path in self._paths:
-            meta = pq.ParquetFile(path).metadata  # footer only
-            starts, n = [], 0
-            for g in range(meta.num_row_groups):
-                starts.append(n)
-                n += meta.row_group(g).num_rows
-            bounds.append(starts)
-
         cols = {name: view.keys.column(name).to_pylist() for name in view.keys.column_names}
         self._locs: dict[str, list[_Loc]] = {}
         self._info: dict[str, SampleInfo] = {}
         for i, sid in enumerate(cols["sample_id"]):
-            shard, offset = cols["_shard"][i], cols["_offset"][i]
-            group = bisect.bisect_right(bounds[shard], offset) - 1
             self._locs.setdefault(sid, []).append(
-                _Loc(cols["aux_index"][i], shard, group, offset - bounds[shard][group])
+                _Loc(cols["aux_index"][i], cols["_shard"][i], cols["_group"][i], cols["_in_group"][i])
             )
             if sid not in self._info:
                 self._info[sid] = SampleInfo(

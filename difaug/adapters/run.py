@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -58,7 +59,9 @@ class RunView:
     plan: dict[str, Any]
     stats: list[dict[str, Any]]
     shard_paths: list[Path]
-    keys: pa.Table  # KEY_COLUMNS of every finished shard + `_shard` (int) and `_offset` (row in file)
+    # KEY_COLUMNS of every finished shard + where each row's bytes are: `_shard` (position in
+    # shard_paths), `_group` (row group), `_in_group` (row inside that row group)
+    keys: pa.Table
     failures: list[Failure] = field(default_factory=list)
 
     @property
@@ -115,21 +118,26 @@ def open_run(run_dir: str | Path) -> RunView:
 
 
 def read_keys(paths: Iterable[Path]) -> pa.Table:
-    """KEY_COLUMNS of all shards, plus `_shard` (position in `paths`) and `_offset` (row in its file)."""
+    """KEY_COLUMNS of all shards, plus `_shard` (position in `paths`), `_group` and `_in_group`:
+    where each row's image bytes can be read back one row group at a time."""
     tables = []
     for i, path in enumerate(paths):
         try:
             t = pq.read_table(path, columns=list(KEY_COLUMNS))
+            meta = pq.read_metadata(path)  # the footer: row-group sizes
+            sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
         except (OSError, pa.ArrowInvalid) as e:
             raise RunError(f"{path}: cannot read shard ({e}); rerun `difaug generate` to redo it") from e
-        t = t.append_column("_shard", pa.array([i] * t.num_rows, pa.int32()))
-        t = t.append_column("_offset", pa.array(range(t.num_rows), pa.int64()))
+        first_rows = np.repeat(np.cumsum([0, *sizes[:-1]]), sizes)
+        t = t.append_column("_shard", pa.array(np.full(t.num_rows, i, np.int32)))
+        t = t.append_column("_group", pa.array(np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)))
+        t = t.append_column("_in_group", pa.array(np.arange(t.num_rows) - first_rows))
         tables.append(t)
     if not tables:
         empty = shards.SCHEMA.empty_table().select(list(KEY_COLUMNS))
-        return empty.append_column("_shard", pa.array([], pa.int32())).append_column(
-            "_offset", pa.array([], pa.int64())
-        )
+        for name, kind in (("_shard", pa.int32()), ("_group", pa.int32()), ("_in_group", pa.int64())):
+            empty = empty.append_column(name, pa.array([], kind))
+        return empty
     return pa.concat_tables(tables)
 
 
