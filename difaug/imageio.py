@@ -40,16 +40,6 @@ def read_bytes(path: str | Path) -> bytes:
         raise ImageReadError(f"cannot read {path}: {e}") from e
 
 
-def exists(path: str | Path) -> bool:
-    path = str(path)
-    if is_url(path):
-        import fsspec
-
-        fs, _, paths = fsspec.get_fs_token_paths(path)
-        return fs.exists(paths[0])
-    return Path(path.removeprefix("file://")).is_file()
-
-
 def decode_error(source: str, e: BaseException) -> ImageReadError:
     """The `ImageReadError` for a file PIL could not decode."""
     # PIL names the in-memory buffer (`<_io.BytesIO object at 0x…>`): say what it means instead.
@@ -59,7 +49,7 @@ def decode_error(source: str, e: BaseException) -> ImageReadError:
 
 def error_reason(e: BaseException, path: str | Path) -> str:
     """An `ImageReadError` message without the file name, for tables that show the file already."""
-    return str(e).replace(f" {path}:", ":").replace(f" {path}", "")
+    return str(e).replace(f" {path}:", ":").replace(f": {path}", "").replace(f" {path}", "")
 
 
 def _open(data: bytes | str | Path, what: str) -> Image.Image:

@@ -299,8 +299,6 @@ class _FileCheck:
 
 def _check_file(kind: str, path: str, deep: bool, class_ids: frozenset[int] = frozenset()) -> _FileCheck:
     try:
-        if not imageio.exists(path):
-            return _FileCheck(error="file not found")
         if kind == "image":
             width, height, _ = imageio.check_image_file(path, deep=deep)
             return _FileCheck(width=width, height=height)
