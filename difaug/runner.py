@@ -14,7 +14,6 @@ a recorded failure; the summary reconciles the counts with the plan.
 from __future__ import annotations
 
 import bisect
-import pickle
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +31,9 @@ from difaug.worker import (
     GeneratorFactory,
     ShardSpec,
     SleepGenerator,
+    default_condition_factory,
+    default_generator_factory,
+    factory_key,
     failure,
     run_shard,
     sleep_generator_factory,
@@ -270,7 +272,8 @@ def _run_dask(
         return max(4, 2 * job.runtime.workers, 2 * n)
 
     def submit_more() -> None:
-        while len(in_flight) < capacity():
+        limit = capacity()  # one scheduler query per completed shard, not one per submission
+        while len(in_flight) < limit:
             spec = next(specs, None)
             if spec is None:
                 return
@@ -309,18 +312,6 @@ def _run_dask(
 # ----------------------------------------------------------------------------- the job
 
 
-def _check_picklable(*factories: Any) -> None:
-    for f in factories:
-        if f is not None:
-            try:
-                pickle.dumps(f)
-            except Exception as e:
-                raise TypeError(
-                    f"{f!r} is not picklable: pass a module-level function or a functools.partial "
-                    "of one (Dask ships factories to the workers)"
-                ) from e
-
-
 def _preflight(job: Job) -> None:
     """Resolve the model spec on the driver, so a wrong `--model` fails before any task does."""
     from difaug.models import ModelSpec
@@ -348,7 +339,11 @@ def run(
 
     console = console or Console()
     t0 = time.perf_counter()
-    _check_picklable(generator_factory, condition_factory)
+    # The worker's model-cache key pickles the factories: an unpicklable one fails here, before
+    # the plan is written, rather than in every task.
+    factory_key(
+        generator_factory or default_generator_factory, condition_factory or default_condition_factory, job
+    )
     factories = (generator_factory, condition_factory)
 
     if generator_factory is None:

@@ -124,7 +124,7 @@ def factory_key(generator_factory: GeneratorFactory, condition_factory: Conditio
     runtime settings that change how models load. Raises TypeError for unpicklable factories."""
     rt = job.runtime
     try:
-        loading = (rt.device, rt.dtype, rt.batch_size, rt.compile, rt.offload)
+        loading = (rt.device, rt.dtype, rt.batch_size, rt.compile, rt.compile_mode, rt.offload)
         blob = pickle.dumps((generator_factory, condition_factory, job.config, loading))
     except (pickle.PicklingError, TypeError, AttributeError) as e:
         raise TypeError(

@@ -329,3 +329,22 @@ def test_pipeline_yamls_resolve() -> None:
             assert j.config.condition == f.stem.rsplit("-", 1)[1]
     demo = resolve_job(REPO / "pipelines" / "demo.yaml")
     assert demo.manifest == "manifests/demo/manifest.csv" and demo.runtime.workers == 1
+
+
+def test_unpicklable_factory_refused_before_the_plan(tmp_path: Path) -> None:
+    m = make_dataset(tmp_path / "d", 1)
+    out = tmp_path / "out"
+    with pytest.raises(TypeError, match="must be picklable"):
+        run(job(m, out), generator_factory=lambda cfg, rt: None)
+    assert not (out / shards.PLAN_FILE).exists()
+
+
+def test_model_cache_key_follows_every_loading_setting(tmp_path: Path) -> None:
+    from difaug.worker import factory_key
+
+    m = make_dataset(tmp_path / "d", 1)
+    keys = {
+        factory_key(sleep_factory(), None, job(m, tmp_path / "o", runtime=rt))
+        for rt in ({}, {"compile": True}, {"compile": True, "compile_mode": "max-autotune"})
+    }
+    assert len(keys) == 3
