@@ -319,7 +319,7 @@ def load_pipeline(
 
     device = resolve_device(device)
     dtype_name = resolve_dtype(dtype, device)
-    if compile and offload:
+    if compile and offload:  # prepare_pipeline refuses it too; here before minutes of loading
         raise ConfigError("compile and offload cannot be combined; choose one")
     tdtype = torch_dtype(dtype_name)
 

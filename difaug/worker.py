@@ -581,10 +581,8 @@ def _finish(
         (r for r in state.rows if r["sample_id"] not in state.failed_ids),
         key=lambda r: (r["row"], r["aux_index"]),
     )
-    done_ids = {r["sample_id"] for r in rows}
-    per_sample = {sid: 0 for sid in done_ids}
-    for r in rows:
-        per_sample[r["sample_id"]] += 1
+    per_sample = Counter(r["sample_id"] for r in rows)
+    done_ids = set(per_sample)
     short = [sid for sid, n in per_sample.items() if n != cfg.num_aux]
     if short:
         raise RuntimeError(f"shard {spec.index}: samples {short[:5]} lack some of their {cfg.num_aux} images")
