@@ -66,6 +66,9 @@ _COLUMNS: tuple[tuple[str, pa.DataType, str | None], ...] = (
     ("controlnet_scale", pa.float64(), "float64"),
     ("dtype", pa.string(), "string"),
     ("device", pa.string(), "string"),
+    # Quality scores (DiffSeg drift, see DESIGN.md "Shard rows"): null when scoring is off.
+    ("drift_iou", pa.float64(), "float64"),
+    ("drift_segments", pa.int32(), "int32"),
 )
 
 COLUMNS: tuple[str, ...] = tuple(name for name, _, _ in _COLUMNS)
@@ -113,7 +116,18 @@ def image_struct(data: bytes, path: str) -> dict[str, Any]:
     return {"bytes": data, "path": path}
 
 
-PROVENANCE_COLUMNS = COLUMNS[-8:]  # base_model … device: what the generator reports about itself
+# What the generator reports about itself (base_model … device).
+PROVENANCE_COLUMNS = (
+    "base_model",
+    "controlnet_model",
+    "scheduler",
+    "steps",
+    "guidance_scale",
+    "controlnet_scale",
+    "dtype",
+    "device",
+)
+SCORE_COLUMNS = ("drift_iou", "drift_segments")
 
 
 def make_row(
@@ -128,6 +142,7 @@ def make_row(
     condition_png: bytes,
     aux_bytes: bytes,
     provenance: Mapping[str, Any],
+    scores: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One shard row (one auxiliary image) in the column order of `SCHEMA`."""
     name = f"{sample.sample_id}_{aux_index}"
@@ -155,6 +170,7 @@ def make_row(
         "negative_prompt": negative_prompt,
         "seed": seed,
         **{k: provenance[k] for k in PROVENANCE_COLUMNS},
+        **{k: (scores or {}).get(k) for k in SCORE_COLUMNS},
     }
 
 
@@ -178,13 +194,16 @@ def _atomic_write(path: Path, write: Any) -> None:
 def rows_to_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     """Rows (dicts keyed by column name) → a table with exactly `SCHEMA`. Missing columns refuse."""
     if rows:
-        missing = [c for c in COLUMNS if c not in rows[0]]
+        # Score columns may be left out (null: scoring off); every other column must be there.
+        missing = [c for c in COLUMNS if c not in rows[0] and c not in SCORE_COLUMNS]
         if missing:
             raise ShardError(f"shard rows lack column(s) {', '.join(missing)}")
     arrays = []
     for name, typ, _ in _COLUMNS:
         try:
-            arrays.append(pa.array([r[name] for r in rows], type=typ))
+            arrays.append(
+                pa.array([r.get(name) if name in SCORE_COLUMNS else r[name] for r in rows], type=typ)
+            )
         except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError, TypeError) as e:
             raise ShardError(f"column {name!r}: {e}") from e
     return pa.Table.from_arrays(arrays, schema=SCHEMA)

@@ -61,8 +61,8 @@ def _rows(n: int) -> list[dict]:
 
 def test_schema_columns_in_documented_order() -> None:
     assert shards.SCHEMA.names[:4] == ["key", "sample_id", "aux_index", "row"]
-    assert shards.SCHEMA.names[-2:] == ["dtype", "device"]
-    assert len(shards.SCHEMA.names) == 28
+    assert shards.SCHEMA.names[-4:] == ["dtype", "device", "drift_iou", "drift_segments"]
+    assert len(shards.SCHEMA.names) == 30
     assert shards.SCHEMA.field("aux_image").type == pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     assert shards.SCHEMA.field("seed").type == pa.int64()
     meta = json.loads(shards.SCHEMA.metadata[b"huggingface"])
@@ -83,7 +83,9 @@ def test_write_read_roundtrip_atomic(tmp_path: Path) -> None:
     got = table.column("aux_image").to_pylist()[1]
     assert got["bytes"] == rows[1]["aux_image"]["bytes"]
     md = pq.ParquetFile(path).metadata
-    leaves = {md.row_group(0).column(i).path_in_schema: md.row_group(0).column(i) for i in range(30)}
+    leaves = {
+        md.row_group(0).column(i).path_in_schema: md.row_group(0).column(i) for i in range(md.num_columns)
+    }
     assert leaves["key"].compression == "ZSTD"
     assert leaves["aux_image.bytes"].compression == "UNCOMPRESSED"  # PNG bytes: zstd gains nothing
     assert shards.read_shard(path, columns=["key", "seed"]).column_names == ["key", "seed"]
