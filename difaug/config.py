@@ -20,6 +20,7 @@ CONDITION_STYLES = ("diffss", "upstream")
 SCHEDULERS = ("unipc", "ddim", "euler", "euler_a", "dpmpp_2m", "pndm", "lcm")
 CLUSTERS = ("sync", "local", "cuda", "slurm")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+SCORES = ("diffseg", "none")
 
 DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_CONTROLNETS = {c: f"lllyasviel/sd-controlnet-{c}" for c in CONDITIONS}
@@ -63,12 +64,16 @@ class JobConfig:
     image_format: str = "png"
     jpeg_quality: int = 95
     shard_size: int = 64
+    # Drift score of every aux image (difaug.diffseg): "diffseg" fills the drift_iou and
+    # drift_segments columns during generation; "none" leaves them null (`difaug score` fills them later).
+    score: str = "diffseg"
 
     def validate(self) -> JobConfig:
         _choice("condition", self.condition, CONDITIONS)
         _choice("condition_style", self.condition_style, CONDITION_STYLES)
         _choice("scheduler", self.scheduler, SCHEDULERS)
         _choice("image_format", self.image_format, ("png", "jpeg"))
+        _choice("score", self.score, SCORES)
         for name in ("num_aux", "steps", "shard_size", "resolution", "detect_resolution"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
