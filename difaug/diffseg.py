@@ -37,7 +37,8 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -51,6 +52,9 @@ if TYPE_CHECKING:
 KL_THRESHOLDS: tuple[float, ...] = (1.1, 1.1, 1.1)
 # benchmarks.ipynb / diffseg.ipynb: `NUM_POINTS = 16`, a 16×16 anchor grid (generate_sampling_grid).
 ANCHOR_GRID = 16
+# The reference segments 512×512 images, SD's native size (UNet `sample_size` 64 × VAE factor 8),
+# whose highest self-attention maps are 64×64: images are resized to the model's native short side
+# (`DiffSeg.input_size`).
 # both notebooks: `model.text_to_image(..., latent=latent, timestep=300)`.
 TIMESTEP = 300
 # benchmarks.ipynb passes prompt None: the unconditional context, i.e. the tokenised empty prompt.
@@ -218,7 +222,6 @@ def aggregate(maps: Mapping[int, torch.Tensor], latent_hw: tuple[int, int]) -> t
     """The reference's `aggregate_weights` for a batch: per-resolution maps `{N: (B, N, N)}` (mean
     over heads and layers) → `(B, H·W, H·W)` rows = query positions, columns = key positions of
     the latent grid. Works in place on the highest-resolution map when it is at the latent's size."""
-    import torch
     import torch.nn.functional as F
 
     h, w = latent_hw
@@ -260,20 +263,22 @@ def merge(
     latent_hw: tuple[int, int],
     thresholds: Sequence[float] = KL_THRESHOLDS,
     points: int = ANCHOR_GRID,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Iterative attention merging (`mask_merge`): `(H·W, H·W)` aggregated maps → `(K, H·W)`
-    proposals. Float64 throughout."""
+    proposals, in `dtype` (default float32; the reference's first merge runs in float16)."""
     import torch
 
-    maps = attention.to(torch.float64)
-    log_maps = maps.log()
+    maps = attention.to(dtype or torch.float32)
+    # An underflowed probability (exactly 0) would make 0·log 0 = nan: clamp to the smallest normal.
+    log_maps = maps.clamp_min(torch.finfo(maps.dtype).tiny).log()
     anchors = torch.as_tensor(anchor_indices(latent_hw, points), device=maps.device)
     near = _sym_kl(maps[anchors], maps, log_maps[anchors], log_maps) < thresholds[0]
-    near = near.to(torch.float64)
+    near = near.to(maps.dtype)
     proposals = (near @ maps) / near.sum(1, keepdim=True)
     del log_maps, near
     for threshold in thresholds[1:]:
-        log_p = proposals.log()
+        log_p = proposals.clamp_min(torch.finfo(proposals.dtype).tiny).log()
         close = (_sym_kl(proposals, proposals, log_p, log_p) < threshold).cpu().numpy()
         matched: set[int] = set()
         merged = []
@@ -299,7 +304,9 @@ def suppress(proposals: torch.Tensor, latent_hw: tuple[int, int], scale: int) ->
     maps = proposals.reshape(-1, 1, h, w)
     best_val = best_idx = None
     for start in range(0, len(maps), NMS_CHUNK):
-        up = F.interpolate(maps[start : start + NMS_CHUNK], scale_factor=scale, mode="bilinear", align_corners=False)
+        up = F.interpolate(
+            maps[start : start + NMS_CHUNK], scale_factor=scale, mode="bilinear", align_corners=False
+        )
         val, idx = up[:, 0].max(0)
         idx = idx + start
         if best_val is None:
@@ -315,14 +322,16 @@ def suppress(proposals: torch.Tensor, latent_hw: tuple[int, int], scale: int) ->
 
 def segment_maps(
     maps: Mapping[int, torch.Tensor],
-    latent_hw: tuple[int, int],
+    grid_hw: tuple[int, int],
     scale: int,
     thresholds: Sequence[float] = KL_THRESHOLDS,
     points: int = ANCHOR_GRID,
+    dtype: torch.dtype | None = None,
 ) -> list[np.ndarray]:
-    """Per-resolution attention `{N: (B, N, N)}` → one label map per image (steps 2–4)."""
-    attention = aggregate(maps, latent_hw)
-    return [suppress(merge(a, latent_hw, thresholds, points), latent_hw, scale) for a in attention]
+    """Per-resolution attention `{N: (B, N, N)}` → one label map per image (steps 2–4), aggregated
+    on `grid_hw` (the highest resolution, as the reference's 64×64) and upsampled by `scale`."""
+    attention = aggregate(maps, grid_hw)
+    return [suppress(merge(a, grid_hw, thresholds, points, dtype), grid_hw, scale) for a in attention]
 
 
 # ----------------------------------------------------------------------------- on a diffusers pipe
@@ -352,6 +361,13 @@ class DiffSeg:
         self.chunk = chunk
         self._context: torch.Tensor | None = None
 
+    def input_size(self, width: int, height: int) -> tuple[int, int]:
+        """(w, h) the UNet sees: short side = the model's native size, UNet `sample_size` × VAE
+        factor (SD1.5: 64 × 8 = 512, the reference's input), aspect kept, sides rounded to `multiple`."""
+        side, m = int(self.unet.config.sample_size) * self.scale, self.multiple
+        k = side / min(width, height)
+        return max(m, round(width * k / m) * m), max(m, round(height * k / m) * m)
+
     @property
     def multiple(self) -> int:
         """Image sides must be multiples of this (the VAE scale × the UNet's downsamplings)."""
@@ -364,7 +380,10 @@ class DiffSeg:
         if self._context is None:
             with torch.no_grad():
                 self._context, _ = self.pipe.encode_prompt(
-                    PROMPT, self.pipe._execution_device, num_images_per_prompt=1, do_classifier_free_guidance=False
+                    PROMPT,
+                    self.pipe._execution_device,
+                    num_images_per_prompt=1,
+                    do_classifier_free_guidance=False,
                 )
         return self._context
 
@@ -392,7 +411,10 @@ class DiffSeg:
         before = self.unet.attn_processors
         capture = CaptureSelfAttention(sink, self.chunk)
         self.unet.set_attn_processor(
-            {name: capture if name in set(self_attention_names(self.unet)) else proc for name, proc in before.items()}
+            {
+                name: capture if name in set(self_attention_names(self.unet)) else proc
+                for name, proc in before.items()
+            }
         )
         try:
             context = self.context().to(self.unet.dtype).expand(len(latents), -1, -1)
@@ -406,17 +428,17 @@ class DiffSeg:
     def segment(self, images: np.ndarray) -> list[np.ndarray]:
         """`B×H×W×3` uint8 (one size, multiples of `multiple`) → label maps `H×W` int32."""
         maps, latent_hw = self.attention(images)
-        return segment_maps(maps, latent_hw, self.scale, self.thresholds, self.points)
+        grid_hw = AttentionSink(latent_hw).grid(max(maps))
+        scale = images.shape[1] // grid_hw[0]
+        return segment_maps(maps, grid_hw, scale, self.thresholds, self.points)
 
-    def segment_any(self, images: Sequence[np.ndarray], resolution: int, batch_size: int = 8) -> list[np.ndarray]:
-        """Images of any sizes → label maps at each image's own size. Each image is resized to its
-        working size (short side `resolution`, sides multiples of 64, as the conditions are),
-        segmented in batches of one size, and its labels resized back (nearest)."""
+    def segment_any(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[np.ndarray]:
+        """Images of any sizes → label maps at each image's own size. Each image is resized to
+        `input_size`, segmented in batches of one size, and its labels resized back (nearest)."""
         from difaug import imageio
-        from difaug.conditions import working_size
 
         out: list[np.ndarray | None] = [None] * len(images)
-        sizes = [working_size(img.shape[1], img.shape[0], resolution) for img in images]
+        sizes = [self.input_size(img.shape[1], img.shape[0]) for img in images]
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, size in enumerate(sizes):
             by_size.setdefault(size, []).append(i)
@@ -430,10 +452,13 @@ class DiffSeg:
         return [x for x in out if x is not None]
 
     def score(
-        self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], class_ids: Sequence[int], resolution: int
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        class_ids: Sequence[int],
     ) -> list[DriftScore]:
         """Drift scores of aux images (each at its support mask's size)."""
-        labels = self.segment_any(images, resolution, batch_size=max(1, len(images)))
+        labels = self.segment_any(images, batch_size=max(1, len(images)))
         return [drift_score(lab, m, c) for lab, m, c in zip(labels, masks, class_ids, strict=True)]
 
 
@@ -470,7 +495,7 @@ def drift_score(labels: np.ndarray, mask: np.ndarray, class_id: int) -> DriftSco
     target = (mask == class_id) & valid
     pred = object_segments(labels, mask, class_id)
     union = int((pred | target).sum())
-    segments = int(len(np.unique(labels)))
+    segments = len(np.unique(labels))
     if union == 0:
         return DriftScore(None, segments)
     return DriftScore(float((pred & target).sum()) / union, segments)
@@ -488,3 +513,111 @@ def for_generator(generator: Any, cfg: Any) -> DiffSeg | None:
     if scorer is None:
         scorer = _SCORERS[generator] = DiffSeg(generator.pipe)
     return scorer
+
+
+# ----------------------------------------------------------------------------- zero-shot evaluation
+
+
+@dataclass
+class MatchCounts:
+    """Per-class true/false positives and false negatives over a dataset, after matching each
+    image's segments to its classes (the reference's `diffseg/utils.py: hungarian_matching`)."""
+
+    tp: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    fp: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    fn: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    pixels: int = 0
+
+    def add(self, labels: np.ndarray, truth: np.ndarray) -> None:
+        """One image: `labels` (segment ids) against `truth` (class ids; `IGNORE` = unlabelled)."""
+        from scipy.optimize import linear_sum_assignment
+
+        valid = truth != IGNORE
+        gt = truth[valid].astype(np.int64).ravel()
+        pred = labels[valid].astype(np.int64).ravel()
+        n_class = max(len(self.tp), int(gt.max()) + 1 if gt.size else 0)
+        for name in ("tp", "fp", "fn"):
+            arr = getattr(self, name)
+            setattr(self, name, np.concatenate([arr, np.zeros(n_class - len(arr))]))
+        n_pred = max(n_class, int(pred.max()) + 1 if pred.size else 0)
+        hist = np.bincount(n_pred * gt + pred, minlength=n_class * n_pred).reshape(n_class, n_pred)
+        rows, cols = linear_sum_assignment(hist, maximize=True)
+        self.pixels += int(hist.sum())
+        self.fn += hist.sum(1) - hist[rows, cols]
+        self.tp += hist[rows, cols]
+        hist = hist[:, cols]
+        self.fp += hist.sum(0) - np.diag(hist)
+
+    def miou(self) -> float | None:
+        """Mean IoU over the classes that occur (reference: `np.nanmean(TP / (TP + FP + FN))`)."""
+        denom = self.tp + self.fp + self.fn
+        seen = denom > 0
+        return float(np.mean(self.tp[seen] / denom[seen])) if seen.any() else None
+
+    def pixel_accuracy(self) -> float | None:
+        return float(self.tp.sum() / self.pixels) if self.pixels else None
+
+
+def label_png(labels: np.ndarray) -> bytes:
+    """A label map as a greyscale PNG (8-bit when it fits, else 16-bit): pixel value = segment id."""
+    from difaug import imageio
+
+    dtype = np.uint8 if labels.max(initial=0) < 256 else np.uint16
+    return imageio.encode_png(labels.astype(dtype))
+
+
+def colourise(labels: np.ndarray) -> np.ndarray:
+    """A label map in distinct colours (a fixed palette), for contact sheets."""
+    rng = np.random.default_rng(0)
+    palette = rng.integers(40, 256, (max(int(labels.max(initial=0)) + 1, 1), 3), dtype=np.uint8)
+    return palette[labels]
+
+
+@dataclass(frozen=True)
+class SegmentInput:
+    """One image to segment; `mask`/`class_id` when a ground truth exists (manifest rows)."""
+
+    name: str  # output file stem
+    image: str
+    mask: str = ""
+
+
+@dataclass
+class SegmentResult:
+    written: list[Path] = field(default_factory=list)
+    counts: MatchCounts = field(default_factory=MatchCounts)
+    segments: list[int] = field(default_factory=list)
+    previews: list[tuple[np.ndarray, np.ndarray | None, np.ndarray]] = field(default_factory=list)
+
+
+def segment_files(
+    inputs: Sequence[SegmentInput],
+    seg: DiffSeg,
+    out: Path,
+    *,
+    batch_size: int = 4,
+    previews: int = 8,
+) -> SegmentResult:
+    """Segment each image, write `out/{name}.png` label maps, match against masks when given."""
+    from difaug import imageio
+
+    out.mkdir(parents=True, exist_ok=True)
+    result = SegmentResult()
+    for start in range(0, len(inputs), batch_size):
+        part = inputs[start : start + batch_size]
+        images = [imageio.load_image(x.image) for x in part]
+        for x, img, labels in zip(part, images, seg.segment_any(images, batch_size), strict=True):
+            path = out / f"{x.name}.png"
+            path.write_bytes(label_png(labels))
+            result.written.append(path)
+            result.segments.append(len(np.unique(labels)))
+            truth = imageio.load_mask(x.mask) if x.mask else None
+            if truth is not None:
+                if truth.shape != labels.shape:
+                    raise ValueError(
+                        f"mask {x.mask} is {truth.shape[::-1]} but image {x.image} is {labels.shape[::-1]}"
+                    )
+                result.counts.add(labels, truth)
+            if len(result.previews) < previews:
+                result.previews.append((img, truth, labels))
+    return result

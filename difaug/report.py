@@ -367,7 +367,7 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def render_html(report: RunReport, rows: Sequence[SheetRow], thumb: int = 192) -> str:
+def render_html(report: RunReport, rows: Sequence[SheetRow], thumb: int = 192, extra: str = "") -> str:
     """A self-contained page: totals, timings, config, failures, and the sample grid."""
     e = html.escape
     totals = [
@@ -431,14 +431,170 @@ def render_html(report: RunReport, rows: Sequence[SheetRow], thumb: int = 192) -
         _table(("class", "samples"), list(report.classes.items())),
         f"<h2>Samples ({len(rows)} shown)</h2>",
         f"<table class='grid'><thead>{grid_head}</tr></thead><tbody>{''.join(grid_rows)}</tbody></table>",
+        extra,  # e.g. scores_html(...)
         "</body></html>\n",
     ]
     return "\n".join(parts)
 
 
-def write_html(out: str | Path, report: RunReport, rows: Sequence[SheetRow], thumb: int = 192) -> Path:
+def write_html(
+    out: str | Path, report: RunReport, rows: Sequence[SheetRow], thumb: int = 192, extra: str = ""
+) -> Path:
     """Write the browsable page; images are embedded, so the file can be moved or mailed alone."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_html(report, rows, thumb), encoding="utf-8")
+    out.write_text(render_html(report, rows, thumb, extra), encoding="utf-8")
+    return out
+
+
+# --- drift scores (difaug.diffseg) ---------------------------------------------------------------
+
+SCORE_BINS = 10  # histogram bins over [0, 1]
+SCORE_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+@dataclass
+class ScoreStats:
+    """The distribution of `drift_iou` over a run's finished shards."""
+
+    rows: int  # aux images in finished shards
+    scored: int  # rows with a score
+    mean: float | None
+    quantiles: dict[str, float]  # "p5" … "p95"
+    bins: list[int]  # counts of SCORE_BINS equal bins over [0, 1]
+    mean_segments: float | None
+    lowest: list[tuple[str, float]]  # (key, drift_iou), lowest first
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def score_stats(run_dir: str | Path, lowest: int = 8) -> ScoreStats:
+    """Score numbers from the shards' score columns (no image bytes read)."""
+    view = open_run(run_dir)
+    keys: list[str] = []
+    ious: list[float | None] = []
+    segments: list[int | None] = []
+    for path in view.shard_paths:
+        t = pq.read_table(path, columns=["key", "drift_iou", "drift_segments"])
+        keys += t.column("key").to_pylist()
+        ious += t.column("drift_iou").to_pylist()
+        segments += t.column("drift_segments").to_pylist()
+    scored = [(k, v) for k, v in zip(keys, ious, strict=True) if v is not None]
+    values = np.array([v for _, v in scored], dtype=np.float64)
+    segs = [s for s in segments if s is not None]
+    return ScoreStats(
+        rows=len(keys),
+        scored=len(scored),
+        mean=float(values.mean()) if len(values) else None,
+        quantiles={f"p{round(q * 100)}": float(np.quantile(values, q)) for q in SCORE_QUANTILES}
+        if len(values)
+        else {},
+        bins=np.histogram(values, bins=SCORE_BINS, range=(0.0, 1.0))[0].astype(int).tolist(),
+        mean_segments=float(np.mean(segs)) if segs else None,
+        lowest=sorted(scored, key=lambda kv: (kv[1], kv[0]))[:lowest],
+    )
+
+
+def text_histogram(stats: ScoreStats, width: int = 30) -> list[str]:
+    """One line per bin: `0.0–0.1 │████      12`."""
+    top = max(stats.bins, default=0) or 1
+    lines = []
+    for i, n in enumerate(stats.bins):
+        bar = "█" * round(width * n / top)
+        lines.append(f"{i / SCORE_BINS:.1f}–{(i + 1) / SCORE_BINS:.1f} │{bar:<{width}} {n}")
+    return lines
+
+
+def histogram_image(stats: ScoreStats, width: int = 360, height: int = 160) -> np.ndarray:
+    """A bar chart of the drift-score histogram (RGB uint8), for the HTML page."""
+    img = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=11)
+    left, bottom, top_pad = 8, height - 18, 8
+    bar_w = (width - 2 * left) / SCORE_BINS
+    top = max(stats.bins, default=0) or 1
+    for i, n in enumerate(stats.bins):
+        h = (bottom - top_pad) * n / top
+        x0 = left + i * bar_w
+        draw.rectangle([x0 + 1, bottom - h, x0 + bar_w - 1, bottom], fill=(70, 110, 190))
+        draw.text((x0 + 2, bottom + 3), f"{i / SCORE_BINS:.1f}", fill=(0, 0, 0), font=font)
+    return np.asarray(img)
+
+
+def lowest_sheet_rows(
+    run_dir: str | Path, stats: ScoreStats, index: AuxIndex | None = None
+) -> list[SheetRow]:
+    """Contact-sheet rows for the lowest-scoring aux images: support | mask | condition | that aux."""
+    index = index or AuxIndex(run_dir)
+    out = []
+    for key, iou in stats.lowest:
+        sid, _, k = key.rpartition("/")
+        info = index.info(sid)
+        mask = _try(imageio.load_mask, info.mask)
+        aux = index.aux_images(sid)
+        out.append(
+            SheetRow(
+                f"{key}  drift_iou {iou:.2f}",
+                info.class_name,
+                info.class_id,
+                _try(imageio.load_image, info.image),
+                None if mask is None else mask_preview(mask, info.class_id),
+                index.condition_image(sid),
+                [aux[int(k)]] if int(k) < len(aux) else [],
+            )
+        )
+    return out
+
+
+def scores_html(stats: ScoreStats, lowest: Sequence[SheetRow], thumb: int = 160) -> str:
+    """The HTML section of the drift scores: numbers, histogram, lowest-scoring images."""
+    e = html.escape
+    if not stats.scored:
+        return "<h2>Drift scores</h2><p>none (run <code>difaug score RUN</code>)</p>"
+    numbers = [("scored / rows", f"{stats.scored} / {stats.rows}"), ("mean drift_iou", _fmt(stats.mean, 3))]
+    numbers += [(k, _fmt(v, 3)) for k, v in stats.quantiles.items()]
+    numbers.append(("mean segments", _fmt(stats.mean_segments, 1)))
+    hist = imageio.encode_png(histogram_image(stats))
+    rows = []
+    for row in lowest:
+        cells = "".join(
+            f'<td><img src="{_data_uri(a, thumb, c == MASK_COLUMN)}" width="{thumb}" height="{thumb}"></td>'
+            for c, a in enumerate(row.cells(1))
+        )
+        rows.append(f"<tr><th>{e(row.sample_id)}<br><small>{e(row.class_name)}</small></th>{cells}</tr>")
+    head = "<tr><th>aux image</th>" + "".join(f"<th>{e(c)}</th>" for c in column_labels(1)) + "</tr>"
+    return "\n".join(
+        [
+            "<h2>Drift scores (DiffSeg IoU with the support mask)</h2>",
+            _table(("", ""), numbers),
+            f"<img alt='drift_iou histogram' src='data:image/png;base64,{base64.b64encode(hist).decode()}'>",
+            f"<h2>Lowest drift scores ({len(lowest)})</h2>",
+            f"<table class='grid'><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>",
+        ]
+    )
+
+
+def write_segment_sheet(
+    out: str | Path, previews: Sequence[tuple[np.ndarray, np.ndarray | None, np.ndarray]], thumb: int = 128
+) -> Path:
+    """`difaug segment`'s sheet: image | ground-truth mask | DiffSeg segments, one row per image."""
+    from difaug.diffseg import colourise
+
+    cols = 3
+    width = PAD + cols * (thumb + PAD)
+    height = HEADER + len(previews) * (thumb + PAD) + PAD
+    sheet = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=11)
+    for c, label in enumerate(("image", "mask", "DiffSeg segments")):
+        draw.text((PAD + c * (thumb + PAD), 3), label, fill=TEXT, font=font)
+    for r, (image, truth, labels) in enumerate(previews):
+        top = HEADER + r * (thumb + PAD)
+        truth_rgb = None if truth is None else colourise(np.where(truth == 255, 0, truth).astype(np.int64))
+        for c, (arr, nearest) in enumerate(((image, False), (truth_rgb, True), (colourise(labels), True))):
+            sheet.paste(_thumbnail(arr, thumb, nearest), (PAD + c * (thumb + PAD), top))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(imageio.encode_png(np.asarray(sheet)))
     return out

@@ -152,6 +152,15 @@ def load_models(
         return gen, cond, time.perf_counter() - t0
 
 
+def _drift_scorer(generator: Any, cfg: JobConfig) -> Callable[..., list] | None:
+    """`(images, masks, class_ids) -> [DriftScore]` on the generator's loaded UNet (built once per
+    process), or None when the job does not score or the generator is a stand-in."""
+    from difaug import diffseg
+
+    scorer = diffseg.for_generator(generator, cfg)
+    return None if scorer is None else scorer.score
+
+
 def _free_device_memory() -> None:
     import gc
 
@@ -267,6 +276,10 @@ class _ShardState:
     failed_ids: set[str] = field(default_factory=set)
     busy: dict[str, float] = field(default_factory=dict)
     error: BaseException | None = None
+    # Drift scoring (difaug.diffseg): support masks by sample id, scores by row key; masks are kept
+    # only when the job scores (None otherwise).
+    masks: dict[str, np.ndarray] | None = None
+    scores: dict[str, dict] = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -380,6 +393,8 @@ def _prepare_stage(
                 except INPUT_ERRORS as e:
                     state.fail(inp.sample, "condition", _short(e))
                     continue
+                if state.masks is not None:
+                    state.masks[inp.sample.sample_id] = inp.mask
                 for item in items:
                     _put(items_q, (inp.sample, item), state)
         _put(items_q, _DONE, state)
@@ -394,6 +409,7 @@ def _generate_stage(
     results_q: queue.Queue,
     state: _ShardState,
     report: Callable[[int], None],
+    score: Callable[..., list] | None = None,
 ) -> None:
     """Bucket items by condition shape; run a batch when a bucket fills, the rest at the end.
 
@@ -411,6 +427,15 @@ def _generate_stage(
         state.add_time("generate", time.perf_counter() - t0)
         if len(results) != len(batch):
             raise RuntimeError(f"generator returned {len(results)} images for a batch of {len(batch)}")
+        if score is not None and state.masks is not None:  # on the device, right after the batch
+            t0 = time.perf_counter()
+            drift = score(
+                [r.image for r in results],
+                [state.masks[s.sample_id] for s, _ in batch],
+                [s.class_id for s, _ in batch],
+            )
+            state.scores.update((r.item.key, d.columns()) for r, d in zip(results, drift, strict=True))
+            state.add_time("score", time.perf_counter() - t0)
         for (sample, _), res in zip(batch, results, strict=True):
             _put(results_q, (sample, res), state)
         done += len(batch)
@@ -445,7 +470,9 @@ def _encode_stage(
                 continue
             t0 = time.perf_counter()
             try:
-                state.rows.append(_row(sample, res, cfg, provenance, cond_png))
+                state.rows.append(
+                    _row(sample, res, cfg, provenance, cond_png, state.scores.get(res.item.key))
+                )
             except INPUT_ERRORS as e:
                 state.fail(sample, "encode", _short(e))
             state.add_time("encode", time.perf_counter() - t0)
@@ -453,7 +480,14 @@ def _encode_stage(
     return run
 
 
-def _row(sample: Sample, res: Any, cfg: JobConfig, prov: dict, cond_png: dict[str, bytes]) -> dict:
+def _row(
+    sample: Sample,
+    res: Any,
+    cfg: JobConfig,
+    prov: dict,
+    cond_png: dict[str, bytes],
+    scores: dict | None = None,
+) -> dict:
     item = res.item
     if sample.sample_id not in cond_png:  # one condition per sample, shared by its X rows
         cond_png[sample.sample_id] = imageio.encode_png(item.condition)
@@ -471,6 +505,7 @@ def _row(sample: Sample, res: Any, cfg: JobConfig, prov: dict, cond_png: dict[st
         condition_png=cond_png[sample.sample_id],
         aux_bytes=encode_aux(res.image, cfg),
         provenance=prov,
+        scores=scores,
     )
 
 
@@ -541,6 +576,8 @@ def _run_shard(
     batch_size = int(getattr(generator, "batch_size", 0) or rt.batch_size)
     chunk = max(2, math.ceil(batch_size / cfg.num_aux))
     state = _ShardState(failures=[dict(f) for f in spec.failures])
+    score = _drift_scorer(generator, cfg)
+    state.masks = {} if score is not None else None
     items_q: queue.Queue = queue.Queue(maxsize=2 * batch_size)
     results_q: queue.Queue = queue.Queue(maxsize=2 * batch_size)
     encode = _encode_stage(cfg, generator.provenance, results_q, state)
@@ -553,7 +590,13 @@ def _run_shard(
             t.start()
         try:
             _generate_stage(
-                generator, batch_size, items_q, results_q, state, _progress_reporter(spec.index, progress)
+                generator,
+                batch_size,
+                items_q,
+                results_q,
+                state,
+                _progress_reporter(spec.index, progress),
+                score,
             )
         except _Stopped:
             pass

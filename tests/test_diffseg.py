@@ -66,7 +66,9 @@ def ref_merge(attns: np.ndarray, thresholds: list[float], grid: np.ndarray, side
     n = side * side
     anchors = attns[grid[:, 0], grid[:, 1]][:, None]  # A × 1 × L × L
     flat = attns.reshape(1, n, side, side)
-    kl_bin = np.concatenate([ref_kl(anchors[i : i + 16], flat) < thresholds[0] for i in range(0, len(anchors), 16)])
+    kl_bin = np.concatenate(
+        [ref_kl(anchors[i : i + 16], flat) < thresholds[0] for i in range(0, len(anchors), 16)]
+    )
     kl_bin = kl_bin.astype(np.float64)
     merged = (kl_bin @ attns.reshape(-1, n) / kl_bin.sum(1, keepdims=True)).reshape(-1, side, side)
     for threshold in thresholds[1:]:
@@ -96,7 +98,9 @@ def structured_attention(rng: np.random.Generator, side: int, heads: int, centre
     """Softmax self-attention `heads × N × N` of a `side×side` grid: tokens attend more to tokens
     of their own Voronoi region (`centres` in [0, 1]², shared by all resolutions), plus noise."""
     yy, xx = (np.mgrid[0:side, 0:side] + 0.5) / side
-    region = np.argmin((yy[..., None] - centres[:, 0]) ** 2 + (xx[..., None] - centres[:, 1]) ** 2, -1).ravel()
+    region = np.argmin(
+        (yy[..., None] - centres[:, 0]) ** 2 + (xx[..., None] - centres[:, 1]) ** 2, -1
+    ).ravel()
     same = (region[:, None] == region[None, :]).astype(np.float64)
     logits = 3.0 * same[None] + rng.normal(0, 1.0, (heads, side * side, side * side))
     logits -= logits.max(-1, keepdims=True)
@@ -118,7 +122,7 @@ def run_difaug(per_res: dict[int, list[np.ndarray]], side: int, scale: int) -> n
             t = torch.from_numpy(layer)[None]
             for start in range(0, s * s, 100):
                 sink.add(t[:, :, start : start + 100], start)
-    return diffseg.segment_maps(sink.mean_maps(), (side, side), scale)[0]
+    return diffseg.segment_maps(sink.mean_maps(), (side, side), scale, dtype=torch.float64)[0]
 
 
 def test_matches_numpy_reference_on_fixed_attention():
@@ -126,9 +130,13 @@ def test_matches_numpy_reference_on_fixed_attention():
     rng = np.random.default_rng(0)
     centres = rng.uniform(0, 1, (5, 2))
     sides = (32, 16, 8, 4)
-    per_res = {s: [structured_attention(rng, s, heads, centres) for _ in range(2 if s > 4 else 1)] for s in sides}
+    per_res = {
+        s: [structured_attention(rng, s, heads, centres) for _ in range(2 if s > 4 else 1)] for s in sides
+    }
     # The reference receives the per-resolution mean over layers (diffusion_model.py: Σ temp / 5).
-    expected = ref_segment([np.mean(per_res[s], axis=0) for s in sides], side, scale, list(diffseg.KL_THRESHOLDS))
+    expected = ref_segment(
+        [np.mean(per_res[s], axis=0) for s in sides], side, scale, list(diffseg.KL_THRESHOLDS)
+    )
     got = run_difaug(per_res, side, scale)
 
     assert got.shape == expected.shape == (side * scale, side * scale)
@@ -197,7 +205,13 @@ def test_content_inside_the_mask_scores_higher_than_moved_outside():
 def pipe(tiny_models):
     from difaug.models import ModelSpec, load_pipeline
 
-    return load_pipeline(ModelSpec(base=str(tiny_models / "stable-diffusion-v1-5"), controlnet=str(tiny_models / "sd-controlnet-hed")), device="cpu", dtype="float32")
+    return load_pipeline(
+        ModelSpec(
+            base=str(tiny_models / "stable-diffusion-v1-5"), controlnet=str(tiny_models / "sd-controlnet-hed")
+        ),
+        device="cpu",
+        dtype="float32",
+    )
 
 
 def test_capture_on_the_tiny_unet_keeps_the_forward_and_restores_processors(pipe):
@@ -215,7 +229,9 @@ def test_capture_on_the_tiny_unet_keeps_the_forward_and_restores_processors(pipe
         plain = seg.unet(latents, t, encoder_hidden_states=context, return_dict=False)[0]
     sink = diffseg.AttentionSink(tuple(latents.shape[2:]))
     capture = diffseg.CaptureSelfAttention(sink, chunk=7)
-    seg.unet.set_attn_processor({n: capture if n in names else p for n, p in seg.unet.attn_processors.items()})
+    seg.unet.set_attn_processor(
+        {n: capture if n in names else p for n, p in seg.unet.attn_processors.items()}
+    )
     with torch.no_grad():
         captured = seg.unet(latents, t, encoder_hidden_states=context, return_dict=False)[0]
     seg.unet.set_attn_processor(saved)
@@ -236,10 +252,13 @@ def test_capture_on_the_tiny_unet_keeps_the_forward_and_restores_processors(pipe
 def test_score_any_size_on_the_tiny_unet(pipe):
     seg = diffseg.DiffSeg(pipe)
     rng = np.random.default_rng(1)
-    images = [rng.integers(0, 256, (40, 56, 3), dtype=np.uint8), rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)]
+    images = [
+        rng.integers(0, 256, (40, 56, 3), dtype=np.uint8),
+        rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
+    ]
     masks = [np.zeros((40, 56), np.uint8), np.zeros((64, 64), np.uint8)]
     masks[0][10:30, 10:40] = 3
     masks[1][:, :32] = 3
-    scores = seg.score(images, masks, [3, 3], resolution=64)
+    scores = seg.score(images, masks, [3, 3])
     for s in scores:
         assert 0.0 <= s.iou <= 1.0 and s.segments >= 1

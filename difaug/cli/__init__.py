@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from difaug import __version__
-from difaug.cli import conditions, export, generate, inspect, manifest, models
+from difaug.cli import conditions, export, generate, inspect, manifest, models, score, segment
 
 app = typer.Typer(
     name="difaug",
@@ -23,6 +23,8 @@ app.add_typer(models.app, name="models")
 app.command("generate")(generate.generate)
 app.command("inspect")(inspect.inspect)
 app.command("export")(export.export)
+app.command("score")(score.score)
+app.command("segment")(segment.segment)
 
 
 def _version(value: bool) -> None:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
 
 from difaug.cli._common import console, fail
+
+if TYPE_CHECKING:
+    from difaug.report import ScoreStats
 
 
 def _num(value: float | None, digits: int = 2) -> str:
@@ -29,6 +33,12 @@ def inspect(
     thumb: int = typer.Option(128, "--thumb", min=16, help="Cell size of the contact sheet, pixels."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of tables."),
     show: int = typer.Option(20, "--show", min=0, help="List at most N failed rows and shards."),
+    lowest: int = typer.Option(
+        8,
+        "--lowest",
+        min=0,
+        help="Lowest drift scores to show: listed, on a second sheet (SHEET-lowest.png) and in --html.",
+    ),
 ) -> None:
     """Print what a run holds: rows, samples, classes, failures by reason; images/s overall and per
     shard, GPU-seconds; disk use; the job config. Optionally draw a contact sheet and an HTML page.
@@ -47,14 +57,18 @@ def inspect(
     except RunError as e:
         fail(str(e))
 
+    scores = rpt.score_stats(run, lowest)
+    low_rows = rpt.lowest_sheet_rows(run, scores) if (sheet or html) and scores.lowest else []
     if sheet or html:
         rows = rpt.sheet_rows(run, max_samples)
         if sheet:
             rpt.write_sheet(sheet, rows, rep.num_aux, thumb)
+            if low_rows:
+                rpt.write_sheet(_lowest_sheet_path(sheet), low_rows, 1, thumb)
         if html:
-            rpt.write_html(html, rep, rows)
+            rpt.write_html(html, rep, rows, extra=rpt.scores_html(scores, low_rows))
     if as_json:
-        console.print_json(json.dumps(rep.to_dict(), default=str))
+        console.print_json(json.dumps(rep.to_dict() | {"drift_scores": scores.to_dict()}, default=str))
         return
 
     totals = Table(title=f"run {escape(rep.run_dir)}", title_justify="left", show_header=False)
@@ -119,7 +133,32 @@ def inspect(
             console.print(f"… {len(rep.failures) - show} more failed rows (--json lists all)")
     else:
         console.print("[green]no failed rows[/]")
+    _print_scores(scores)
     if sheet:
         console.print(f"contact sheet: {escape(str(sheet))}")
+        if low_rows:
+            console.print(f"lowest drift scores sheet: {escape(str(_lowest_sheet_path(sheet)))}")
     if html:
         console.print(f"html: {escape(str(html))}")
+
+
+def _lowest_sheet_path(sheet: Path) -> Path:
+    return sheet.with_name(f"{sheet.stem}-lowest{sheet.suffix or '.png'}")
+
+
+def _print_scores(scores: ScoreStats) -> None:
+    """The drift-score distribution (difaug.diffseg): numbers, a text histogram, the lowest rows."""
+    from difaug.report import text_histogram
+
+    if not scores.scored:
+        console.print(f"drift scores: none of {scores.rows} rows scored (`difaug score RUN` fills them)")
+        return
+    q = "  ".join(f"{k} {v:.2f}" for k, v in scores.quantiles.items())
+    console.print(
+        f"[bold]drift scores[/] (DiffSeg IoU with the support mask): {scores.scored} / {scores.rows} "
+        f"scored, mean {scores.mean:.3f}, {q}, {_num(scores.mean_segments, 1)} segments per image"
+    )
+    for line in text_histogram(scores):
+        console.print("  " + line, highlight=False)
+    if scores.lowest:
+        console.print("lowest: " + ", ".join(f"{escape(k)} {v:.2f}" for k, v in scores.lowest))
