@@ -1,0 +1,141 @@
+"""`difaug score` on existing runs, and drift scores written during generation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from difaug import shards
+from difaug.score import ScoreSummary, is_scored, score_run
+
+pytest.importorskip("torch")
+
+from _runner_helpers import job, make_dataset
+from _runs import make_run
+
+from difaug.runner import run
+
+
+@pytest.fixture(scope="module")
+def diffseg_score(tiny_models: Path):
+    """The real DiffSeg scorer on the tiny model's UNet."""
+    from difaug.config import JobConfig, RuntimeConfig
+    from difaug.score import load_scorer
+
+    return load_scorer(JobConfig(model=str(tiny_models)), RuntimeConfig(device="cpu", dtype="float32"))
+
+
+class Killed(Exception):
+    pass
+
+
+def counting(scorer, fail_after: int | None = None):
+    """The scorer, counting calls; raises `Killed` on call number `fail_after + 1` (a killed run)."""
+    calls = []
+
+    def score(images, masks, class_ids):
+        if fail_after is not None and len(calls) >= fail_after:
+            raise Killed
+        calls.append(len(images))
+        return scorer(images, masks, class_ids)
+
+    score.calls = calls
+    return score
+
+
+def shard_bytes(run_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in shards.iter_shard_paths(run_dir)}
+
+
+def without_scores(table: pa.Table) -> pa.Table:
+    return table.drop_columns(list(shards.SCORE_COLUMNS))
+
+
+def test_score_an_old_run_is_resumable_and_idempotent(tmp_path: Path, diffseg_score) -> None:
+    synth = make_run(tmp_path, num_aux=2, shard_size=2)  # 3 shards, score columns null
+    before = {p.name: shards.read_shard(p) for p in shards.iter_shard_paths(synth.run_dir)}
+    assert all(not is_scored(t) for t in before.values())
+
+    # A run killed while scoring its second shard: the first is written and marked.
+    first = counting(diffseg_score, fail_after=1)
+    with pytest.raises(Killed):
+        score_run(synth.run_dir, first, batch_size=8)
+    markers = shards.load_stats(synth.run_dir)
+    assert [("scored" in m) for m in markers] == [True, False, False]
+
+    # The rerun scores only the other shards.
+    second = counting(diffseg_score)
+    summary = score_run(synth.run_dir, second, batch_size=8)
+    assert isinstance(summary, ScoreSummary)
+    assert summary.skipped_shards == [0] and summary.scored_shards == [1, 2]
+    assert summary.rows == sum(t.num_rows for t in before.values()) - before["00000.parquet"].num_rows
+    assert all("scored" in m for m in shards.load_stats(synth.run_dir))
+
+    for name, old in before.items():
+        new = shards.read_shard(synth.run_dir / shards.SHARDS_DIR / name)
+        assert without_scores(new).equals(without_scores(old))  # nothing else changed
+        iou = new.column("drift_iou").to_pylist()
+        assert all(v is not None and 0.0 <= v <= 1.0 for v in iou)
+        assert all(n >= 1 for n in new.column("drift_segments").to_pylist())
+
+    # A third call changes nothing and runs no model.
+    snapshot = shard_bytes(synth.run_dir)
+    third = counting(diffseg_score)
+    summary = score_run(synth.run_dir, third, batch_size=8)
+    assert third.calls == [] and summary.scored_shards == [] and summary.skipped_shards == [0, 1, 2]
+    assert shard_bytes(synth.run_dir) == snapshot
+
+
+def test_a_shard_filled_before_its_marker_is_only_marked(tmp_path: Path) -> None:
+    synth = make_run(tmp_path, num_aux=1, shard_size=5)
+    path = next(shards.iter_shard_paths(synth.run_dir))
+    table = shards.read_shard(path)
+    n = table.num_rows
+    filled = table.set_column(
+        table.schema.get_field_index("drift_iou"), "drift_iou", pa.array([0.5] * n, pa.float64())
+    ).set_column(
+        table.schema.get_field_index("drift_segments"), "drift_segments", pa.array([3] * n, pa.int32())
+    )
+    shards.write_shard(path, filled)  # killed after the shard, before the marker
+
+    def never(*_):
+        raise AssertionError("a filled shard must not be scored again")
+
+    summary = score_run(synth.run_dir, never)
+    assert summary.skipped_shards == [0]
+    assert shards.load_stats(synth.run_dir)[0]["scored"]["rows"] == n
+
+
+def test_generate_scores_by_default_and_score_fills_a_run_made_without(
+    tmp_path: Path, tiny_models: Path
+) -> None:
+    data = make_dataset(tmp_path / "data", 3, sizes=[(96, 64), (64, 64)])
+    cfg = {"condition": "seg", "model": str(tiny_models), "num_aux": 2, "shard_size": 2}
+    scored = run(job(data, tmp_path / "scored", **cfg))
+    plain = run(job(data, tmp_path / "plain", score="none", **cfg))
+    assert scored.ok and plain.ok
+
+    def table(out: Path) -> pa.Table:
+        return pa.concat_tables(shards.read_shard(p) for p in shards.iter_shard_paths(out))
+
+    with_scores, without = table(tmp_path / "scored"), table(tmp_path / "plain")
+    assert with_scores.column("drift_iou").null_count == 0
+    assert without.column("drift_iou").null_count == without.num_rows
+    assert "score" in shards.load_stats(tmp_path / "scored")[0]["seconds"]
+
+    from difaug.config import JobConfig, RuntimeConfig
+    from difaug.score import load_scorer
+
+    scorer = load_scorer(JobConfig(model=str(tiny_models)), RuntimeConfig(device="cpu", dtype="float32"))
+    score_run(tmp_path / "plain", scorer, batch_size=4)
+    later = table(tmp_path / "plain")
+    # Same stored images, same masks → the scores generation wrote (floating-point tolerance:
+    # generation scored a whole device batch, `score` its own batches).
+    np.testing.assert_allclose(
+        np.array(later.column("drift_iou").to_pylist(), float),
+        np.array(with_scores.column("drift_iou").to_pylist(), float),
+        atol=1e-6,
+    )
