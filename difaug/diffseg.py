@@ -66,9 +66,10 @@ PROMPT = ""
 # ---- difaug's own choices -------------------------------------------------------------------------
 # A segment counts as "the object" when more than this share of its area lies inside the mask.
 MOSTLY_INSIDE = 0.5
-# Query rows per chunk in the capture: 8 heads × 1024 × 4096 float32 = 128 MiB at 64×64 tokens.
+# Query rows per chunk in the capture: 8 heads × 1024 × 4096 float32 = 128 MiB per image at 64×64
+# tokens (the full map would be 512 MiB per layer).
 QUERY_CHUNK = 1024
-# Merged maps upsampled per chunk in the NMS (each chunk is chunk × H × W float64).
+# Merged maps upsampled per chunk in the NMS (each chunk is chunk × image H × W floats).
 NMS_CHUNK = 16
 IGNORE = 255  # mask value that is neither object nor background
 

@@ -43,6 +43,7 @@ def generate(
     image_format: str | None = _opt("--image-format", "png or jpeg for the aux images."),
     jpeg_quality: int | None = _opt("--jpeg-quality", "JPEG quality (image-format jpeg)."),
     shard_size: int | None = _opt("--shard-size", "Manifest rows per shard (one Dask task each)."),
+    score: str | None = _opt("--score", "diffseg (DiffSeg drift scores in the shards) or none."),
     limit: int | None = _opt("--limit", "Only the first N manifest rows (part of the plan)."),
     batch_size: int | None = _opt("--batch-size", "Images per generator call.", _EXECUTION),
     cluster: str | None = _opt("--cluster", "sync, local, cuda or slurm.", _EXECUTION),
