@@ -262,3 +262,33 @@ def test_score_any_size_on_the_tiny_unet(pipe):
     scores = seg.score(images, masks, [3, 3])
     for s in scores:
         assert 0.0 <= s.iou <= 1.0 and s.segments >= 1
+
+
+def test_capture_on_a_unet_with_attention_at_every_level():
+    """Another layout than the tiny model's: attention at two levels and in the mid block."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=8,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    ).eval()
+    names = diffseg.self_attention_names(unet)
+    sink = diffseg.AttentionSink((16, 16))
+    capture = diffseg.CaptureSelfAttention(sink, chunk=50)
+    unet.set_attn_processor({n: capture if n in names else p for n, p in unet.attn_processors.items()})
+    with torch.no_grad():
+        unet(torch.randn(1, 4, 16, 16), diffseg.TIMESTEP, encoder_hidden_states=torch.randn(1, 5, 8))
+    # 16×16: one down + two up layers; 8×8: one down + one mid + two up layers.
+    assert sink.layers == {256: 3, 64: 4}
+    maps = sink.mean_maps()
+    labels = diffseg.segment_maps(maps, (16, 16), 2)[0]
+    assert labels.shape == (32, 32) and labels.min() == 0
