@@ -14,18 +14,20 @@ DiffSeg segments any image with no training from Stable Diffusion's self-attenti
 3. *Iterative attention merging* (`mask_merge`): anchors on a 16×16 grid each gather the maps
    within a symmetric-KL threshold; then twice more, greedily, proposals within the threshold are
    averaged.
-4. *Non-maximum suppression* (`generate_masks`): the merged maps upsampled bilinearly by the VAE's
-   scale factor; each pixel takes the index of the largest map.
+4. *Non-maximum suppression* (`generate_masks`): the merged maps upsampled bilinearly to the
+   UNet's input size (SD1.5: ×8); each pixel takes the index of the largest map.
 
 Reference: google/diffseg, `diffseg/segmentor.py` (algorithm), `third_party/keras-cv/
 diffusion_model.py` (which attention maps, their per-resolution mean), `third_party/keras_cv/
 stable_diffusion.py` (the single pass on the clean latent), `benchmarks.ipynb` (parameters of the
-published COCO-Stuff-27 result). Deliberate differences, all for images that are not 512×512:
-the latent grid may be rectangular (every formula is applied per axis), anchors are at most one
-per latent position, and the final map is at the working size (×`vae_scale_factor`). The
-reference computes the first merge's KL in float16 to fit a GPU; here it is float64 (a matrix
-product form of the same sum). The optional K-means refinement (`REFINEMENT`) is off, as in the
-reference's benchmark.
+published COCO-Stuff-27 result). Deliberate differences, for images and models other than
+512×512 on SD: an image is resized to the model's native short side (SD1.5: 512) with its aspect
+kept, so the grids may be rectangular (every formula is applied per axis); the maps are aggregated
+on the highest captured grid (SD1.5: 64×64, the reference's), anchors are at most one per grid
+cell, and the NMS upsamples to the UNet's input size, then the labels are resized (nearest) to the
+image's own size. The reference computes the first merge's KL in float16 to fit a GPU; here it is
+float32 by default (float64 in the exactness test), as a matrix product form of the same sum. The
+optional K-means refinement (`REFINEMENT`) is off, as in the reference's benchmark.
 
 The published quality (COCO-Stuff-27 mIoU 43.6 with SD1.4 weights) was not reproduced here: this
 environment has no real weights. Tests check the implementation against a numpy restatement of
@@ -212,21 +214,21 @@ def anchor_axis(length: int, points: int = ANCHOR_GRID) -> np.ndarray:
     return np.linspace(start, total + start, points).astype(int)
 
 
-def anchor_indices(latent_hw: tuple[int, int], points: int = ANCHOR_GRID) -> np.ndarray:
+def anchor_indices(grid_hw: tuple[int, int], points: int = ANCHOR_GRID) -> np.ndarray:
     """Flat query indices of the anchors, in the reference's order (grid rows outer)."""
-    h, w = latent_hw
+    h, w = grid_hw
     rows, cols = np.meshgrid(anchor_axis(h, points), anchor_axis(w, points), indexing="ij")
     return (rows * w + cols).reshape(-1)
 
 
-def aggregate(maps: Mapping[int, torch.Tensor], latent_hw: tuple[int, int]) -> torch.Tensor:
+def aggregate(maps: Mapping[int, torch.Tensor], grid_hw: tuple[int, int]) -> torch.Tensor:
     """The reference's `aggregate_weights` for a batch: per-resolution maps `{N: (B, N, N)}` (mean
-    over heads and layers) → `(B, H·W, H·W)` rows = query positions, columns = key positions of
-    the latent grid. Works in place on the highest-resolution map when it is at the latent's size."""
+    over heads and layers) → `(B, H·W, H·W)` on the `grid_hw` grid (the highest resolution; rows =
+    query positions, columns = key positions). Works in place on the map already at that size."""
     import torch.nn.functional as F
 
-    h, w = latent_hw
-    sink = AttentionSink(latent_hw)
+    h, w = grid_hw
+    sink = AttentionSink(grid_hw)
     grids = {n: sink.grid(n) for n in maps}
     sides = {n: math.sqrt(n) for n in maps}
     denom = sum(sides.values())
@@ -261,7 +263,7 @@ def _sym_kl(a: torch.Tensor, b: torch.Tensor, log_a: torch.Tensor, log_b: torch.
 
 def merge(
     attention: torch.Tensor,
-    latent_hw: tuple[int, int],
+    grid_hw: tuple[int, int],
     thresholds: Sequence[float] = KL_THRESHOLDS,
     points: int = ANCHOR_GRID,
     dtype: torch.dtype | None = None,
@@ -273,7 +275,7 @@ def merge(
     maps = attention.to(dtype or torch.float32)
     # An underflowed probability (exactly 0) would make 0·log 0 = nan: clamp to the smallest normal.
     log_maps = maps.clamp_min(torch.finfo(maps.dtype).tiny).log()
-    anchors = torch.as_tensor(anchor_indices(latent_hw, points), device=maps.device)
+    anchors = torch.as_tensor(anchor_indices(grid_hw, points), device=maps.device)
     near = _sym_kl(maps[anchors], maps, log_maps[anchors], log_maps) < thresholds[0]
     near = near.to(maps.dtype)
     proposals = (near @ maps) / near.sum(1, keepdim=True)
@@ -294,14 +296,14 @@ def merge(
     return proposals
 
 
-def suppress(proposals: torch.Tensor, latent_hw: tuple[int, int], scale: int) -> np.ndarray:
+def suppress(proposals: torch.Tensor, grid_hw: tuple[int, int], scale: int) -> np.ndarray:
     """Non-maximum suppression (`generate_masks`): proposals upsampled bilinearly by `scale`, each
     pixel labelled with its largest proposal (first on ties). Labels are renumbered 0..n-1 in
     order of their proposal index. Returns `(H·scale, W·scale)` int32."""
     import torch
     import torch.nn.functional as F
 
-    h, w = latent_hw
+    h, w = grid_hw
     maps = proposals.reshape(-1, 1, h, w)
     best_val = best_idx = None
     for start in range(0, len(maps), NMS_CHUNK):
