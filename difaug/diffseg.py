@@ -9,7 +9,7 @@ DiffSeg segments any image with no training from Stable Diffusion's self-attenti
    one running sum per token resolution. No layer's full per-head map (4096×4096×heads at 64×64
    tokens) is ever held; every other attention keeps its own processor (SDPA).
 2. *Aggregation* (the reference's `aggregate_weights`): per resolution, the mean over its layers;
-   each map upsampled bilinearly to the latent grid, renormalised to sum 1, tiled over the query
+   each map upsampled bilinearly to the highest grid, renormalised to sum 1, tiled over the query
    positions, weighted by its resolution's side over the sum of the sides.
 3. *Iterative attention merging* (`mask_merge`): anchors on a 16×16 grid each gather the maps
    within a symmetric-KL threshold; then twice more, greedily, proposals within the threshold are
@@ -29,7 +29,7 @@ image's own size. The reference computes the first merge's KL in float16 to fit 
 float32 by default (float64 in the exactness test), as a matrix product form of the same sum. The
 optional K-means refinement (`REFINEMENT`) is off, as in the reference's benchmark.
 
-The published quality (COCO-Stuff-27 mIoU 43.6 with SD1.4 weights) was not reproduced here: this
+The published quality (COCO-Stuff-27 mIoU 43.6 with real SD weights) was not reproduced here: this
 environment has no real weights. Tests check the implementation against a numpy restatement of
 the reference on fixed attention tensors.
 """
