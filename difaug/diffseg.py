@@ -557,6 +557,10 @@ class MatchCounts:
         seen = denom > 0
         return float(np.mean(self.tp[seen] / denom[seen])) if seen.any() else None
 
+    def classes(self) -> int:
+        """Class ids that occur (in a mask or matched to a segment)."""
+        return int((self.tp + self.fp + self.fn > 0).sum())
+
     def pixel_accuracy(self) -> float | None:
         return float(self.tp.sum() / self.pixels) if self.pixels else None
 

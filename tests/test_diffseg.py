@@ -292,3 +292,16 @@ def test_capture_on_a_unet_with_attention_at_every_level():
     maps = sink.mean_maps()
     labels = diffseg.segment_maps(maps, (16, 16), 2)[0]
     assert labels.shape == (32, 32) and labels.min() == 0
+
+
+def test_hungarian_matching_is_label_free_and_ignores_255():
+    truth = np.array([[0, 0, 4, 4], [0, 0, 4, 4], [255, 255, 4, 4]])
+    perfect = np.array([[7, 7, 2, 2], [7, 7, 2, 2], [1, 1, 2, 2]])  # any segment ids
+    counts = diffseg.MatchCounts()
+    counts.add(perfect, truth)
+    assert counts.miou() == 1.0 and counts.pixel_accuracy() == 1.0 and counts.classes() == 2
+    one_blob = np.zeros_like(truth)  # everything one segment: it matches class 4 (6 px > 4 px)
+    counts = diffseg.MatchCounts()
+    counts.add(one_blob, truth)
+    # class 4: tp 6, fp 4 → IoU 0.6; class 0: nothing matched → IoU 0.
+    assert counts.miou() == pytest.approx(0.3) and counts.pixel_accuracy() == pytest.approx(0.6)

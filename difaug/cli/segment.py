@@ -74,7 +74,7 @@ def segment(
     if miou is not None:
         console.print(
             f"mIoU {100 * miou:.1f}  pixel accuracy {100 * (result.counts.pixel_accuracy() or 0):.1f}  "
-            f"({len(result.counts.tp)} class ids, Hungarian matching per image)"
+            f"({result.counts.classes()} classes, Hungarian matching per image)"
         )
     if sheet:
         from difaug import report
