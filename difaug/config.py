@@ -142,12 +142,16 @@ class RuntimeConfig:
         check_device_name(self.device)
         _choice("compile_mode", self.compile_mode, COMPILE_MODES)
         if self.compile and self.offload:
-            raise ConfigError("compile and offload cannot be combined; choose one (--no-compile or --no-offload)")
+            raise ConfigError(
+                "compile and offload cannot be combined; choose one (--no-compile or --no-offload)"
+            )
         for name in ("workers", "threads_per_worker", "batch_size", "max_side", "max_pixels"):
             _int_at_least(name, getattr(self, name), 1)
         _int_at_least("retries", self.retries, 0)
-        if isinstance(self.max_aspect, bool) or not isinstance(self.max_aspect, int | float) or not (
-            math.isfinite(self.max_aspect) and self.max_aspect >= 1
+        if (
+            isinstance(self.max_aspect, bool)
+            or not isinstance(self.max_aspect, int | float)
+            or not (math.isfinite(self.max_aspect) and self.max_aspect >= 1)
         ):
             raise ConfigError(f"max_aspect must be a number >= 1, got {self.max_aspect!r}")
         if not isinstance(self.slurm, dict):

@@ -159,7 +159,9 @@ def _read_records(path: str) -> Iterator[dict]:
             raise ManifestError(f"{path}: not a readable Parquet file: {e}") from e
         repeated = sorted({n for n in table.column_names if table.column_names.count(n) > 1})
         if repeated:
-            raise ManifestError(f"{path}: column(s) {', '.join(repeated)} appear more than once; keep one of each")
+            raise ManifestError(
+                f"{path}: column(s) {', '.join(repeated)} appear more than once; keep one of each"
+            )
         for batch in table.to_batches(max_chunksize=4096):
             yield from batch.to_pylist()
         return

@@ -80,8 +80,11 @@ from difaug.config import (
     JobConfig,
 )
 
+# Device and dtype: one implementation for the package (difaug.device); `models.resolve_device`
+# and `models.resolve_dtype` stay importable from here.
+from difaug.device import resolve_device, resolve_dtype, torch_dtype
+
 if TYPE_CHECKING:
-    import torch
     from diffusers import StableDiffusionControlNetPipeline
 
 BUNDLE_INDEX = "difaug-models.json"
@@ -180,15 +183,6 @@ def read_bundle(path: str | Path) -> dict[str, Any] | None:
     if data.get("hed_weights"):
         out["hed_weights"] = absolute(data["hed_weights"])
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# Device and dtype
-# --------------------------------------------------------------------------------------------
-
-
-# One implementation for the package; re-exported here for existing callers (`models.resolve_device`).
-from difaug.device import resolve_device, resolve_dtype, torch_dtype  # noqa: E402, F401
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,6 +14,9 @@ err_console = Console(stderr=True)
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print one clear error line (no traceback) and exit with `code`."""
-    # escape: messages carry things like "difaug[cuda]" that rich would eat as markup
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    from difaug.text import display_text
+
+    # escape: messages carry things like "difaug[cuda]" that rich would eat as markup;
+    # display_text: and manifest text (newlines, escape sequences, RTL marks) that must stay one line
+    err_console.print(f"[bold red]error:[/] {escape(display_text(message, 2000))}", highlight=False)
     raise typer.Exit(code)
