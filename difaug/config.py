@@ -173,7 +173,10 @@ class Job:
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ConfigError(f"{name}={value!r} is not one of: {', '.join(allowed)}")
+        raise ConfigError(
+            f"{name}={value!r} is not one of: {', '.join(allowed)}; set --{name.replace('_', '-')} "
+            f"(or `{name}:` in the config file) to one of them"
+        )
 
 
 def _int_at_least(name: str, value: object, low: int) -> None:

@@ -336,6 +336,8 @@ def _refuse_before_plan(job: Job, manifest: Manifest) -> None:
     probe = out / f".difaug-write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         probe.write_bytes(b"difaug")
+    except OSError as e:  # a failed write() (disk full) names no file: say which
+        raise OSError(e.errno, e.strerror, str(out)) from e
     finally:
         probe.unlink(missing_ok=True)
 

@@ -18,5 +18,8 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
     # escape: messages carry things like "difaug[cuda]" that rich would eat as markup;
     # display_text: and manifest text (newlines, escape sequences, RTL marks) that must stay one line
-    err_console.print(f"[bold red]error:[/] {escape(display_text(message, 2000))}", highlight=False)
+    # soft_wrap: one line, however narrow the terminal (it wraps it, rich does not break it up)
+    err_console.print(
+        f"[bold red]error:[/] {escape(display_text(message, 2000))}", highlight=False, soft_wrap=True
+    )
     raise typer.Exit(code)

@@ -56,15 +56,22 @@ def _paths(e: OSError) -> str:
     return " → ".join(names)
 
 
-def describe_os_error(e: OSError) -> str:
-    """One line: the path, what went wrong and what to do (`e.strerror` when the errno is unusual)."""
+def describe_os_error(e: OSError, context: str = "") -> str:
+    """One line: the path, what went wrong and what to do (`e.strerror` when the errno is unusual).
+
+    A failed `write()` (a full disk) carries no file name; `context` (the verb's output folder)
+    then says where."""
     what, todo = _OS_ADVICE.get(
         e.errno or -1, (e.strerror or str(e) or type(e).__name__, "check the path and retry")
     )
     if isinstance(e, FileExistsError) and e.errno is None:
         what, todo = _OS_ADVICE[errno.EEXIST]
     where = _paths(e)
-    return f"cannot use {where}: {what}; {todo}" if where else f"{what} ({e}); {todo}"
+    if where:
+        return f"cannot use {where}: {what}; {todo}"
+    if context:
+        return f"cannot write under {context}: {what}; {todo}"
+    return f"{what} ({e}); {todo}"
 
 
 def _library_errors() -> tuple[type[BaseException], ...]:
@@ -101,7 +108,8 @@ def guard(func: F) -> F:
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
         except OSError as e:
-            fail(describe_os_error(e), EXIT_CANNOT_START)
+            out = kwargs.get("out")
+            fail(describe_os_error(e, str(out) if out else ""), EXIT_CANNOT_START)
         except Exception as e:
             if isinstance(e, _library_errors()):
                 fail(str(e), EXIT_CANNOT_START)
