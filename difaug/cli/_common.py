@@ -12,6 +12,13 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def escape_text(value: object, max_chars: int = 500) -> str:
+    """Data (manifest text, paths, reasons) for a rich markup string: one visible line, escaped."""
+    from difaug.text import display_text
+
+    return escape(display_text(value, max_chars))
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print one clear error line (no traceback) and exit with `code`."""
     from difaug.text import display_text
