@@ -152,3 +152,13 @@ def test_deep_check_refuses_a_cut_jpeg_that_a_header_check_accepts(tmp_path: Pat
     assert imageio.load_image(path).shape == (192, 256, 3)  # and PIL decodes it without a word
     with pytest.raises(imageio.ImageReadError, match=r"cannot decode .*cut\.jpg: Corrupt JPEG data"):
         imageio.check_image_file(path, deep=True)
+
+
+def test_padding_between_jpeg_segments_is_not_a_failure(tmp_path: Path) -> None:
+    # libjpeg warns "3 extraneous bytes before marker 0xdb", but every pixel is there
+    raw = _jpeg(tmp_path, cut=False)
+    i = raw.index(b"\xff\xdb")
+    padded = tmp_path / "padded.jpg"
+    padded.write_bytes(raw[:i] + b"\x00\x00\x00" + raw[i:])
+    assert imageio.jpeg_decoder_warnings(padded.read_bytes()) == []
+    assert imageio.check_image_file(padded, deep=True)[:2] == (256, 192)
