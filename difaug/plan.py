@@ -151,16 +151,12 @@ def prepare_run_dir(job: Job, plan: Plan) -> RunCheck:
         raise PlanError(
             f"{out} has shards but no {rundir.PLAN_FILE}; use another --out, or --overwrite to start over"
         )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        if rundir.is_permanent(e):
-            raise rundir.output_error(out, e) from e
-        raise
+    rundir.ensure_dir(out)
     rundir.remove_temp_files(out)
     if not plan_file.is_file():
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         rundir.write_plan(out, Plan(**{**_fields(plan), "created": created}))
+    rundir.probe_writable(out)  # shards/ and stats/ writable: else one clear error before any work
     check = rundir.verify_run(out, plan)
     for c in check.invalid:  # redone by this run; no stale marker may outlive the new shard
         rundir.marker_path(out, c.shard.index).unlink(missing_ok=True)

@@ -412,6 +412,18 @@ class Summary:
 # ----------------------------------------------------------------------------- writing
 
 
+def ensure_dir(folder: Path) -> None:
+    """`mkdir -p folder`; OutputError when a file stands in its way or it cannot be made."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as e:  # a file of that name
+        raise output_error(folder, OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))) from e
+    except OSError as e:
+        if is_permanent(e):
+            raise output_error(folder, e) from e
+        raise
+
+
 def temp_name(target: Path) -> Path:
     return target.with_name(f".{target.name}{_TEMP_TAG}{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
@@ -424,8 +436,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     write into the same file. A permanent OS error (read-only, no space) becomes OutputError."""
     path = Path(path)
     tmp = temp_name(path)
+    ensure_dir(path.parent)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
@@ -473,8 +485,8 @@ def probe_writable(out: str | Path) -> None:
     written (read-only, no permission, no space), before any work is spent on a shard."""
     for folder in (Path(out) / SHARDS_DIR, Path(out) / STATS_DIR):
         tmp = temp_name(folder / "probe")
+        ensure_dir(folder)
         try:
-            folder.mkdir(parents=True, exist_ok=True)
             tmp.write_bytes(b"")
         except OSError as e:
             if is_permanent(e):
@@ -732,8 +744,8 @@ class RunLock:
         self.took_over: LockOwner | None = None
 
     def acquire(self) -> RunLock:
+        ensure_dir(self.path.parent)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             if is_permanent(e):
