@@ -114,6 +114,8 @@ def test_driver_killed_then_resumed_equals_uninterrupted(tmp_path: Path, tiny_mo
     assert not list(out.rglob(".*.difaug-tmp-*"))
     # The killed driver left its lock behind: the resume took it over and said so.
     assert "took over the lock" in res.stdout, res.stdout
+    # The plan names the command that made it: `inspect` offers it as the fix for broken shards.
+    assert rundir.read_plan(out).command.startswith("difaug generate --manifest")
     # The uninterrupted run (in-process, same config, same thread settings) gives the same bytes.
     ref = tmp_path / "ref"
     run(
