@@ -31,7 +31,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -161,6 +161,10 @@ class Failure:
     def to_dict(self) -> dict[str, Any]:
         d = {"row": self.row, "sample_id": self.sample_id, "stage": self.stage, "reason": self.reason}
         return d | ({"shard": self.shard} if self.shard else {})
+
+    def __getitem__(self, key: str) -> Any:
+        """`failure["reason"]`: the dict shape failures had before this record (transitional)."""
+        return self.to_dict()[key]
 
     @classmethod
     def from_dict(cls, d: Any, shard: str = "") -> Failure:
@@ -306,6 +310,10 @@ class ShardStats:
     @property
     def samples(self) -> int:
         return self.rows[1] - self.rows[0]
+
+    def __getitem__(self, key: str) -> Any:
+        """`stats["done"]`: the dict shape `run_shard` returned before this record (transitional)."""
+        return self.to_dict()[key]
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -497,6 +505,16 @@ def probe_writable(out: str | Path) -> None:
                 tmp.unlink(missing_ok=True)
 
 
+def rewrite_marker(out: str | Path, stats: ShardStats, **changes: Any) -> ShardStats:
+    """After a shard file was rewritten in place (e.g. scores added), record its new size and
+    checksum in its marker, with `changes` to other marker fields. Verify the shard *before* the
+    rewrite: this vouches for whatever file is there now."""
+    path = shard_path(out, stats.shard)
+    new = replace(stats, file=file_record(path, stats.file.rows), **changes)
+    write_marker(out, new)
+    return new
+
+
 def file_record(path: str | Path, rows: int) -> ShardFile:
     """Size, row count and sha256 of a shard file as it is on disk (for its marker)."""
     return ShardFile(Path(path).stat().st_size, rows, file_sha256(path))
@@ -620,7 +638,13 @@ def verify_shard(out: str | Path, plan: Plan, shard: ShardRange) -> ShardCheck:
 def verify_run(out: str | Path, plan: Plan | None = None) -> RunCheck:
     """Every planned shard's verdict (reads the plan when not given)."""
     plan = plan or read_plan(out)
-    return RunCheck(plan, tuple(verify_shard(out, plan, s) for s in plan.shards))
+    if len(plan.shards) < 2:
+        return RunCheck(plan, tuple(verify_shard(out, plan, s) for s in plan.shards))
+    # sha256 releases the GIL on large buffers: a few threads hash a big run several times faster.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="difaug-verify") as pool:
+        return RunCheck(plan, tuple(pool.map(lambda s: verify_shard(out, plan, s), plan.shards)))
 
 
 def fix_command(plan: Plan) -> str:
@@ -756,7 +780,8 @@ class RunLock:
         except BlockingIOError:
             owner = _read_owner(fd)
             os.close(fd)
-            if not self.force:
+            alive_here = owner is not None and owner.host == _HOST and _pid_alive(owner.pid)
+            if not self.force or alive_here:
                 who = str(owner) if owner else "another process"
                 hint = (
                     " If that process is gone, pass --force-unlock."

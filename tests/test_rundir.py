@@ -204,6 +204,21 @@ def test_verification_hashes_each_file_once(tmp_path: Path, monkeypatch: pytest.
     assert [c.shard.index for c in rundir.verify_run(out).invalid] == [0]
 
 
+def test_rewritten_shard_is_vouched_for_by_rewrite_marker(tmp_path: Path) -> None:
+    """A verb that rewrites a finished shard (scores added) records the new file in the marker."""
+    out, _ = _done_run(tmp_path)
+    stats = rundir.read_marker(out, 0)
+    rows = shards.read_shard(rundir.shard_path(out, 0)).to_pylist()
+    for r in rows:
+        r["drift_iou"], r["drift_segments"] = 0.5, 3
+    shards.write_shard(rundir.shard_path(out, 0), rows)
+    assert [c.shard.index for c in rundir.verify_run(out).invalid] == [0]
+    rundir.rewrite_marker(out, stats)
+    assert len(rundir.verify_run(out).done) == 3
+    scores = shards.read_shard(rundir.shard_path(out, 0), ["drift_segments"]).column(0).to_pylist()
+    assert set(scores) == {3}
+
+
 # ----------------------------------------------------------------------------- the lock
 
 _HOLD = textwrap.dedent(
@@ -235,6 +250,8 @@ def test_live_lock_refuses_dead_lock_is_taken_over(tmp_path: Path) -> None:
             LockError, match=rf"in use by difaug generate \(pid {holder.pid} on host .*, started"
         ):
             run(replace(job(m, out), overwrite=True), generator_factory=sleep_factory())
+        with pytest.raises(LockError, match=rf"pid {holder.pid}.*Wait for it"):  # not even forced
+            run(job(m, out), generator_factory=sleep_factory(), force_unlock=True)
         assert not (out / rundir.PLAN_FILE).exists()  # refused before anything was written
     finally:
         holder.send_signal(signal.SIGKILL)
