@@ -78,6 +78,13 @@ def output_error(path: str | Path, error: OSError) -> OutputError:
     )
 
 
+def output_problem(error: BaseException, where: str | Path) -> str:
+    """The one line that says which folder cannot be written and what to do (`is_permanent` errors)."""
+    if isinstance(error, OutputError) or not isinstance(error, OSError):
+        return str(error)
+    return str(output_error(error.filename or where, error))
+
+
 def is_permanent(error: BaseException) -> bool:
     """An error that a retry cannot fix (read-only OUT, no space, …)."""
     return isinstance(error, OutputError) or (isinstance(error, OSError) and error.errno in PERMANENT_ERRNOS)

@@ -188,8 +188,10 @@ class _Progress:
 def _task_failures(spec: ShardSpec, error: BaseException) -> list[Failure]:
     """A shard that failed after its retries: every row of it is a failure (no marker is written,
     so a rerun tries the shard again)."""
-    reason = str(error) if isinstance(error, rundir.OutputError) else f"{type(error).__name__}: {error}"
-    reason = reason.strip()[:500]
+    if rundir.is_permanent(error):
+        reason = rundir.output_problem(error, spec.out)
+    else:
+        reason = f"{type(error).__name__}: {error}".strip()[:500]
     pre = {f.row: f for f in spec.failures}
     by_row = {s.row: s for s in spec.samples}
     return [
@@ -393,15 +395,9 @@ def _run_locked(
         summary.failed_shards.append(spec.index)
         summary.failures.extend(rows)
         progress.shard_finished(spec.index, 0, spec.num_rows * x)
-        if rundir.is_permanent(error):
+        if rundir.is_permanent(error):  # OUT cannot be written: stop, say where and what to do
             if not stop.is_set():
-                summary.stopped = (
-                    str(error)
-                    if isinstance(error, rundir.OutputError)
-                    else (
-                        str(rundir.output_error(getattr(error, "filename", None) or job.out, error))  # type: ignore[arg-type]
-                    )
-                )
+                summary.stopped = rundir.output_problem(error, job.out)
                 stop.set()
             return
         reason = escape(rows[0].reason)

@@ -107,6 +107,6 @@ def generate(
     except (ConfigError, ManifestError, RunDirError, ModelLoadError) as e:  # PlanError, LockError, …
         fail(str(e))
 
-    if summary.stopped and not summary.shards_done:
-        raise typer.Exit(2)  # nothing could be written: as if the job could not start
+    if summary.stopped and summary.failed_shards and not summary.shards_done:
+        raise typer.Exit(2)  # OUT could not be written at all: as if the job could not start
     raise typer.Exit(0 if summary.ok else 1)
