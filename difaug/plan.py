@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -146,7 +146,16 @@ def prepare_run_dir(job: Job, plan: Plan) -> RunCheck:
                 f"{out} holds a different job: {'; '.join(diffs)}. Use another --out, or --overwrite "
                 "to delete its shards and start over."
             )
-        plan = old  # same job: keep the recorded provenance (created, command)
+        # Same job: keep `created`; record where the manifest is now (data and manifest may have
+        # moved together) and the latest command, so `inspect` names one that works.
+        plan = replace(
+            old,
+            manifest=replace(old.manifest, path=plan.manifest.path, folder=plan.manifest.folder),
+            command=plan.command or old.command,
+            cwd=plan.cwd if plan.command else old.cwd,
+        )
+        if plan != old:
+            rundir.write_plan(out, plan)
     elif rundir.has_run_files(out):
         raise PlanError(
             f"{out} has shards but no {rundir.PLAN_FILE}; use another --out, or --overwrite to start over"
@@ -154,17 +163,13 @@ def prepare_run_dir(job: Job, plan: Plan) -> RunCheck:
     rundir.ensure_dir(out)
     rundir.remove_temp_files(out)
     if not plan_file.is_file():
-        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        rundir.write_plan(out, Plan(**{**_fields(plan), "created": created}))
+        plan = replace(plan, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        rundir.write_plan(out, plan)
     rundir.probe_writable(out)  # shards/ and stats/ writable: else one clear error before any work
     check = rundir.verify_run(out, plan)
     for c in check.invalid:  # redone by this run; no stale marker may outlive the new shard
         rundir.marker_path(out, c.shard.index).unlink(missing_ok=True)
     return check
-
-
-def _fields(plan: Plan) -> dict[str, Any]:
-    return {k: getattr(plan, k) for k in Plan.__dataclass_fields__}
 
 
 def finished_shards(out: Path, plan: Plan) -> set[int]:

@@ -383,7 +383,8 @@ def test_moved_data_and_manifest_resume(tmp_path: Path) -> None:
     moved = tmp_path / "b" / "d" / "manifest.csv"
     s = run(job(moved, out), generator_factory=sleep_factory())
     assert (s.skipped, s.done) == (4, 1) and s.ok
-    assert rundir.read_plan(out).manifest.path == str(m)  # the plan keeps what it was made from
+    plan = rundir.read_plan(out)  # the plan says where the manifest is now; same hash
+    assert (plan.manifest.path, plan.manifest.folder) == (str(moved), str(moved.parent.resolve()))
     _reconciled(out)
     # Changed content (not location) is still another job.
     write_csv(moved, [make_sample(tmp_path / "b" / "d", i) for i in range(ROWS)][::-1])
