@@ -216,6 +216,12 @@ def read_shard(path: str | Path, columns: Sequence[str] | None = None) -> pa.Tab
     return pq.read_table(path, columns=cols, page_checksum_verification=True)
 
 
+def open_shard(path: str | Path) -> pq.ParquetFile:
+    """A shard opened for row-group reads, with page checksum verification on: a flipped byte
+    raises OSError instead of returning a broken image (for export and AuxIndex)."""
+    return pq.ParquetFile(path, page_checksum_verification=True)
+
+
 def iter_shard_paths(run_dir: str | Path) -> Iterator[Path]:
     """Verified shards of the run's plan (`difaug.rundir.verify_run`), in index order."""
     for check in _verified(run_dir):

@@ -89,6 +89,8 @@ def test_page_checksums_catch_flipped_bytes(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(OSError, match=r"(?i)crc|checksum"):
         shards.read_shard(path)
+    with pytest.raises(OSError, match=r"(?i)crc|checksum"), shards.open_shard(path) as pf:
+        pf.read_row_group(0, columns=["aux_image"])
 
 
 def test_write_read_roundtrip_atomic(tmp_path: Path) -> None:
