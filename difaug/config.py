@@ -232,6 +232,21 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return flat
 
 
+MODEL_PATH_KEYS = ("model", "base_model", "controlnet", "hed_weights")
+
+
+def absolute_model_refs(values: dict[str, Any]) -> dict[str, Any]:
+    """Model references as the plan stores them: a local folder or file → its absolute path, so a
+    resume from another working directory loads the same model (or is refused as another job); a
+    hub id or URL (nothing of that name here) stays as written."""
+    out = dict(values)
+    for key in MODEL_PATH_KEYS:
+        ref = out.get(key)
+        if isinstance(ref, str) and ref and "://" not in ref and Path(ref).expanduser().exists():
+            out[key] = str(Path(ref).expanduser().resolve())
+    return out
+
+
 def resolve_job(config_file: str | Path | None = None, **overrides: Any) -> Job:
     """Defaults < YAML file < `overrides` (CLI flags; `None` means "not given")."""
     values: dict[str, Any] = load_yaml(config_file) if config_file else {}
@@ -243,6 +258,7 @@ def resolve_job(config_file: str | Path | None = None, **overrides: Any) -> Job:
         raise ConfigError("no manifest given: pass --manifest FILE or set `manifest:` in the config file")
     if not values.get("out"):
         raise ConfigError("no output folder given: pass --out DIR or set `out:` in the config file")
+    values = absolute_model_refs(values)
     job_cfg = JobConfig(**{k: v for k, v in values.items() if k in _JOB_KEYS}).validate()
     runtime = RuntimeConfig(**{k: v for k, v in values.items() if k in _RUNTIME_KEYS}).validate()
     return Job(

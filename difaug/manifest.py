@@ -11,7 +11,7 @@ import hashlib
 import io
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -73,10 +73,13 @@ class Manifest:
     path: str
     samples: list[Sample]
     problems: list[RowProblem]  # rows that could not even be normalised (bad class_id, no image…)
+    # Hash of the rows with `image`/`mask` as written in the file (relative paths unresolved), set
+    # by `read_manifest`: moving a manifest together with its data keeps it (a plan still resumes).
+    text_fingerprint: str = ""
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint_samples(self.samples)
+        return self.text_fingerprint or fingerprint_samples(self.samples)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -223,6 +226,17 @@ def _as_int(value: object) -> int:
     return int(f)
 
 
+INT64_RANGE = (-(2**63), 2**63 - 1)  # what a shard's integer columns hold
+
+
+def _int_problem(row: int, column: str, value: int | None) -> RowProblem | None:
+    """A value that no int64 shard column can store: refused here, naming the row, not at write time."""
+    lo, hi = INT64_RANGE
+    if value is None or lo <= value <= hi:
+        return None
+    return RowProblem(row, column, "", f"{column} {value} does not fit a 64-bit integer ({lo}..{hi})")
+
+
 def default_sample_id(image: str, class_id: int) -> str:
     return f"{PurePosixPath(image.replace(chr(92), '/')).stem}_{class_id}"
 
@@ -235,6 +249,7 @@ def read_manifest(path: str | Path) -> Manifest:
     base = _manifest_dir(path)
     samples: list[Sample] = []
     problems: list[RowProblem] = []
+    text_hash = hashlib.sha256()
     # Records stream one at a time: the driver of a 100k-row job keeps only the `Sample`s.
     for row, rec in enumerate(_read_records(path), 1):
         if row == 1:
@@ -266,23 +281,28 @@ def read_manifest(path: str | Path) -> Manifest:
             except (TypeError, ValueError):
                 problems.append(RowProblem(row, "fold", "", f"fold {rec['fold']!r} is not an integer"))
                 continue
+        too_big = [_int_problem(row, c, v) for c, v in (("class_id", class_id), ("fold", fold))]
+        too_big = [p for p in too_big if p is not None]
+        if too_big:
+            problems.extend(too_big)
+            continue
         image = str(rec["image"]).strip()
         sample_id = "" if _blank(rec.get("sample_id")) else str(rec["sample_id"]).strip()
-        samples.append(
-            Sample(
-                row=row,
-                sample_id=sample_id or default_sample_id(image, class_id),
-                image=resolve_path(image, base),
-                mask=resolve_path(str(rec["mask"]), base),
-                class_id=class_id,
-                class_name=str(rec["class_name"]).strip(),
-                dataset="" if _blank(rec.get("dataset")) else str(rec["dataset"]).strip(),
-                split="" if _blank(rec.get("split")) else str(rec["split"]).strip(),
-                fold=fold,
-                prompt="" if _blank(rec.get("prompt")) else str(rec["prompt"]),
-            )
+        sample = Sample(
+            row=row,
+            sample_id=sample_id or default_sample_id(image, class_id),
+            image=image,
+            mask=str(rec["mask"]).strip(),
+            class_id=class_id,
+            class_name=str(rec["class_name"]).strip(),
+            dataset="" if _blank(rec.get("dataset")) else str(rec["dataset"]).strip(),
+            split="" if _blank(rec.get("split")) else str(rec["split"]).strip(),
+            fold=fold,
+            prompt="" if _blank(rec.get("prompt")) else str(rec["prompt"]),
         )
-    return Manifest(path=path, samples=samples, problems=problems)
+        text_hash.update(json.dumps(sample.to_dict(), sort_keys=True, ensure_ascii=False).encode() + b"\n")
+        samples.append(replace(sample, image=resolve_path(image, base), mask=resolve_path(sample.mask, base)))
+    return Manifest(path=path, samples=samples, problems=problems, text_fingerprint=text_hash.hexdigest())
 
 
 MANIFEST_COLUMNS = (

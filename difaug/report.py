@@ -7,9 +7,10 @@ ones: samples are ordered by a hash of their sample_id, so the choice is spread 
 shards yet stable across reruns and resumes). `write_html(...)` writes a self-contained page
 (images embedded as base64 PNG) with the same content.
 
-Stats marker fields used (written by the runner, read defensively — a missing field leaves a
-blank, never an error): `shard`, `images`, `failures[{row, sample_id, stage, reason}]`,
-`seconds{generate, total, <stage>…}`, `started`/`finished` (ISO timestamps).
+Only verified shards count (`difaug.adapters.run.open_run`); the others are reported as invalid
+with the reason and the command that redoes them. Marker fields used: `shard`, `images`,
+`failures[{row, sample_id, stage, reason}]`, `seconds{generate, total, <stage>…}`,
+`started`/`finished` (ISO timestamps).
 """
 
 from __future__ import annotations
@@ -26,10 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
-from difaug import imageio
+from difaug import imageio, shards
 from difaug.adapters.index import AuxIndex
 from difaug.adapters.run import (
     Failure,
@@ -106,6 +106,9 @@ class RunReport:
     provenance: dict[str, list[str]] = field(default_factory=dict)  # distinct values in the shards
     # class name → samples whose seg condition used the fallback colour (no ADE20K mapping)
     condition_fallbacks: dict[str, int] = field(default_factory=dict)
+    # shard name → why its marker or file does not verify (not counted anywhere above)
+    invalid_shards: dict[str, str] = field(default_factory=dict)
+    fix: str = ""  # the command that redoes invalid and unfinished shards
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -157,7 +160,7 @@ def _config_summary(view: RunView) -> dict[str, Any]:
 def _provenance(view: RunView) -> dict[str, list[str]]:
     values: dict[str, set[str]] = {c: set() for c in PROVENANCE_COLUMNS}
     for path in view.shard_paths:
-        table = pq.read_table(path, columns=list(PROVENANCE_COLUMNS))  # dictionary-encoded: tiny
+        table = shards.read_shard(path, PROVENANCE_COLUMNS)  # dictionary-encoded: tiny
         for c in PROVENANCE_COLUMNS:
             values[c].update(str(v) for v in table.column(c).unique().to_pylist())
     return {c: sorted(v) for c, v in values.items() if v}
@@ -219,6 +222,8 @@ def summarise(run_dir: str | Path) -> RunReport:
         config=_config_summary(view),
         provenance=_provenance(view),
         condition_fallbacks=dict(sorted(fallbacks.items())),
+        invalid_shards={c.shard.name: c.reason for c in view.invalid},
+        fix=view.fix,
     )
 
 
@@ -385,6 +390,7 @@ def render_html(report: RunReport, rows: Sequence[SheetRow], thumb: int = 192) -
         ("aux per sample (X)", report.num_aux),
         ("failed rows", len(report.failures)),
         ("shards finished / planned", f"{report.shards_done} / {report.shards_planned}"),
+        ("invalid shards (redone by the fix below)", len(report.invalid_shards)),
         ("disk (run dir / shards)", f"{human_bytes(report.disk_bytes)} / {human_bytes(report.shard_bytes)}"),
         ("wall time (s)", _fmt(report.wall_seconds)),
         ("images/s overall", _fmt(report.images_per_s)),
@@ -415,6 +421,10 @@ def render_html(report: RunReport, rows: Sequence[SheetRow], thumb: int = 192) -
             ("key", "value"),
             list(report.config.items()) + [(k, ", ".join(v)) for k, v in report.provenance.items()],
         ),
+        "<h2>Invalid shards</h2>",
+        (_table(("shard", "reason"), list(report.invalid_shards.items())) + f"<p>fix: {e(report.fix)}</p>")
+        if report.invalid_shards
+        else "<p>none</p>",
         "<h2>Failures by reason</h2>",
         _table(("reason", "rows"), list(report.failures_by_reason.items()))
         if report.failures

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from difaug import shards
+from difaug import rundir, shards
 from difaug.config import Job, JobConfig
 from difaug.imageio import encode
 from difaug.manifest import Sample, read_manifest, write_manifest
@@ -164,12 +164,12 @@ def make_run(
     run_dir = root / "run"
     job = Job(manifest=str(manifest_path), out=str(run_dir), config=cfg)
     plan = build_plan(job, manifest)
-    shards.write_json(run_dir / shards.PLAN_FILE, plan)
+    rundir.write_plan(run_dir, plan)
 
     by_row = {s.row: s for s in manifest.samples}
     out = SyntheticRun(run_dir, manifest_path, num_aux, list(manifest.samples), {}, {}, [], tuple(unfinished))
-    for entry in plan["shards"]:
-        index, (start, stop) = entry["index"], entry["rows"]
+    for shard in plan.shards:
+        index, start, stop = shard.index, shard.start, shard.stop
         if index in unfinished:
             continue
         rows, failures = [], []
@@ -178,12 +178,9 @@ def make_run(
             spec = specs[r - 1]
             if sample.sample_id in fail:
                 failures.append(
-                    {
-                        "row": r,
-                        "sample_id": sample.sample_id,
-                        "stage": "read",
-                        "reason": f"cannot decode {sample.image}: truncated file",
-                    }
+                    rundir.Failure(
+                        r, sample.sample_id, "read", f"cannot decode {sample.image}: truncated file"
+                    )
                 )
                 continue
             w, h = spec.size
@@ -192,19 +189,18 @@ def make_run(
             rows += [_row_dict(sample, k, a, cond, cfg) for k, a in enumerate(auxes)]
             out.aux[sample.sample_id] = auxes
             out.conditions[sample.sample_id] = cond
-        shards.write_shard(shards.shard_path(run_dir, index), rows)
-        out.failures += failures
-        done = len({r["sample_id"] for r in rows})
-        marker = {
-            "shard": index,
-            "rows": [start, stop],
-            "plan_hash": plan["plan_hash"],
-            "samples": stop - start,
-            "done": done,
-            "failed": len(failures),
-            "images": len(rows),
-            "failures": failures,
-            "seconds": {
+        path = shards.write_shard(shards.shard_path(run_dir, index), rows)
+        out.failures += [f.to_dict() for f in failures]
+        marker = rundir.ShardStats(
+            shard=index,
+            rows=(start, stop),
+            plan_hash=plan.plan_hash,
+            done=len({r["sample_id"] for r in rows}),
+            failed=len(failures),
+            images=len(rows),
+            file=rundir.file_record(path, len(rows)),
+            failures=tuple(failures),
+            seconds={
                 "read": 0.01,
                 "condition": 0.05,
                 "generate": 0.5 * len(rows),
@@ -213,10 +209,9 @@ def make_run(
                 "load": 1.0,
                 "total": 1.0 + 0.5 * len(rows) + 0.1,
             },
-            "fallbacks": {},
-            "worker": {"host": "test", "pid": 1},
-            "started": (T0 + timedelta(seconds=10 * index)).isoformat(timespec="milliseconds"),
-            "finished": (T0 + timedelta(seconds=10 * index + 5)).isoformat(timespec="milliseconds"),
-        }
-        shards.write_json(shards.stats_path(run_dir, index), marker)
+            worker={"host": "test", "pid": 1},
+            started=(T0 + timedelta(seconds=10 * index)).isoformat(timespec="milliseconds"),
+            finished=(T0 + timedelta(seconds=10 * index + 5)).isoformat(timespec="milliseconds"),
+        )
+        rundir.write_marker(run_dir, marker)
     return out

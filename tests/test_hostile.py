@@ -29,7 +29,7 @@ from _runs import SampleSpec, make_run
 from PIL import Image
 from typer.testing import CliRunner
 
-from difaug import shards
+from difaug import rundir, shards
 from difaug.cli import app
 from difaug.manifest import read_manifest, validate_manifest
 
@@ -272,7 +272,7 @@ def test_full_disk_while_the_plan_is_written(
     # The plan write itself failing (simulated: the probe passed, then the disk filled up).
     manifest = make_dataset(tmp_path / "d", 1)
     out = tmp_path / "run"
-    real = shards._atomic_write
+    real = rundir.atomic_write
 
     def full(path: Path, write: Any) -> None:
         def write_then_fail(tmp: Path) -> None:
@@ -281,12 +281,13 @@ def test_full_disk_while_the_plan_is_written(
 
         real(path, write_then_fail)
 
-    monkeypatch.setattr(shards, "_atomic_write", full)
+    monkeypatch.setattr(rundir, "atomic_write", full)
     res = cli(*gen_args(manifest, out, tiny_models))
     assert res.exit_code == 2
     line = one_line(res)
     assert "no space left" in line and str(out) in line
-    assert list(out.iterdir()) == []  # no plan, no half-written temp file
+    # no plan, no half-written temp file; only the (released) lock file of the refused run
+    assert [p.name for p in out.iterdir()] in ([], [rundir.LOCK_FILE])
 
 
 def test_out_pointing_at_a_file(tmp_path: Path, tiny_models: Path) -> None:

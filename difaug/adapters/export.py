@@ -324,7 +324,7 @@ def _coverage(view: RunView, done: Counter[str], result: ExportResult) -> None:
             row = next((f.row for f in failures.get(sid, []) if f.row is not None), None)
         result.incomplete.append(SupportCoverage(sid, row, image, cls, have, expected, tuple(reasons)))
     unfinished = view.unfinished_shards()
-    result.unfinished_shards = [asdict(s) for s in unfinished]
+    result.unfinished_shards = [{"name": s.name, "start": s.start, "stop": s.stop} for s in unfinished]
     # Rows of unfinished shards: those of a shard that failed as a whole are listed above with the
     # task's error; the rest were never attempted.
     failed_rows = {f.row for f in view.failures if f.shard in {s.name for s in unfinished}}
