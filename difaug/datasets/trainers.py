@@ -165,3 +165,42 @@ def build_splits(
     result = merge_results(results[0].dataset, results)
     result.notes.append(f"splits: {', '.join(str(s) for s in lists)}")
     return result
+
+
+def plan_splits(
+    dataset: str,
+    preset: TrainerPreset | None,
+    *,
+    fold: int | None,
+    split: str | None,
+    lists: Mapping[str | None, Sequence[Path]],
+    splits_dir: str | Path | None = None,
+) -> dict[str | None, list[Path] | None]:
+    """Which splits to build and from which list files: `--split` if given, else the preset's
+    splits (or the `SPLIT=` prefixes of `--list`); `--splits-dir` finds HSNet's files for them."""
+    plan: dict[str | None, list[Path] | None] = {k: list(v) for k, v in lists.items()}
+    if split is not None:
+        wanted: tuple[str | None, ...] = (split,)
+    elif preset is not None:
+        wanted = preset.fss_splits if dataset == "fss1000" else preset.splits
+    else:
+        wanted = tuple(plan) or (None,)
+    if preset is not None and dataset != "fss1000" and fold is None:
+        raise BuildError(f"--trainer {preset.name} needs --fold (the fold decides the classes of each split)")
+    if preset is not None and dataset == "fss1000" and not preset.fss_splits:
+        raise BuildError(f"{preset.name} does not train on FSS-1000; use --trainer hsnet, matcher or diffews")
+    for a, b in (("train", "trn"), ("trn", "train")):  # HSNet says trn, PFENet/BAM train
+        if a in plan and a not in wanted and b in wanted:
+            plan[b] = plan.pop(a)
+    if splits_dir is not None:
+        files = hsnet_split_files(splits_dir, dataset, fold, [s for s in wanted if s is not None])
+        for s, paths in files.items():
+            plan.setdefault(s, paths)
+    if None in plan and split is None and len(wanted) > 1:
+        raise BuildError(
+            f"which split is each --list for? write --list SPLIT=PATH (splits: {', '.join(map(str, wanted))})"
+        )
+    extra = [s for s in plan if s not in wanted and not (s is None and wanted == (split,))]
+    if extra:
+        raise BuildError(f"--list for split(s) {extra} that are not built here (building {list(wanted)})")
+    return {s: plan.get(s, plan.get(None) if s == split else None) for s in wanted}
