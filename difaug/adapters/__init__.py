@@ -14,6 +14,8 @@ from typing import Any
 
 _EXPORTS = {
     "AuxIndex": "difaug.adapters.index",
+    "DriftScoreError": "difaug.adapters.index",
+    "hsnet_keys": "difaug.adapters.torch_dataset",
     "AuxKeyError": "difaug.adapters.index",
     "SampleInfo": "difaug.adapters.index",
     "AuxShotDataset": "difaug.adapters.torch_dataset",
