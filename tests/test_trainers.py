@@ -129,7 +129,7 @@ def bam_make_dataset(
     # same; dvlab-research/PFENet util/dataset.py is the filter_intersection=False branch).
     image_label_list = []
     sub_class_file_list: dict[int, list[tuple[str, str]]] = {c: [] for c in sub_list}
-    for line in open(data_list).readlines():
+    for line in Path(data_list).read_text().splitlines(keepends=True):  # open(data_list).readlines()
         line_split = line.strip().split(" ")
         image_name = os.path.join(data_root, line_split[0])
         label_name = os.path.join(data_root, line_split[1])
