@@ -10,8 +10,9 @@ Episode formats (`EpisodeFormat`; pick or write one, the default guesses from th
   (HSNet and its descendants). Other `support_*` entries holding one item per shot (names, ignore
   maps) are extended with the paired support's entry so they stay aligned.
 - `TupleFormat(images_at, masks_at)` — tuple episodes; the default `(2, 3)` fits
-  `(query_img, query_mask, support_imgs, support_masks, …)` (PFENet); BAM/HDMNet return
-  `(image, label, label_b, s_x, s_y, …)`, i.e. `TupleFormat(3, 4)`.
+  `(query_img, query_mask, support_imgs, support_masks, …)`. PFENet, BAM and HDMNet return such
+  tuples (BAM/HDMNet: `TupleFormat(3, 4)`) but no support paths, so no `key_fn` can name their
+  supports: for them use `AuxIndex` inside their `SemData` (docs/adapters.md).
 Support images/masks may be stacked tensors (concatenated) or lists (extended).
 
 Where the shots enter the trainer's transform pipeline (pick one):
