@@ -229,7 +229,7 @@ def _run_splits(
         default_area = 0 if dataset == "fss1000" else DEFAULT_MIN_AREA
         if dataset != "fss1000":
             kwargs["fold"] = fold
-            kwargs["list_format"] = list_format or (preset.list_format if preset else "auto")
+            kwargs["list_format"] = list_format or "auto"  # detected: a preset's lists may be either kind
         kwargs["min_area"] = (
             min_area if min_area is not None else (preset.min_area if preset else default_area)
         )
