@@ -566,3 +566,21 @@ def test_one_export_folder_covers_train_and_val_runs(tmp_path: Path, pascal_tree
     assert report["total"]["supports"] == report["total"]["complete"] == len(result.rows)
     for mode, _, cls, support in bam_episodes(pascal_tree, "pascal", filter_train=True):
         assert diffss_bam_aux_files(str(out) + "/", "pascal", support, cls)[1] == 0, mode
+
+
+def test_cli_fss1000_hsnet_preset_gives_hsnet_ids(tmp_path: Path, fss_tree: TrainerTree) -> None:
+    out = tmp_path / "fss.csv"
+    res = CliRunner().invoke(
+        app,
+        ["manifest", "build", "fss1000", "--root", str(fss_tree.root), "--trainer", "hsnet",
+         "--splits-dir", str(fss_tree.hsnet_splits), "--out", str(out)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    samples = read_manifest(out).samples
+    assert {s.split for s in samples} == {"trn", "val", "test"} and len(samples) == 6 * 10
+    for split, names in FSS_TRAINER_SPLITS.items():
+        ids = hsnet_fss_class_ids(names, split)
+        for s in samples:
+            folder = Path(s.image).parent.name
+            if folder in ids:
+                assert s.class_id == ids[folder] + 1 and s.split == split
