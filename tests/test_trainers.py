@@ -584,3 +584,94 @@ def test_cli_fss1000_hsnet_preset_gives_hsnet_ids(tmp_path: Path, fss_tree: Trai
             folder = Path(s.image).parent.name
             if folder in ids:
                 assert s.class_id == ids[folder] + 1 and s.split == split
+
+
+# --------------------------------------------------------------------------------------------------
+# The docs' snippets themselves, run inside the restated loaders
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "adapters.md"
+
+
+def doc_snippet(section: str) -> str:
+    """The first ```python block under the docs/adapters.md heading that starts with `section`."""
+    text = DOCS.read_text(encoding="utf-8")
+    start = text.index(f"\n## {section}")
+    block = text.index("```python\n", start) + len("```python\n")
+    return text[block : text.index("```", block)]
+
+
+def test_docs_bam_hdmnet_and_pfenet_snippets_run_in_their_loaders(
+    tmp_path: Path, pascal_tree: TrainerTree
+) -> None:
+    from types import SimpleNamespace
+
+    for trainer, section in (("hdmnet", "BAM and HDMNet"), ("pfenet", "PFENet")):
+        result = build_for(trainer, "pascal", pascal_tree, tmp_path / trainer)
+        run = run_from_rows(tmp_path / trainer, result.rows)
+        code = compile(doc_snippet(section), f"docs/adapters.md ({section})", "exec")
+        filter_train = trainer_preset(trainer).filter_intersection
+        episodes = list(bam_episodes(pascal_tree, "pascal", filter_train))
+        assert len(episodes) >= 8
+        for index, (mode, _, class_chosen, support) in enumerate(episodes):
+            support_image = np.float32(cv2.cvtColor(cv2.imread(support, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
+            label = np.ones(support_image.shape[:2], np.uint8)
+            self = SimpleNamespace(shot=1 + AUX_SHOT, mode=mode)
+            ns = {
+                "np": np, "self": self, "index": index, "class_chosen": class_chosen,
+                "args": SimpleNamespace(aux_run=str(run.run_dir), aux_shot=AUX_SHOT),
+                "aux_run": str(run.run_dir), "aux_shot": AUX_SHOT,
+                "support_image_path_list": [support],
+                # BAM/HDMNet's three lists, PFENet's two + subcls_list, each holding the real shot
+                "support_image_list_ori": [support_image], "support_label_list_ori": [label],
+                "support_label_list_ori_mask": [label], "support_image_list": [support_image],
+                "support_label_list": [label], "subcls_list": [0],
+            }  # fmt: skip
+            exec(code, ns)
+            images = ns["support_image_list_ori"] if trainer == "hdmnet" else ns["support_image_list"]
+            labels = ns["support_label_list_ori"] if trainer == "hdmnet" else ns["support_label_list"]
+            assert len(images) == len(labels) == self.shot  # the loaders' assert
+            assert all(im.shape == support_image.shape and im.dtype == np.float32 for im in images)
+            if trainer == "pfenet":
+                assert len(ns["subcls_list"]) == self.shot
+
+
+def test_docs_hsnet_and_matcher_snippets_run(tmp_path: Path, pascal_tree: TrainerTree) -> None:
+    import argparse
+    from types import SimpleNamespace
+
+    result = build_for("hsnet", "pascal", pascal_tree, tmp_path)
+    run = run_from_rows(tmp_path, result.rows)
+    base = HSNetPASCAL(pascal_tree.root, pascal_tree.hsnet_splits, 0, "val")
+
+    class FSSDataset:  # juhongm999/hsnet data/dataset.py: the class attributes the snippet reads
+        img_mean = (0.485, 0.456, 0.406)
+        img_std = (0.229, 0.224, 0.225)
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--nshot", type=int, default=1)  # test.py's own arguments (a few)
+    parser.add_argument("--bsz", type=int, default=2)
+    ns = {"parser": parser, "torch": torch, "FSSDataset": FSSDataset,
+          "dataloader_test": torch.utils.data.DataLoader(base, batch_size=2)}  # fmt: skip
+    code = compile(doc_snippet("HSNet"), "docs/adapters.md (HSNet)", "exec")
+    # 1. Without --aux_run: the snippet only adds its two arguments; the loader stays HSNet's.
+    exec(code, {**ns, "args": SimpleNamespace(aux_run="", aux_shot=0)})
+    args = parser.parse_args(["--aux_run", str(run.run_dir), "--aux_shot", str(NUM_AUX)])
+    assert (args.aux_run, args.aux_shot, args.nshot) == (str(run.run_dir), NUM_AUX, 1)
+    # 2. With them (a fresh parser: argparse refuses adding an argument twice): the loader is wrapped.
+    ns.update(args=args, parser=argparse.ArgumentParser())
+    exec(code, ns)
+    wrapped = ns["dataloader_test"]
+    assert isinstance(wrapped.dataset, AuxShotDataset)
+    # test.py: AverageMeter(dataloader.dataset) reads .benchmark and .class_ids through the wrapper
+    assert AverageMeterLike(wrapped.dataset).benchmark == "pascal"
+    batch = next(iter(wrapped))
+    assert batch["support_imgs"].shape[1] == args.nshot * (1 + args.aux_shot)  # the nshot test() gets
+
+    ns3 = {
+        "torch": torch,
+        "args": args,
+        "bsz": 2,
+        "dataloader": torch.utils.data.DataLoader(base, batch_size=2),
+    }
+    exec(compile(doc_snippet("Matcher and DiffewS"), "docs/adapters.md (Matcher)", "exec"), ns3)
+    assert next(iter(ns3["dataloader"]))["support_imgs"].shape[1] == 1 + NUM_AUX
