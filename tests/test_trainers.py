@@ -667,11 +667,7 @@ def test_docs_hsnet_and_matcher_snippets_run(tmp_path: Path, pascal_tree: Traine
     batch = next(iter(wrapped))
     assert batch["support_imgs"].shape[1] == args.nshot * (1 + args.aux_shot)  # the nshot test() gets
 
-    ns3 = {
-        "torch": torch,
-        "args": args,
-        "bsz": 2,
-        "dataloader": torch.utils.data.DataLoader(base, batch_size=2),
-    }
+    # Matcher main_oss.py / DiffewS evaluation_util/main_oss.py: the same names as HSNet's test.py.
+    ns3 = {"torch": torch, "args": args, "dataloader_test": torch.utils.data.DataLoader(base, batch_size=2)}
     exec(compile(doc_snippet("Matcher and DiffewS"), "docs/adapters.md (Matcher)", "exec"), ns3)
-    assert next(iter(ns3["dataloader"]))["support_imgs"].shape[1] == 1 + NUM_AUX
+    assert next(iter(ns3["dataloader_test"]))["support_imgs"].shape[1] == 1 + NUM_AUX
