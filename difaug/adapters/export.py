@@ -109,6 +109,8 @@ class ExportResult:
     # record) yet; `difaug generate` with the same arguments finishes them.
     unfinished_shards: list[dict[str, Any]] = field(default_factory=list)
     not_generated: int = 0
+    # The report's totals over every run exported into `out` (this one included), once written.
+    folder_total: dict[str, Any] = field(default_factory=dict)
 
     @property
     def files(self) -> int:
@@ -181,7 +183,7 @@ def export_run(
     done_by_sample = _write_all(view, targets, fmt, quality, workers, result, progress)
     _coverage(view, done_by_sample, result)
     if write_report:
-        merge_report(out / REPORT_FILE, result)
+        result.folder_total = merge_report(out / REPORT_FILE, result)["total"]
     return result
 
 
@@ -200,7 +202,8 @@ def merge_report(path: Path, result: ExportResult) -> dict[str, Any]:
         runs = dict(old["runs"])
     elif isinstance(old, dict) and "supports" in old:  # a report from before merging existed
         runs[str(old.get("run") or "(an earlier export)")] = old
-    entry = {k: v for k, v in result.to_dict().items() if k not in ("written", "unchanged", "out")}
+    skip = ("written", "unchanged", "out", "folder_total")
+    entry = {k: v for k, v in result.to_dict().items() if k not in skip}
     runs[result.run] = entry
     keys = ("supports", "complete", "not_generated", "files", "conditions")
     total: dict[str, Any] = {k: sum(int(r.get(k) or 0) for r in runs.values()) for k in keys}

@@ -125,25 +125,12 @@ def export(
             "[yellow]note:[/] DifFSS-BAM silently falls back to the real support image for every "
             "missing file listed above."
         )
-    _print_folder_total(result.out)
-    if strict and (result.missing_not_filtered or result.not_generated or result.skipped):
-        raise typer.Exit(1)
-
-
-def _print_folder_total(out: Path) -> None:
-    """When the folder holds exports of several runs, what the report says about all of them."""
-    import json
-
-    from difaug.adapters.export import REPORT_FILE
-
-    try:
-        report = json.loads((out / REPORT_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    total = report.get("total") or {}
+    total = result.folder_total
     if int(total.get("runs") or 0) > 1:
         console.print(
-            f"all {total['runs']} runs exported into {escape(str(out))}: {total.get('supports')} supports, "
-            f"{total.get('complete')} complete, {total.get('incomplete')} incomplete, "
-            f"{total.get('not_generated')} not generated yet ({REPORT_FILE})"
+            f"all {total['runs']} runs exported into {escape(str(result.out))}: {total['supports']} supports, "
+            f"{total['complete']} complete, {total['incomplete']} incomplete, "
+            f"{total['not_generated']} not generated yet (difaug-export.json)"
         )
+    if strict and (result.missing_not_filtered or result.not_generated or result.skipped):
+        raise typer.Exit(1)
