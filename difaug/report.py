@@ -40,6 +40,7 @@ from difaug.adapters.run import (
     plan_shards,
 )
 from difaug.config import DEFAULT_CONTROLNETS
+from difaug.text import display_text
 
 CONFIG_KEYS = (
     "condition",
@@ -322,7 +323,8 @@ def contact_sheet(rows: Sequence[SheetRow], num_aux: int, thumb: int = 128) -> n
         draw.text((PAD + c * (thumb + PAD), 3), _fit_text(draw, label, thumb, font), fill=TEXT, font=font)
     for r, row in enumerate(rows):
         top = HEADER + r * (CAPTION + thumb + PAD)
-        caption = f"{row.sample_id}  ·  {row.class_name} ({row.class_id})"
+        # manifest text: one line, no control or direction marks (difaug.text)
+        caption = f"{display_text(row.sample_id)}  ·  {display_text(row.class_name)} ({row.class_id})"
         draw.text((PAD, top), _fit_text(draw, caption, width - 2 * PAD, font), fill=TEXT, font=font)
         for c, arr in enumerate(row.cells(num_aux)):
             cell = _thumbnail(arr, thumb, nearest=c == MASK_COLUMN)
@@ -354,8 +356,13 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+def _html(value: object) -> str:
+    """Manifest text for the page: one line without control or direction marks, then escaped."""
+    return html.escape(display_text(value, 1000))
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    e = html.escape
+    e = _html
     head = "".join(f"<th>{e(str(h))}</th>" for h in headers)
     body = "".join(
         "<tr>" + "".join(f"<td>{e('' if v is None else str(v))}</td>" for v in r) + "</tr>" for r in rows
@@ -369,7 +376,7 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 def render_html(report: RunReport, rows: Sequence[SheetRow], thumb: int = 192) -> str:
     """A self-contained page: totals, timings, config, failures, and the sample grid."""
-    e = html.escape
+    e = _html
     totals = [
         ("manifest rows (planned)", report.manifest_rows),
         ("aux images (shard rows)", report.rows),

@@ -24,7 +24,7 @@ from typing import Any
 from difaug import plan as plan_mod
 from difaug import shards
 from difaug.config import Job
-from difaug.manifest import Manifest, RowProblem, Sample, read_manifest, repeated_ids
+from difaug.manifest import Manifest, RowProblem, Sample, SizeLimits, read_manifest, repeated_ids
 from difaug.worker import (
     PROGRESS_TOPIC,
     ConditionFactory,
@@ -80,7 +80,9 @@ class RunSummary:
 # ----------------------------------------------------------------------------- validation
 
 
-def _validate(manifest: Manifest, samples: Sequence[Sample]) -> list[RowProblem]:
+def _validate(
+    manifest: Manifest, samples: Sequence[Sample], limits: SizeLimits | None = None
+) -> list[RowProblem]:
     """Problems of `samples` from `difaug.manifest.validate_manifest` (files exist and decode,
     sizes agree, the mask has foreground, …)."""
     if not samples:
@@ -89,10 +91,12 @@ def _validate(manifest: Manifest, samples: Sequence[Sample]) -> list[RowProblem]
         from difaug.manifest import validate_manifest
     except ImportError:  # an older manifest module: the shard task still catches bad files
         return []
-    return validate_manifest(Manifest(path=manifest.path, samples=list(samples), problems=[]))
+    return validate_manifest(Manifest(path=manifest.path, samples=list(samples), problems=[]), limits=limits)
 
 
-def pre_failures(manifest: Manifest, pending: Sequence[plan_mod.ShardRange]) -> dict[int, dict]:
+def pre_failures(
+    manifest: Manifest, pending: Sequence[plan_mod.ShardRange], limits: SizeLimits | None = None
+) -> dict[int, dict]:
     """Row → failure, for rows of pending shards that cannot be generated: rows the manifest reader
     could not normalise (stage "manifest") and rows that fail validation (stage "validate")."""
     in_pending = _in_ranges(pending)
@@ -109,7 +113,7 @@ def pre_failures(manifest: Manifest, pending: Sequence[plan_mod.ShardRange]) -> 
         if in_pending(s.row) and s.row not in out:
             out[s.row] = failure(s, "validate", reason)
     todo = [s for s in manifest.samples if in_pending(s.row) and s.row not in out]
-    for p in _validate(manifest, todo):
+    for p in _validate(manifest, todo, limits):
         sample = by_row.get(p.row)
         reason = f"{p.column}: {p.reason}" + (f" ({p.file})" if p.file else "")
         if p.row in out:
@@ -312,6 +316,32 @@ def _run_dask(
 # ----------------------------------------------------------------------------- the job
 
 
+def _refuse_before_plan(job: Job, manifest: Manifest) -> None:
+    """What must hold before the plan is written: the manifest has rows, and OUT is a folder this
+    process can write into. Raises ManifestError, or the OSError of the failed probe (naming the
+    path: PermissionError, read-only or full file system, FileExistsError when OUT is a file),
+    which the CLI turns into one line; nothing in OUT is changed by a refusal."""
+    import os
+    import uuid
+
+    from difaug.manifest import ManifestError
+
+    if not manifest.samples and not manifest.problems:
+        raise ManifestError(
+            f"{manifest.path}: the manifest has no rows (only a header, or nothing); add one row per "
+            "support image and class, e.g. with `difaug manifest build`"
+        )
+    out = Path(job.out)
+    out.mkdir(parents=True, exist_ok=True)  # FileExistsError / NotADirectoryError name the path
+    probe = out / f".difaug-write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.write_bytes(b"difaug")
+    except OSError as e:  # a failed write() (disk full) names no file: say which
+        raise OSError(e.errno, e.strerror, str(out)) from e
+    finally:
+        probe.unlink(missing_ok=True)
+
+
 def _preflight(job: Job) -> None:
     """Resolve the model spec on the driver, so a wrong `--model` fails before any task does."""
     from difaug.models import ModelSpec
@@ -349,6 +379,7 @@ def run(
     if generator_factory is None:
         _preflight(job)
     manifest = read_manifest(job.manifest)
+    _refuse_before_plan(job, manifest)
     the_plan = plan_mod.build_plan(job, manifest)
     finished = plan_mod.prepare_run_dir(job, the_plan)
     ranges = plan_mod.shard_ranges(the_plan)
@@ -360,7 +391,7 @@ def run(
         f"({len(finished)} shards already done, {len(pending)} to do)",
         highlight=False,
     )
-    failures = pre_failures(manifest, pending)
+    failures = pre_failures(manifest, pending, SizeLimits.for_job(job))
     if failures:
         console.print(
             f"validation: {len(failures)} row(s) cannot be generated; they are recorded as failures"

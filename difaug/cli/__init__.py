@@ -6,6 +6,7 @@ import typer
 
 from difaug import __version__
 from difaug.cli import conditions, export, generate, inspect, manifest, models
+from difaug.cli.errors import guard_app
 
 app = typer.Typer(
     name="difaug",
@@ -23,6 +24,8 @@ app.add_typer(models.app, name="models")
 app.command("generate")(generate.generate)
 app.command("inspect")(inspect.inspect)
 app.command("export")(export.export)
+# Every verb: difaug's errors and OS errors (read-only OUT, disk full, …) → one line, exit 2.
+guard_app(app)
 
 
 def _version(value: bool) -> None:

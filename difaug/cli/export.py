@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
 from difaug.cli._common import console, err_console, fail
+from difaug.cli._common import escape_text as escape
 
 
 def export(

@@ -69,10 +69,24 @@ def generate(
     overwrite: bool | None = _opt(
         "--overwrite/--no-overwrite", "Delete OUT's shards and start over.", _EXECUTION
     ),
+    max_side: int | None = _opt(
+        "--max-side", "Refuse rows whose working size has a longer side (px; default 8192).", _EXECUTION
+    ),
+    max_aspect: float | None = _opt(
+        "--max-aspect", "Refuse rows whose image is more elongated (long:short; default 16).", _EXECUTION
+    ),
+    max_pixels: int | None = _opt(
+        "--max-pixels", "Refuse rows whose image has more pixels (default 150 M).", _EXECUTION
+    ),
 ) -> None:
     """Generate auxiliary images for every manifest row into OUT (resumable: a rerun does only
-    the shards without a completion marker). Exit code 0 when every row is done, 1 when some rows
-    failed (listed in OUT/summary.json), 2 when the job cannot start.
+    the shards without a completion marker).
+
+    Exit codes: 0 = every row is done; 1 = some rows failed (bad input, or a shard that kept
+    failing; listed in OUT/summary.json); 2 = the job could not start, and the plan was not
+    written when the fault was known before it — bad flag or config, empty manifest, OUT not a
+    writable folder, disk full, or a different job already in OUT (one line says which and what
+    to do).
 
     Example:
 

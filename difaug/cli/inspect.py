@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
 from difaug.cli._common import console, fail
+from difaug.cli._common import escape_text as escape
 
 
 def _num(value: float | None, digits: int = 2) -> str:

@@ -9,6 +9,8 @@ import typer
 from rich.markup import escape
 
 from difaug.cli._common import console, err_console, fail
+from difaug.config import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+from difaug.text import display_text
 
 if TYPE_CHECKING:
     from difaug.datasets import BuildResult
@@ -46,8 +48,17 @@ def validate(
     workers: int | None = typer.Option(
         None, "--workers", min=1, help="Reader threads (default: 2 per core)."
     ),
+    resolution: int = typer.Option(512, "--resolution", help="The job's working short side (size limits)."),
+    max_side: int = typer.Option(
+        DEFAULT_MAX_SIDE, "--max-side", help="Longest side at the working size, px."
+    ),
+    max_aspect: float = typer.Option(
+        DEFAULT_MAX_ASPECT, "--max-aspect", help="Largest long:short side ratio."
+    ),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Most pixels of one image."),
 ) -> None:
-    """Check every row of a manifest; exit code 1 if any problem.
+    """Check every row of a manifest; exit code 1 if any row has a problem, 2 if the manifest
+    cannot be read or has no rows.
 
     Checks that files exist and decode, image and mask sizes match, the mask holds the row's class_id,
     and sample_ids are unique. Prints a table of problems (row, column, file, reason) and a summary.
@@ -58,13 +69,23 @@ def validate(
     """
     from rich.table import Table
 
-    from difaug.manifest import ManifestError, read_manifest, validate_manifest
+    from difaug.config import JobConfig, RuntimeConfig
+    from difaug.manifest import ManifestError, SizeLimits, read_manifest, validate_manifest
 
     try:
         manifest = read_manifest(file)
     except ManifestError as e:
         fail(str(e))
-    problems = validate_manifest(manifest, deep=deep, progress=err_console.is_terminal, workers=workers)
+    if not manifest.samples and not manifest.problems:
+        fail(
+            f"{file}: the manifest has no rows (only a header, or nothing); add one row per support image and class"
+        )
+    JobConfig(resolution=resolution).validate()  # ConfigError → one line, exit 2 (cli.errors)
+    RuntimeConfig(max_side=max_side, max_aspect=max_aspect, max_pixels=max_pixels).validate()
+    limits = SizeLimits(resolution, max_side, max_aspect, max_pixels)
+    problems = validate_manifest(
+        manifest, deep=deep, progress=err_console.is_terminal, workers=workers, limits=limits
+    )
     n_rows = len(manifest.samples) + len({p.row for p in manifest.problems})
     if not problems:
         console.print(f"[green]ok[/] {escape(str(file))}: {n_rows} row(s), no problems", highlight=False)
@@ -75,7 +96,12 @@ def validate(
     table.add_column("file", overflow="fold")
     table.add_column("reason", overflow="fold")
     for p in problems:
-        table.add_row(str(p.row), escape(p.column), escape(p.file), escape(p.reason))
+        table.add_row(
+            str(p.row),
+            escape(p.column),
+            escape(display_text(p.file, 300)),
+            escape(display_text(p.reason, 500)),
+        )
     console.print(table)
     bad_rows = len({p.row for p in problems})
     console.print(
