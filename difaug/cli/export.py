@@ -79,8 +79,6 @@ def export(
         )  # fmt: skip
     except (ExportError, RunError, UnsafePathError) as e:
         fail(str(e))
-    except OSError as e:
-        fail(f"cannot write into {out}: {e.strerror or e}")
 
     console.print(
         f"[bold]{result.files}[/] files in [bold]{escape(str(result.out))}[/] ({layout}, {result.image_format}): "
