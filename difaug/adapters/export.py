@@ -46,7 +46,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from difaug import imageio
-from difaug.adapters.index import drift_keep, drift_scores
+from difaug.adapters.index import DriftScoreError, drift_filter
 from difaug.adapters.run import Failure, RunView, open_run
 from difaug.adapters.safe_names import is_safe_component, safe_component, safe_join
 
@@ -171,10 +171,9 @@ def export_run(
     result = ExportResult(
         layout, out, fmt, view.num_aux, str(Path(run_dir).resolve()), min_drift_iou, with_conditions
     )
-    scores = drift_scores(view.shard_paths, view.keys.num_rows) if min_drift_iou is not None else None
     try:
-        keep = drift_keep(scores or [None] * view.keys.num_rows, min_drift_iou, run_dir)
-    except ValueError as e:
+        keep = drift_filter(view, min_drift_iou)
+    except DriftScoreError as e:
         raise ExportError(str(e)) from None
 
     # Every name is decided (and a layout that cannot describe the run refused) before writing.

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from difaug import imageio
-from difaug.adapters.run import open_run
+from difaug.adapters.run import RunView, open_run
 
 MAX_OPEN_FILES = 16
 DRIFT_COLUMN = "drift_iou"
@@ -74,6 +74,13 @@ def drift_keep(scores: list[float | None], min_drift_iou: float | None, run_dir:
             f"run `difaug score {run_dir}` first, or leave out the drift threshold"
         )
     return [s >= min_drift_iou for s in scores]  # type: ignore[operator]
+
+
+def drift_filter(view: RunView, min_drift_iou: float | None) -> list[bool]:
+    """Per row of `view.keys`: kept by the threshold? (All, without reading scores, when None.)"""
+    if min_drift_iou is None:
+        return [True] * view.keys.num_rows
+    return drift_keep(drift_scores(view.shard_paths, view.keys.num_rows), min_drift_iou, view.run_dir)
 
 
 def pick(n: int, k: int | None, choose: str = "first", seed: int | str | None = None) -> list[int]:
@@ -146,13 +153,7 @@ class AuxIndex:
         self.run_dir = Path(run_dir)
         self.num_aux = view.num_aux
         self.min_drift_iou = min_drift_iou
-        keep = drift_keep(
-            drift_scores(view.shard_paths, view.keys.num_rows)
-            if min_drift_iou is not None
-            else [True] * view.keys.num_rows,
-            min_drift_iou,
-            run_dir,
-        )
+        keep = drift_filter(view, min_drift_iou)
         self.filtered = 0  # aux images left out by min_drift_iou
         self._paths = [str(p) for p in view.shard_paths]
         self._cache_size = max(1, cache_row_groups)
