@@ -87,14 +87,22 @@ def smooth_image(width: int, height: int, seed: int) -> np.ndarray:
 
 def synthetic_mask(width: int, height: int, class_id: int, seed: int) -> np.ndarray:
     """class_id in a box, a 255 "ignore" outline around it, 0 elsewhere."""
-    mask = np.zeros((height, width), dtype=np.uint8)
+    mask = np.zeros((height, width), dtype=np.uint8 if class_id < 256 else np.uint16)  # 16-bit: FSS ids
     x0, y0 = width // 4 + seed % 3, height // 4
     mask[y0 - 1 : height - height // 4 + 1, x0 - 1 : width - width // 4 + 1] = 255
     mask[y0 : height - height // 4, x0 : width - width // 4] = class_id
     return mask
 
 
-def _row_dict(sample: Sample, k: int, aux: np.ndarray, cond: np.ndarray, cfg: JobConfig) -> dict:
+def _row_dict(
+    sample: Sample,
+    k: int,
+    aux: np.ndarray,
+    cond: np.ndarray,
+    cfg: JobConfig,
+    drift_iou: float | None = None,
+    corrupt: bool = False,
+) -> dict:
     h, w = aux.shape[:2]
     return shards.make_row(
         sample,
@@ -105,7 +113,9 @@ def _row_dict(sample: Sample, k: int, aux: np.ndarray, cond: np.ndarray, cfg: Jo
         negative_prompt=cfg.negative_prompt,
         size=(w, h),
         condition_png=encode(cond, "png"),
-        aux_bytes=encode(aux, cfg.image_format, cfg.jpeg_quality),
+        # `corrupt`: bytes that are no image (a damaged shard row), for the export's decode check.
+        aux_bytes=b"not an image" if corrupt else encode(aux, cfg.image_format, cfg.jpeg_quality),
+        scores=None if drift_iou is None else {"drift_iou": drift_iou, "drift_segments": 3},
         provenance={
             "base_model": "tiny/stable-diffusion-v1-5",
             "controlnet_model": "tiny/sd-controlnet-hed",
@@ -128,11 +138,14 @@ def make_run(
     image_format: str = "png",
     fail: Sequence[str] = (),
     unfinished: Sequence[int] = (),
+    drift: dict[str, Sequence[float]] | None = None,
+    corrupt: Sequence[str] = (),
 ) -> SyntheticRun:
     """A run dir at `root/run` over a manifest at `root/manifest.jsonl` (data in `root/data`).
 
     `fail`: sample ids that get a failure record instead of images. `unfinished`: shard indices
-    left without shard file and marker (an interrupted run)."""
+    left without shard file and marker (an interrupted run). `drift`: sample id → drift_iou per
+    aux index (others stay null: not scored). `corrupt`: sample ids whose aux bytes are no image."""
     data = root / "data"
     records = []
     for i, spec in enumerate(specs):
@@ -186,7 +199,11 @@ def make_run(
             w, h = spec.size
             cond = smooth_image(64, 64, 7 * r)
             auxes = [smooth_image(w, h, 11 * r + k) for k in range(num_aux)]
-            rows += [_row_dict(sample, k, a, cond, cfg) for k, a in enumerate(auxes)]
+            scores = (drift or {}).get(sample.sample_id) or [None] * num_aux
+            rows += [
+                _row_dict(sample, k, a, cond, cfg, scores[k], sample.sample_id in corrupt)
+                for k, a in enumerate(auxes)
+            ]
             out.aux[sample.sample_id] = auxes
             out.conditions[sample.sample_id] = cond
         path = shards.write_shard(shards.shard_path(run_dir, index), rows)
