@@ -43,9 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
-from difaug import imageio
+from difaug import imageio, shards
 from difaug.adapters.index import DriftScoreError, drift_filter
 from difaug.adapters.run import Failure, RunView, open_run
 from difaug.adapters.safe_names import is_safe_component, safe_component, safe_join
@@ -402,7 +400,7 @@ def _write_all(
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for shard, groups in sorted(by_shard.items()):
-            with pq.ParquetFile(view.shard_paths[shard]) as pf:
+            with shards.open_shard(view.shard_paths[shard]) as pf:
                 for group, group_targets in sorted(groups.items()):
                     # One row group of image bytes in memory at a time, never the whole shard.
                     columns = sorted({t.column for t in group_targets})

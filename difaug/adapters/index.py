@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from difaug import imageio
+from difaug import imageio, shards
 from difaug.adapters.run import RunView, open_run
 
 MAX_OPEN_FILES = 16
@@ -50,7 +50,7 @@ def drift_scores(paths: list[Path] | list[str], num_rows: int | None = None) -> 
     before the column existed count as not scored."""
     scores: list[float | None] = []
     for path in paths:
-        with pq.ParquetFile(path) as pf:
+        with shards.open_shard(path) as pf:
             if DRIFT_COLUMN in pf.schema_arrow.names:
                 scores += pf.read(columns=[DRIFT_COLUMN]).column(0).to_pylist()
             else:
@@ -307,7 +307,7 @@ class AuxIndex:
         if handle is not None:
             self._files.move_to_end(key)
             return handle
-        handle = pq.ParquetFile(self._paths[shard])
+        handle = shards.open_shard(self._paths[shard])
         self._files[key] = handle
         while len(self._files) > MAX_OPEN_FILES:
             _, evicted = self._files.popitem(last=False)
