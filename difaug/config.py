@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import string
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,15 @@ SCHEDULERS = ("unipc", "ddim", "euler", "euler_a", "dpmpp_2m", "pndm", "lcm")
 CLUSTERS = ("sync", "local", "cuda", "slurm")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 SCORES = ("diffseg", "none")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# The only placeholder a prompt template may hold (filled per row in difaug.generate.sample_prompt).
+PROMPT_FIELDS = ("class_name",)
+# Input size guards (RuntimeConfig.max_*): no real FSS dataset comes near them (PASCAL ≤ 500 px,
+# COCO ≤ 640 px, FSS-1000 224 px), but a 2000×8 strip would otherwise become a 128000×512 working
+# image and take the machine's memory with it.
+DEFAULT_MAX_SIDE = 8192
+DEFAULT_MAX_ASPECT = 16.0
+DEFAULT_MAX_PIXELS = 150_000_000
 
 DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_CONTROLNETS = {c: f"lllyasviel/sd-controlnet-{c}" for c in CONDITIONS}
@@ -69,20 +80,26 @@ class JobConfig:
     score: str = "diffseg"
 
     def validate(self) -> JobConfig:
+        """Every value this config holds, checked before any plan is written or model loaded."""
         _choice("condition", self.condition, CONDITIONS)
         _choice("condition_style", self.condition_style, CONDITION_STYLES)
         _choice("scheduler", self.scheduler, SCHEDULERS)
         _choice("image_format", self.image_format, ("png", "jpeg"))
         _choice("score", self.score, SCORES)
         for name in ("num_aux", "steps", "shard_size", "resolution", "detect_resolution"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+            _int_at_least(name, getattr(self, name), 1)
         if self.resolution % 64:
             raise ConfigError(f"resolution must be a multiple of 64, got {self.resolution}")
-        if "{class_name}" not in self.prompt_template:
-            raise ConfigError("prompt_template must contain {class_name}")
-        if not 0 <= self.seed < 2**63:
-            raise ConfigError(f"seed must be in [0, 2**63), got {self.seed}")
+        _int_at_least("jpeg_quality", self.jpeg_quality, 1)
+        if self.jpeg_quality > 100:
+            raise ConfigError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+        for name in ("guidance_scale", "controlnet_scale"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
+        check_prompt_template(self.prompt_template)
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
         return self
 
     @property
@@ -113,12 +130,37 @@ class RuntimeConfig:
     # dask-jobqueue SLURMCluster keyword arguments (queue, account, cores, memory, walltime,
     # job_extra_directives, …), straight from the YAML's `slurm:` section.
     slurm: dict[str, Any] = field(default_factory=dict)
+    # Size guards applied by validation (`difaug.manifest.SizeLimits`): an image whose working size
+    # has a longer side than max_side, a long/short side ratio above max_aspect, or more than
+    # max_pixels decoded pixels is a failed row, never a run that eats the machine's memory.
+    max_side: int = DEFAULT_MAX_SIDE
+    max_aspect: float = DEFAULT_MAX_ASPECT
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def validate(self) -> RuntimeConfig:
+        """Every value this config holds, checked before any plan is written or worker started."""
+        from difaug.device import check_device_name, dtype_name
+
         _choice("cluster", self.cluster, CLUSTERS)
         _choice("dtype", self.dtype, DTYPES)
-        if self.workers < 1 or self.batch_size < 1 or self.retries < 0:
-            raise ConfigError("workers and batch_size must be >= 1, retries >= 0")
+        dtype_name(self.dtype)
+        check_device_name(self.device)
+        _choice("compile_mode", self.compile_mode, COMPILE_MODES)
+        if self.compile and self.offload:
+            raise ConfigError(
+                "compile and offload cannot be combined; choose one (--no-compile or --no-offload)"
+            )
+        for name in ("workers", "threads_per_worker", "batch_size", "max_side", "max_pixels"):
+            _int_at_least(name, getattr(self, name), 1)
+        _int_at_least("retries", self.retries, 0)
+        if (
+            isinstance(self.max_aspect, bool)
+            or not isinstance(self.max_aspect, int | float)
+            or not (math.isfinite(self.max_aspect) and self.max_aspect >= 1)
+        ):
+            raise ConfigError(f"max_aspect must be a number >= 1, got {self.max_aspect!r}")
+        if not isinstance(self.slurm, dict):
+            raise ConfigError(f"slurm must be a mapping of SLURMCluster arguments, got {self.slurm!r}")
         return self
 
 
@@ -136,7 +178,37 @@ class Job:
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ConfigError(f"{name}={value!r} is not one of: {', '.join(allowed)}")
+        raise ConfigError(
+            f"{name}={value!r} is not one of: {', '.join(allowed)}; set --{name.replace('_', '-')} "
+            f"(or `{name}:` in the config file) to one of them"
+        )
+
+
+def _int_at_least(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def check_prompt_template(template: str) -> None:
+    """Refuse a template that `str.format(class_name=…)` cannot fill: an unknown placeholder
+    (`{style}`), positional `{}`, an attribute or index (`{class_name.x}`), unbalanced braces, or no
+    `{class_name}` at all. Literal braces are written `{{` and `}}`."""
+    if not isinstance(template, str):
+        raise ConfigError(f"prompt_template must be text, got {template!r}")
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise ConfigError(
+            f"prompt_template {template!r} is not a valid template ({e}); write literal braces as {{{{ and }}}}"
+        ) from None
+    bad = [n for n in names if n not in PROMPT_FIELDS]
+    if bad:
+        raise ConfigError(
+            f"prompt_template {template!r} has placeholder(s) {', '.join('{' + n + '}' for n in bad)}; "
+            f"only {{class_name}} is filled in (write literal braces as {{{{ and }}}})"
+        )
+    if "class_name" not in names:
+        raise ConfigError(f"prompt_template {template!r} must contain {{class_name}}")
 
 
 _JOB_KEYS = {f.name for f in fields(JobConfig)}
@@ -165,6 +237,21 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return flat
 
 
+MODEL_PATH_KEYS = ("model", "base_model", "controlnet", "hed_weights")
+
+
+def absolute_model_refs(values: dict[str, Any]) -> dict[str, Any]:
+    """Model references as the plan stores them: a local folder or file → its absolute path, so a
+    resume from another working directory loads the same model (or is refused as another job); a
+    hub id or URL (nothing of that name here) stays as written."""
+    out = dict(values)
+    for key in MODEL_PATH_KEYS:
+        ref = out.get(key)
+        if isinstance(ref, str) and ref and "://" not in ref and Path(ref).expanduser().exists():
+            out[key] = str(Path(ref).expanduser().resolve())
+    return out
+
+
 def resolve_job(config_file: str | Path | None = None, **overrides: Any) -> Job:
     """Defaults < YAML file < `overrides` (CLI flags; `None` means "not given")."""
     values: dict[str, Any] = load_yaml(config_file) if config_file else {}
@@ -176,6 +263,7 @@ def resolve_job(config_file: str | Path | None = None, **overrides: Any) -> Job:
         raise ConfigError("no manifest given: pass --manifest FILE or set `manifest:` in the config file")
     if not values.get("out"):
         raise ConfigError("no output folder given: pass --out DIR or set `out:` in the config file")
+    values = absolute_model_refs(values)
     job_cfg = JobConfig(**{k: v for k, v in values.items() if k in _JOB_KEYS}).validate()
     runtime = RuntimeConfig(**{k: v for k, v in values.items() if k in _RUNTIME_KEYS}).validate()
     return Job(

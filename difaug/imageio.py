@@ -8,6 +8,9 @@ the pipeline never has to think about PIL modes.
 from __future__ import annotations
 
 import io
+import os
+import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -96,12 +99,45 @@ def _looks_complete(fmt: str | None, tail: bytes) -> bool | None:
     return None
 
 
+_STDERR_LOCK = threading.Lock()
+
+
+def jpeg_decoder_warnings(raw: bytes) -> list[str]:
+    """What libjpeg says while decoding `raw` ("Corrupt JPEG data: premature end of data segment",
+    "Premature end of JPEG file", …); [] for a clean file.
+
+    A JPEG cut short and then given an end marker decodes without an error: libjpeg pads the
+    missing scan with zeros (the lower part comes out flat grey) and only *warns*. PIL discards
+    those warnings and OpenCV prints them to file descriptor 2, so this decodes with OpenCV while
+    fd 2 points at a temp file, under a lock (the redirect is process-wide). Anything else written
+    to stderr in that window is kept only if it mentions JPEG, and is lost otherwise; the
+    decode takes milliseconds, and only `--deep` validation calls this."""
+    import cv2
+
+    with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
+        saved = os.dup(2)
+        try:
+            os.dup2(sink.fileno(), 2)
+            decoded = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        sink.seek(0)
+        lines = sink.read().decode("utf-8", "replace").splitlines()
+    # "N extraneous bytes before marker" is padding between segments (common in camera files);
+    # the pixels are all there, so it is not a failure.
+    found = [line.strip() for line in lines if "JPEG" in line and "extraneous bytes" not in line]
+    del decoded  # PIL already decoded the file; OpenCV is here only for libjpeg's warnings
+    return found
+
+
 def check_image_file(path: str | Path, *, deep: bool = False) -> tuple[int, int, str]:
     """`(width, height, mode)` of an image file that exists and is complete, else `ImageReadError`.
 
     Default: header + end-marker check (JPEG EOI, PNG IEND), which finds truncated files at header
     cost; a file without the marker, or of another format, is fully decoded to decide. `deep=True`
-    always decodes every pixel (finds corruption inside otherwise complete files)."""
+    always decodes every pixel and, for JPEGs, treats decoder warnings as failures (finds corruption
+    inside otherwise complete files, and files cut short and then given an end marker)."""
     path = str(path)
     try:
         if is_url(path):
@@ -122,8 +158,17 @@ def check_image_file(path: str | Path, *, deep: bool = False) -> tuple[int, int,
     try:
         img = Image.open(fh)
         width, height, mode = img.width, img.height, img.mode
-        if deep or not _looks_complete(img.format, tail):
+        fmt = img.format
+        if deep or not _looks_complete(fmt, tail):
             img.load()  # truncated or corrupt data raises here
+        if deep and fmt == "JPEG":
+            fh.seek(0)
+            warnings = jpeg_decoder_warnings(fh.read())
+            if warnings:
+                # a ValueError: decode_error below adds "cannot decode PATH"
+                raise ValueError(
+                    f"{warnings[0]} (the file is damaged, e.g. cut short); replace it with a good copy"
+                )
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
         raise decode_error(path, e) from e
     finally:

@@ -10,13 +10,18 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from difaug import imageio
+from difaug.config import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+
+if TYPE_CHECKING:
+    from difaug.config import Job
 
 REQUIRED_COLUMNS = ("image", "mask", "class_id", "class_name")
 OPTIONAL_COLUMNS = ("sample_id", "dataset", "split", "fold", "prompt")
@@ -68,10 +73,13 @@ class Manifest:
     path: str
     samples: list[Sample]
     problems: list[RowProblem]  # rows that could not even be normalised (bad class_id, no image…)
+    # Hash of the rows with `image`/`mask` as written in the file (relative paths unresolved), set
+    # by `read_manifest`: moving a manifest together with its data keeps it (a plan still resumes).
+    text_fingerprint: str = ""
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint_samples(self.samples)
+        return self.text_fingerprint or fingerprint_samples(self.samples)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -106,13 +114,36 @@ def _manifest_dir(path: str) -> str:
 
 
 def resolve_path(value: str, base: str) -> str:
-    """Absolute paths and URLs stay as they are; relative paths resolve against `base`."""
+    """Absolute paths and URLs stay as they are; relative paths — plain or `file://` — resolve
+    against `base` (the manifest's folder), so `file://images/a.jpg` means the same as `images/a.jpg`."""
     value = value.strip()
-    if not value or imageio.is_url(value) or value.startswith("file://") or Path(value).is_absolute():
+    if value.startswith("file://"):
+        local = value.removeprefix("file://")
+        if not local or Path(local).is_absolute():
+            return value
+        value = local
+    if not value or imageio.is_url(value) or Path(value).is_absolute():
         return value
     if imageio.is_url(base):
         return f"{base.rstrip('/')}/{PurePosixPath(value)}"
     return str(Path(base) / value)
+
+
+# A record key no manifest column can have: the reader's note that a record is malformed (extra CSV
+# fields, a repeated JSON key). `read_manifest` turns it into a problem of that row.
+MALFORMED = object()
+
+
+def _no_repeated_keys(lineno: int) -> Callable[[list[tuple[str, object]]], dict]:
+    def hook(pairs: list[tuple[str, object]]) -> dict:
+        record: dict = {}
+        for key, value in pairs:
+            if key in record:
+                record[MALFORMED] = f"line {lineno}: key {key!r} appears twice; keep one"
+            record[key] = value
+        return record
+
+    return hook
 
 
 def _read_records(path: str) -> Iterator[dict]:
@@ -129,6 +160,11 @@ def _read_records(path: str) -> Iterator[dict]:
             )
         except (pa.ArrowException, OSError, imageio.ImageReadError) as e:
             raise ManifestError(f"{path}: not a readable Parquet file: {e}") from e
+        repeated = sorted({n for n in table.column_names if table.column_names.count(n) > 1})
+        if repeated:
+            raise ManifestError(
+                f"{path}: column(s) {', '.join(repeated)} appear more than once; keep one of each"
+            )
         for batch in table.to_batches(max_chunksize=4096):
             yield from batch.to_pylist()
         return
@@ -145,7 +181,7 @@ def _read_records(path: str) -> Iterator[dict]:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(line, object_pairs_hook=_no_repeated_keys(lineno))
             except json.JSONDecodeError as e:
                 raise ManifestError(f"{path}: line {lineno} is not valid JSON: {e}") from e
             if not isinstance(record, dict):
@@ -154,7 +190,23 @@ def _read_records(path: str) -> Iterator[dict]:
         return
     if lower.endswith((".csv", ".tsv")):
         delimiter = "\t" if lower.endswith(".tsv") else ","
-        yield from csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, restkey=MALFORMED)
+        header = reader.fieldnames or []
+        repeated = sorted({c for c in header if header.count(c) > 1})
+        if repeated:
+            raise ManifestError(
+                f"{path}: line 1 (the header) names column(s) {', '.join(map(repr, repeated))} more than once; "
+                "keep one of each"
+            )
+        for record in reader:
+            extra = record.get(MALFORMED)
+            if extra is not None:
+                record[MALFORMED] = (
+                    f"line {reader.line_num}: {len(extra)} more field(s) than the header's {len(header)} "
+                    f"columns ({', '.join(repr(v) for v in extra[:3])}); quote values that hold "
+                    f"{'tabs' if delimiter == chr(9) else 'commas'}"
+                )
+            yield record
         return
     raise ManifestError(f"{path}: unknown manifest format; use .csv, .tsv, .jsonl or .parquet")
 
@@ -174,6 +226,17 @@ def _as_int(value: object) -> int:
     return int(f)
 
 
+INT64_RANGE = (-(2**63), 2**63 - 1)  # what a shard's integer columns hold
+
+
+def _int_problem(row: int, column: str, value: int | None) -> RowProblem | None:
+    """A value that no int64 shard column can store: refused here, naming the row, not at write time."""
+    lo, hi = INT64_RANGE
+    if value is None or lo <= value <= hi:
+        return None
+    return RowProblem(row, column, "", f"{column} {value} does not fit a 64-bit integer ({lo}..{hi})")
+
+
 def default_sample_id(image: str, class_id: int) -> str:
     return f"{PurePosixPath(image.replace(chr(92), '/')).stem}_{class_id}"
 
@@ -186,6 +249,7 @@ def read_manifest(path: str | Path) -> Manifest:
     base = _manifest_dir(path)
     samples: list[Sample] = []
     problems: list[RowProblem] = []
+    text_hash = hashlib.sha256()
     # Records stream one at a time: the driver of a 100k-row job keeps only the `Sample`s.
     for row, rec in enumerate(_read_records(path), 1):
         if row == 1:
@@ -195,6 +259,9 @@ def read_manifest(path: str | Path) -> Manifest:
                     f"{path}: missing column(s) {', '.join(missing)}; a manifest needs "
                     f"{', '.join(REQUIRED_COLUMNS)} (optional: {', '.join(OPTIONAL_COLUMNS)})"
                 )
+        if MALFORMED in rec:
+            problems.append(RowProblem(row, "", "", str(rec[MALFORMED])))
+            continue
         bad = [c for c in REQUIRED_COLUMNS if _blank(rec.get(c))]
         if bad:
             for c in bad:
@@ -214,23 +281,28 @@ def read_manifest(path: str | Path) -> Manifest:
             except (TypeError, ValueError):
                 problems.append(RowProblem(row, "fold", "", f"fold {rec['fold']!r} is not an integer"))
                 continue
+        too_big = [_int_problem(row, c, v) for c, v in (("class_id", class_id), ("fold", fold))]
+        too_big = [p for p in too_big if p is not None]
+        if too_big:
+            problems.extend(too_big)
+            continue
         image = str(rec["image"]).strip()
         sample_id = "" if _blank(rec.get("sample_id")) else str(rec["sample_id"]).strip()
-        samples.append(
-            Sample(
-                row=row,
-                sample_id=sample_id or default_sample_id(image, class_id),
-                image=resolve_path(image, base),
-                mask=resolve_path(str(rec["mask"]), base),
-                class_id=class_id,
-                class_name=str(rec["class_name"]).strip(),
-                dataset="" if _blank(rec.get("dataset")) else str(rec["dataset"]).strip(),
-                split="" if _blank(rec.get("split")) else str(rec["split"]).strip(),
-                fold=fold,
-                prompt="" if _blank(rec.get("prompt")) else str(rec["prompt"]),
-            )
+        sample = Sample(
+            row=row,
+            sample_id=sample_id or default_sample_id(image, class_id),
+            image=image,
+            mask=str(rec["mask"]).strip(),
+            class_id=class_id,
+            class_name=str(rec["class_name"]).strip(),
+            dataset="" if _blank(rec.get("dataset")) else str(rec["dataset"]).strip(),
+            split="" if _blank(rec.get("split")) else str(rec["split"]).strip(),
+            fold=fold,
+            prompt="" if _blank(rec.get("prompt")) else str(rec["prompt"]),
         )
-    return Manifest(path=path, samples=samples, problems=problems)
+        text_hash.update(json.dumps(sample.to_dict(), sort_keys=True, ensure_ascii=False).encode() + b"\n")
+        samples.append(replace(sample, image=resolve_path(image, base), mask=resolve_path(sample.mask, base)))
+    return Manifest(path=path, samples=samples, problems=problems, text_fingerprint=text_hash.hexdigest())
 
 
 MANIFEST_COLUMNS = (
@@ -288,6 +360,50 @@ def write_manifest(rows: Sequence[dict], out: str | Path) -> None:
 
 
 @dataclass(frozen=True)
+class SizeLimits:
+    """The input sizes a job accepts (`RuntimeConfig.max_side`/`max_aspect`/`max_pixels`); the
+    defaults are far above any real FSS dataset and far below what runs a machine out of memory."""
+
+    resolution: int = 512  # the job's working short side: the long side follows from it
+    max_side: int = DEFAULT_MAX_SIDE
+    max_aspect: float = DEFAULT_MAX_ASPECT
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    @classmethod
+    def for_job(cls, job: Job) -> SizeLimits:
+        rt = job.runtime
+        return cls(job.config.resolution, rt.max_side, rt.max_aspect, rt.max_pixels)
+
+    def problem(self, width: int, height: int) -> str:
+        """Why a `width`×`height` image cannot be generated with these limits, or ''."""
+        from difaug.conditions import working_size  # conditions imports this module
+
+        if width <= 0 or height <= 0:
+            return f"image is {width}×{height}: empty"
+        aspect = max(width, height) / min(width, height)
+        if aspect > self.max_aspect:
+            w, h = working_size(width, height, self.resolution)
+            return (
+                f"image is {width}×{height}, aspect ratio {aspect:.1f}:1 above the limit "
+                f"{self.max_aspect:g}:1 (its working size would be {w}×{h}); crop or pad it, or raise "
+                f"the limit with --max-aspect"
+            )
+        if width * height > self.max_pixels:
+            return (
+                f"image is {width}×{height} = {width * height} pixels, above the limit {self.max_pixels}; "
+                "downscale it, or raise the limit with --max-pixels"
+            )
+        w, h = working_size(width, height, self.resolution)
+        if max(w, h) > self.max_side:
+            return (
+                f"image is {width}×{height}: its working size at resolution {self.resolution} is "
+                f"{w}×{h}, longer than the limit {self.max_side} px; lower --resolution, crop it, or "
+                "raise the limit with --max-side"
+            )
+        return ""
+
+
+@dataclass(frozen=True)
 class _FileCheck:
     """One file's check: what a row needs to know about it, or why it is unusable."""
 
@@ -327,17 +443,24 @@ _COLUMN_ORDER = {c: i for i, c in enumerate(("", *MANIFEST_COLUMNS))}
 
 
 def validate_manifest(
-    manifest: Manifest, *, deep: bool = False, progress: bool = False, workers: int | None = None
+    manifest: Manifest,
+    *,
+    deep: bool = False,
+    progress: bool = False,
+    workers: int | None = None,
+    limits: SizeLimits | None = None,
 ) -> list[RowProblem]:
     """Every problem of every row, before any GPU time is spent, sorted by row.
 
     Checked: the rows `read_manifest` could not normalise; unique sample_id (each duplicate row names
     the others); class_id neither 0 (background) nor 255 (ignore); image and mask exist and decode;
-    same width × height; the mask holds at least one pixel == class_id. Images are checked at
+    same width × height; the image's size within `limits` (aspect ratio, pixels, long side at the
+    working size; default `SizeLimits()`); the mask holds at least one pixel == class_id. Images are checked at
     header cost plus an end-marker test that finds truncated files (`deep=True`: full decode);
     masks are always decoded. Each distinct file is read once, on a thread pool."""
     from difaug.datasets.common import parallel_map  # here: datasets imports this module
 
+    limits = limits or SizeLimits()
     problems = list(manifest.problems)
     samples = manifest.samples
     if not samples and not problems:
@@ -379,6 +502,8 @@ def validate_manifest(
         image, mask = checks[("image", s.image)], checks[("mask", s.mask)]
         if image.error:
             problems.append(RowProblem(s.row, "image", s.image, image.error, s.sample_id))
+        elif too_big := limits.problem(image.width, image.height):
+            problems.append(RowProblem(s.row, "image", s.image, too_big, s.sample_id))
         if mask.error:
             problems.append(RowProblem(s.row, "mask", s.mask, mask.error, s.sample_id))
             continue

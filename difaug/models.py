@@ -69,6 +69,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from difaug.config import (
+    COMPILE_MODES,
     CONDITIONS,
     DEFAULT_BASE_MODEL,
     DEFAULT_CONTROLNETS,
@@ -79,8 +80,11 @@ from difaug.config import (
     JobConfig,
 )
 
+# Device and dtype: one implementation for the package (difaug.device); `models.resolve_device`
+# and `models.resolve_dtype` stay importable from here.
+from difaug.device import resolve_device, resolve_dtype, torch_dtype
+
 if TYPE_CHECKING:
-    import torch
     from diffusers import StableDiffusionControlNetPipeline
 
 BUNDLE_INDEX = "difaug-models.json"
@@ -88,7 +92,6 @@ BASE_DIRNAME = "stable-diffusion-v1-5"
 HED_DIRNAME = "Annotators"
 HED_FILENAME = "ControlNetHED.pth"
 DEFAULT_COMPILE_MODE = "reduce-overhead"
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 # name → (diffusers class, extra config). Built from the base model's own scheduler config, so
 # beta schedule and timestep spacing stay those the model was trained with.
@@ -180,47 +183,6 @@ def read_bundle(path: str | Path) -> dict[str, Any] | None:
     if data.get("hed_weights"):
         out["hed_weights"] = absolute(data["hed_weights"])
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# Device and dtype
-# --------------------------------------------------------------------------------------------
-
-
-def resolve_device(device: str = "auto") -> str:
-    """`auto` → `cuda` when a GPU is visible, else `cpu`. An explicit CUDA device without CUDA is an error."""
-    import torch
-
-    if device in ("", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        kind = torch.device(device).type
-    except RuntimeError as exc:
-        raise ConfigError(f"device={device!r} is not a torch device (use auto, cpu, cuda, cuda:N)") from exc
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={device!r} but CUDA is not available here; use device=auto or cpu")
-    return device
-
-
-def resolve_dtype(dtype: str, device: str) -> str:
-    """`auto` → float16 on CUDA, float32 elsewhere. float16 on CPU is refused: many CPU kernels
-    have no half-precision version and those that do are slower than float32."""
-    import torch
-
-    kind = torch.device(device).type
-    if dtype in ("", "auto"):
-        return "float16" if kind == "cuda" else "float32"
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise ConfigError(f"dtype={dtype!r} is not one of: auto, float32, float16, bfloat16")
-    if dtype == "float16" and kind == "cpu":
-        raise ConfigError("dtype=float16 is not supported on CPU; use float32 (the default) or bfloat16")
-    return dtype
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    import torch
-
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
 # --------------------------------------------------------------------------------------------

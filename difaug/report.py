@@ -7,9 +7,10 @@ ones: samples are ordered by a hash of their sample_id, so the choice is spread 
 shards yet stable across reruns and resumes). `write_html(...)` writes a self-contained page
 (images embedded as base64 PNG) with the same content.
 
-Stats marker fields used (written by the runner, read defensively — a missing field leaves a
-blank, never an error): `shard`, `images`, `failures[{row, sample_id, stage, reason}]`,
-`seconds{generate, total, <stage>…}`, `started`/`finished` (ISO timestamps).
+Only verified shards count (`difaug.adapters.run.open_run`); the others are reported as invalid
+with the reason and the command that redoes them. Marker fields used: `shard`, `images`,
+`failures[{row, sample_id, stage, reason}]`, `seconds{generate, total, <stage>…}`,
+`started`/`finished` (ISO timestamps).
 """
 
 from __future__ import annotations
@@ -26,10 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
-from difaug import imageio
+from difaug import imageio, shards
 from difaug.adapters.index import AuxIndex
 from difaug.adapters.run import (
     Failure,
@@ -40,6 +40,7 @@ from difaug.adapters.run import (
     plan_shards,
 )
 from difaug.config import DEFAULT_CONTROLNETS
+from difaug.text import display_text
 
 CONFIG_KEYS = (
     "condition",
@@ -105,6 +106,9 @@ class RunReport:
     provenance: dict[str, list[str]] = field(default_factory=dict)  # distinct values in the shards
     # class name → samples whose seg condition used the fallback colour (no ADE20K mapping)
     condition_fallbacks: dict[str, int] = field(default_factory=dict)
+    # shard name → why its marker or file does not verify (not counted anywhere above)
+    invalid_shards: dict[str, str] = field(default_factory=dict)
+    fix: str = ""  # the command that redoes invalid and unfinished shards
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,7 +160,7 @@ def _config_summary(view: RunView) -> dict[str, Any]:
 def _provenance(view: RunView) -> dict[str, list[str]]:
     values: dict[str, set[str]] = {c: set() for c in PROVENANCE_COLUMNS}
     for path in view.shard_paths:
-        table = pq.read_table(path, columns=list(PROVENANCE_COLUMNS))  # dictionary-encoded: tiny
+        table = shards.read_shard(path, PROVENANCE_COLUMNS)  # dictionary-encoded: tiny
         for c in PROVENANCE_COLUMNS:
             values[c].update(str(v) for v in table.column(c).unique().to_pylist())
     return {c: sorted(v) for c, v in values.items() if v}
@@ -218,6 +222,8 @@ def summarise(run_dir: str | Path) -> RunReport:
         config=_config_summary(view),
         provenance=_provenance(view),
         condition_fallbacks=dict(sorted(fallbacks.items())),
+        invalid_shards={c.shard.name: c.reason for c in view.invalid},
+        fix=view.fix,
     )
 
 
@@ -322,7 +328,8 @@ def contact_sheet(rows: Sequence[SheetRow], num_aux: int, thumb: int = 128) -> n
         draw.text((PAD + c * (thumb + PAD), 3), _fit_text(draw, label, thumb, font), fill=TEXT, font=font)
     for r, row in enumerate(rows):
         top = HEADER + r * (CAPTION + thumb + PAD)
-        caption = f"{row.sample_id}  ·  {row.class_name} ({row.class_id})"
+        # manifest text: one line, no control or direction marks (difaug.text)
+        caption = f"{display_text(row.sample_id)}  ·  {display_text(row.class_name)} ({row.class_id})"
         draw.text((PAD, top), _fit_text(draw, caption, width - 2 * PAD, font), fill=TEXT, font=font)
         for c, arr in enumerate(row.cells(num_aux)):
             cell = _thumbnail(arr, thumb, nearest=c == MASK_COLUMN)
@@ -354,8 +361,13 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+def _html(value: object) -> str:
+    """Manifest text for the page: one line without control or direction marks, then escaped."""
+    return html.escape(display_text(value, 1000))
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    e = html.escape
+    e = _html
     head = "".join(f"<th>{e(str(h))}</th>" for h in headers)
     body = "".join(
         "<tr>" + "".join(f"<td>{e('' if v is None else str(v))}</td>" for v in r) + "</tr>" for r in rows
@@ -369,7 +381,7 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 def render_html(report: RunReport, rows: Sequence[SheetRow], thumb: int = 192, extra: str = "") -> str:
     """A self-contained page: totals, timings, config, failures, and the sample grid."""
-    e = html.escape
+    e = _html
     totals = [
         ("manifest rows (planned)", report.manifest_rows),
         ("aux images (shard rows)", report.rows),
@@ -378,6 +390,7 @@ def render_html(report: RunReport, rows: Sequence[SheetRow], thumb: int = 192, e
         ("aux per sample (X)", report.num_aux),
         ("failed rows", len(report.failures)),
         ("shards finished / planned", f"{report.shards_done} / {report.shards_planned}"),
+        ("invalid shards (redone by the fix below)", len(report.invalid_shards)),
         ("disk (run dir / shards)", f"{human_bytes(report.disk_bytes)} / {human_bytes(report.shard_bytes)}"),
         ("wall time (s)", _fmt(report.wall_seconds)),
         ("images/s overall", _fmt(report.images_per_s)),
@@ -408,6 +421,10 @@ def render_html(report: RunReport, rows: Sequence[SheetRow], thumb: int = 192, e
             ("key", "value"),
             list(report.config.items()) + [(k, ", ".join(v)) for k, v in report.provenance.items()],
         ),
+        "<h2>Invalid shards</h2>",
+        (_table(("shard", "reason"), list(report.invalid_shards.items())) + f"<p>fix: {e(report.fix)}</p>")
+        if report.invalid_shards
+        else "<p>none</p>",
         "<h2>Failures by reason</h2>",
         _table(("reason", "rows"), list(report.failures_by_reason.items()))
         if report.failures
@@ -476,7 +493,7 @@ def score_stats(run_dir: str | Path, lowest: int = 8) -> ScoreStats:
     ious: list[float | None] = []
     segments: list[int | None] = []
     for path in view.shard_paths:
-        t = pq.read_table(path, columns=["key", "drift_iou", "drift_segments"])
+        t = shards.read_shard(path, columns=["key", "drift_iou", "drift_segments"])
         keys += t.column("key").to_pylist()
         ious += t.column("drift_iou").to_pylist()
         segments += t.column("drift_segments").to_pylist()

@@ -1,10 +1,13 @@
 """`difaug score RUN`: drift scores for the finished shards of a run made without them.
 
-Shard by shard, like generate: a shard whose `drift_segments` column is already filled for every
-row is skipped; any other is read, its aux images segmented with DiffSeg (`difaug.diffseg`) against
-each row's support mask, and rewritten atomically with `drift_iou` and `drift_segments` filled
-(`shards.write_shard`); then its stats marker records `"scored"`. A kill between the two leaves a
-filled shard, which the next run recognises and only marks. Rerunning changes nothing.
+Shard by shard, like generate, under the run's lock: each shard verified by its marker
+(`rundir.verify_run`) whose `drift_segments` column is already filled for every row is skipped;
+any other is read, its aux images segmented with DiffSeg (`difaug.diffseg`) against each row's
+support mask, rewritten atomically with `drift_iou` and `drift_segments` filled
+(`shards.write_shard`), and its marker rewritten with the new file's checksum and the scoring
+time in `seconds.score` (`rundir.rewrite_marker`). Rerunning changes nothing. A kill between the
+shard's rename and its marker's leaves a shard its marker no longer vouches for: it is reported,
+and the next `difaug generate` redoes it.
 """
 
 from __future__ import annotations
@@ -12,14 +15,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from difaug import imageio, shards
+from difaug import imageio, rundir, shards
 from difaug.config import JobConfig, RuntimeConfig
 
 # Scores a list of aux images against their masks: (images, masks, class_ids) -> [DriftScore].
@@ -33,6 +34,8 @@ class ScoreSummary:
     skipped_shards: list[int] = field(default_factory=list)
     rows: int = 0  # rows scored in this call
     unscorable: list[dict] = field(default_factory=list)  # {shard, key, reason}: left null
+    # {shard, reason}: shards whose marker does not vouch for their file; `difaug generate` redoes them
+    unverified: list[dict] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -99,40 +102,34 @@ def score_run(
     batch_size: int = 8,
     progress: ScoreHook | None = None,
 ) -> ScoreSummary:
-    """Fill the score columns of every finished shard that lacks them (see the module docstring)."""
+    """Fill the score columns of every verified shard that lacks them (see the module docstring).
+
+    Holds the run's lock (`rundir.RunLock`): never while `difaug generate` writes into the run."""
     t0 = time.perf_counter()
     summary = ScoreSummary()
-    shards.load_plan(run_dir)  # a clear error when this is not a run directory
-    for path in shards.iter_shard_paths(run_dir):
-        index = int(path.stem)
-        marker_path = shards.stats_path(run_dir, index)
-        marker = shards.load_json(marker_path)
-        table = shards.read_shard(path)
-        if is_scored(table):
-            if "scored" not in marker:  # filled during generation, or killed before the marker
-                marker["scored"] = _record(table.num_rows, "generate")
-                shards.write_json(marker_path, marker)
-            summary.skipped_shards.append(index)
+    with rundir.RunLock(run_dir):
+        for check in rundir.verify_run(run_dir).checks:
+            index = check.shard.index
+            if not check.ok or check.stats is None:
+                if check.status == "invalid":  # missing shards are simply not finished yet
+                    summary.unverified.append({"shard": index, "reason": check.reason})
+                continue
+            path = rundir.shard_path(run_dir, index)
+            table = shards.read_shard(path)
+            if is_scored(table):
+                summary.skipped_shards.append(index)
+                if progress:
+                    progress(index, "skipped")
+                continue
+            ts = time.perf_counter()
+            table, problems = score_table(table, scorer, batch_size, index)
+            shards.write_shard(path, table)  # atomic; then the marker vouches for the new file
+            seconds = dict(check.stats.seconds) | {"score": round(time.perf_counter() - ts, 4)}
+            rundir.rewrite_marker(run_dir, check.stats, seconds=seconds)
+            summary.scored_shards.append(index)
+            summary.rows += table.num_rows - len(problems)
+            summary.unscorable += problems
             if progress:
-                progress(index, "skipped")
-            continue
-        table, problems = score_table(table, scorer, batch_size, index)
-        shards.write_shard(path, table)  # atomic; then the marker says so
-        marker["scored"] = _record(table.num_rows - len(problems), "score")
-        shards.write_json(marker_path, marker)
-        summary.scored_shards.append(index)
-        summary.rows += table.num_rows - len(problems)
-        summary.unscorable += problems
-        if progress:
-            progress(index, "scored")
+                progress(index, "scored")
     summary.seconds = time.perf_counter() - t0
     return summary
-
-
-def _record(rows: int, by: str) -> dict[str, Any]:
-    return {
-        "method": "diffseg",
-        "by": by,
-        "rows": rows,
-        "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }

@@ -4,18 +4,14 @@ A shard holds one row per auxiliary image (columns below, in this order). The tw
 the Hugging Face `datasets` Image layout, struct<bytes, path>, and the schema carries the
 `huggingface` metadata, so `datasets.load_dataset("parquet", data_files=...)` decodes them.
 
-Everything here is written to a temporary name beside its target and renamed into place, so a
-reader (or a resumed run) sees either the whole file or none of it. A shard's stats marker
-(`stats/NNNNN.json`) is written after its Parquet file: the marker is what says "this shard is done".
+The run directory's layout, its records (plan, marker, summary), atomic writes and verification
+live in `difaug.rundir`; the layout names below delegate to it. Shards are written with Parquet
+page checksums and read with their verification on.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import time
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,13 +19,14 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from difaug import rundir
+from difaug.rundir import PLAN_FILE, SHARDS_DIR, STATS_DIR, remove_temp_files, shard_name, shard_path
+
 if TYPE_CHECKING:
     from difaug.config import JobConfig
     from difaug.manifest import Sample
 
-PLAN_FILE = "difaug.json"
-SHARDS_DIR = "shards"
-STATS_DIR = "stats"
+__all__ = ["PLAN_FILE", "SHARDS_DIR", "STATS_DIR", "remove_temp_files", "shard_name", "shard_path"]
 ROW_GROUP_SIZE = 100
 COMPRESSION = "zstd"
 IMAGE_COLUMNS = ("condition_image", "aux_image")
@@ -41,12 +38,12 @@ _COLUMNS: tuple[tuple[str, pa.DataType, str | None], ...] = (
     ("key", pa.string(), "string"),
     ("sample_id", pa.string(), "string"),
     ("aux_index", pa.int32(), "int32"),
-    ("row", pa.int32(), "int32"),
-    ("class_id", pa.int32(), "int32"),
+    ("row", pa.int64(), "int64"),  # a manifest value: any int64 validation accepts
+    ("class_id", pa.int64(), "int64"),  # a manifest value: any int64 validation accepts
     ("class_name", pa.string(), "string"),
     ("dataset", pa.string(), "string"),
     ("split", pa.string(), "string"),
-    ("fold", pa.int32(), "int32"),
+    ("fold", pa.int64(), "int64"),  # a manifest value: any int64 validation accepts
     ("image", pa.string(), "string"),
     ("mask", pa.string(), "string"),
     ("width", pa.int32(), "int32"),
@@ -99,16 +96,9 @@ class ShardError(ValueError):
     """A shard row or file that does not fit the schema; the message names the column."""
 
 
-def shard_name(index: int) -> str:
-    return f"{index:05d}"
-
-
-def shard_path(run_dir: str | Path, index: int) -> Path:
-    return Path(run_dir) / SHARDS_DIR / f"{shard_name(index)}.parquet"
-
-
 def stats_path(run_dir: str | Path, index: int) -> Path:
-    return Path(run_dir) / STATS_DIR / f"{shard_name(index)}.json"
+    """The shard's marker (`difaug.rundir.marker_path`)."""
+    return rundir.marker_path(run_dir, index)
 
 
 def image_struct(data: bytes, path: str) -> dict[str, Any]:
@@ -174,23 +164,6 @@ def make_row(
     }
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call `write(tmp_path)`, then rename over `path`; a crash leaves only a temp file.
-
-    The temp name carries host, pid and a random part: on a run directory shared by several nodes or
-    containers (where pids repeat), two attempts at one shard never write into the same file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def rows_to_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     """Rows (dicts keyed by column name) → a table with exactly `SCHEMA`. Missing columns refuse."""
     if rows:
@@ -225,33 +198,41 @@ def write_shard(path: str | Path, rows: Sequence[Mapping[str, Any]] | pa.Table) 
             row_group_size=ROW_GROUP_SIZE,
             use_dictionary=[c for c in COLUMNS if c not in IMAGE_COLUMNS],
             write_statistics=[c for c in COLUMNS if c not in IMAGE_COLUMNS],
+            write_page_checksum=True,  # a flipped byte fails the read instead of passing silently
         )
 
-    _atomic_write(path, write)
+    rundir.atomic_write(path, write)
     return path
 
 
 def write_json(path: str | Path, data: Any) -> Path:
-    """Write JSON atomically (stats markers, the plan)."""
-    path = Path(path)
-    text = json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
-    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    return path
+    """Write JSON atomically (`difaug.rundir.write_json`)."""
+    return rundir.write_json(path, data)
 
 
 def read_shard(path: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
-    return pq.read_table(path, columns=list(columns) if columns is not None else None)
+    """Read a shard (or some columns), verifying the Parquet page checksums."""
+    cols = list(columns) if columns is not None else None
+    return pq.read_table(path, columns=cols, page_checksum_verification=True)
+
+
+def open_shard(path: str | Path) -> pq.ParquetFile:
+    """A shard opened for row-group reads, with page checksum verification on: a flipped byte
+    raises OSError instead of returning a broken image (for export and AuxIndex)."""
+    return pq.ParquetFile(path, page_checksum_verification=True)
 
 
 def iter_shard_paths(run_dir: str | Path) -> Iterator[Path]:
-    """Finished shards (those with a stats marker), in index order. Temp files are never listed."""
-    run_dir = Path(run_dir)
-    for marker in sorted((run_dir / STATS_DIR).glob("[0-9]*.json")):
-        if not marker.stem.isdigit():
-            continue
-        path = run_dir / SHARDS_DIR / f"{marker.stem}.parquet"
-        if path.is_file():
-            yield path
+    """Verified shards of the run's plan (`difaug.rundir.verify_run`), in index order."""
+    for check in _verified(run_dir):
+        yield rundir.shard_path(run_dir, check.shard.index)
+
+
+def _verified(run_dir: str | Path) -> list[rundir.ShardCheck]:
+    try:
+        return rundir.verify_run(run_dir).done
+    except FileNotFoundError:  # no plan: nothing can be verified, so nothing counts
+        return []
 
 
 def load_json(path: str | Path) -> Any:
@@ -259,55 +240,10 @@ def load_json(path: str | Path) -> Any:
 
 
 def load_stats(run_dir: str | Path) -> list[dict]:
-    """Every stats marker of a run, in shard order."""
-    out = []
-    for marker in sorted((Path(run_dir) / STATS_DIR).glob("[0-9]*.json")):
-        if marker.stem.isdigit():
-            out.append(json.loads(marker.read_text(encoding="utf-8")))
-    return out
+    """The markers of the verified shards, in shard order (as dicts: `ShardStats.to_dict`)."""
+    return [c.stats.to_dict() for c in _verified(run_dir) if c.stats is not None]
 
 
 def load_plan(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / PLAN_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no plan in {run_dir}: {PLAN_FILE} is missing (is this a difaug run dir?)")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-_HOST = socket.gethostname().replace("-", "_") or "host"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_temp_files(run_dir: str | Path, *, foreign_after_s: float = 6 * 3600) -> int:
-    """Delete `*.tmp-<host>-<pid>-<rand>` leftovers of dead writers; returns how many went.
-
-    A temp file of this host whose pid is alive may belong to a writer that is finishing, so it
-    stays (it is never read either way). Another host's pids cannot be checked from here: its temp
-    files go only once they are older than `foreign_after_s` (no shard write takes that long)."""
-    n = 0
-    now = time.time()
-    for sub in (SHARDS_DIR, STATS_DIR, "."):
-        for tmp in (Path(run_dir) / sub).glob("*.tmp-*"):
-            host, _, rest = tmp.name.rsplit(".tmp-", 1)[1].rpartition("-")[0].rpartition("-")
-            pid = rest
-            try:
-                age = now - tmp.stat().st_mtime
-            except OSError:
-                continue
-            if host and host != _HOST:
-                if age < foreign_after_s:
-                    continue
-            elif pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
-                continue
-            tmp.unlink(missing_ok=True)
-            n += 1
-    return n
+    """The plan as a dict (`difaug.rundir.read_plan` gives the typed `Plan`)."""
+    return rundir.read_plan(run_dir).to_dict()

@@ -38,9 +38,10 @@ from typing import Any
 
 import numpy as np
 
-from difaug import imageio, shards
+from difaug import imageio, rundir, shards
 from difaug.config import Job, JobConfig, RuntimeConfig
 from difaug.manifest import Sample
+from difaug.rundir import Failure, ShardRange, ShardStats
 
 GeneratorFactory = Callable[[JobConfig, RuntimeConfig], Any]
 ConditionFactory = Callable[[JobConfig, RuntimeConfig], Any]
@@ -61,26 +62,37 @@ INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
 class ShardSpec:
     """One shard's share of the plan: small, picklable, no images."""
 
-    index: int
-    start: int  # first manifest row (1-based)
-    stop: int  # one past the last manifest row
-    samples: tuple[Sample, ...]  # rows of [start, stop) to generate
-    failures: tuple[dict, ...]  # rows of [start, stop) that failed before the task (manifest/validate)
+    shard: ShardRange
+    samples: tuple[Sample, ...]  # rows of the range to generate
+    failures: tuple[Failure, ...]  # rows of the range that failed before the task (manifest/validate)
     out: str
     plan_hash: str
 
     @property
+    def index(self) -> int:
+        return self.shard.index
+
+    @property
+    def start(self) -> int:
+        return self.shard.start
+
+    @property
+    def stop(self) -> int:
+        return self.shard.stop
+
+    @property
     def num_rows(self) -> int:
-        return self.stop - self.start
+        return self.shard.num_rows
 
 
-def failure(sample: Sample | None, stage: str, reason: str, row: int | None = None) -> dict:
-    return {
-        "row": row if row is not None else (sample.row if sample else 0),
-        "sample_id": sample.sample_id if sample else "",
-        "stage": stage,
-        "reason": reason,
-    }
+def failure(sample: Sample | None, stage: str, reason: str, row: int | None = None) -> Failure:
+    """The failure of `sample` (or of manifest `row` when there is no sample)."""
+    return Failure(
+        row if row is not None else (sample.row if sample else 0),
+        sample.sample_id if sample else "",
+        stage,
+        reason,
+    )
 
 
 # ----------------------------------------------------------------------------- model factories
@@ -271,7 +283,7 @@ def sleep_generator_factory(
 class _ShardState:
     """What the three stages share. Lists/dicts are only appended to (safe under the GIL)."""
 
-    failures: list[dict] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
     failed_ids: set[str] = field(default_factory=set)
     busy: dict[str, float] = field(default_factory=dict)
@@ -549,8 +561,8 @@ def run_shard(
     generator_factory: GeneratorFactory | None = None,
     condition_factory: ConditionFactory | None = None,
     progress: ProgressHook | None = None,
-) -> dict:
-    """Generate one shard, write it and its marker; return the marker (a small stats dict).
+) -> ShardStats:
+    """Generate one shard, write it and its marker; return the marker.
 
     One shard at a time per process: the cached pipeline and the torch thread setting are
     process-wide, and a worker started with several threads (a plain `dask worker`, a SLURM job
@@ -565,8 +577,9 @@ def _run_shard(
     generator_factory: GeneratorFactory | None,
     condition_factory: ConditionFactory | None,
     progress: ProgressHook | None,
-) -> dict:
+) -> ShardStats:
     started, t0 = _now(), time.perf_counter()
+    rundir.probe_writable(spec.out)  # a read-only or full OUT fails now, not after the shard's work
     gen_f = generator_factory or default_generator_factory
     cond_f = condition_factory or default_condition_factory
     cfg, rt = job.config, job.runtime
@@ -575,7 +588,7 @@ def _run_shard(
     fallbacks_before = Counter(getattr(condition, "fallbacks", None) or {})
     batch_size = int(getattr(generator, "batch_size", 0) or rt.batch_size)
     chunk = max(2, math.ceil(batch_size / cfg.num_aux))
-    state = _ShardState(failures=[dict(f) for f in spec.failures])
+    state = _ShardState(failures=list(spec.failures))
     score = _drift_scorer(generator, cfg)
     state.masks = {} if score is not None else None
     items_q: queue.Queue = queue.Queue(maxsize=2 * batch_size)
@@ -619,7 +632,7 @@ def _finish(
     started: str,
     clocks: tuple[float, float],
     load_s: float,
-) -> dict:
+) -> ShardStats:
     rows = sorted(
         (r for r in state.rows if r["sample_id"] not in state.failed_ids),
         key=lambda r: (r["row"], r["aux_index"]),
@@ -629,25 +642,27 @@ def _finish(
     short = [sid for sid, n in per_sample.items() if n != cfg.num_aux]
     if short:
         raise RuntimeError(f"shard {spec.index}: samples {short[:5]} lack some of their {cfg.num_aux} images")
-    failures = sorted(state.failures, key=lambda f: f["row"])
+    failures = tuple(sorted(state.failures, key=lambda f: f.row or 0))
     if len(done_ids) + len(failures) != spec.num_rows:
         raise RuntimeError(
             f"shard {spec.index}: {len(done_ids)} done + {len(failures)} failed != {spec.num_rows} rows "
             f"[{spec.start}, {spec.stop}) — a row went missing"
         )
     tw = time.perf_counter()
-    shards.write_shard(shards.shard_path(spec.out, spec.index), rows)
+    path = shards.write_shard(rundir.shard_path(spec.out, spec.index), rows)
+    # Hashed as it is on disk (once; cached by size and mtime), so the marker vouches for the file.
+    file = rundir.file_record(path, len(rows))
     state.add_time("write", time.perf_counter() - tw)
-    stats = {
-        "shard": spec.index,
-        "rows": [spec.start, spec.stop],
-        "plan_hash": spec.plan_hash,
-        "samples": spec.num_rows,
-        "done": len(done_ids),
-        "failed": len(failures),
-        "images": len(rows),
-        "failures": failures,
-        "seconds": {k: round(v, 4) for k, v in sorted(state.busy.items())}
+    stats = ShardStats(
+        shard=spec.index,
+        rows=(spec.start, spec.stop),
+        plan_hash=spec.plan_hash,
+        done=len(done_ids),
+        failed=len(failures),
+        images=len(rows),
+        file=file,
+        failures=failures,
+        seconds={k: round(v, 4) for k, v in sorted(state.busy.items())}
         | {
             "load": round(load_s, 4),
             "total": round(time.perf_counter() - clocks[0], 4),
@@ -655,10 +670,10 @@ def _finish(
             # when the worker runs one task at a time, as difaug's clusters do.
             "cpu": round(time.process_time() - clocks[1], 4),
         },
-        "fallbacks": dict(sorted(fallbacks.items())),
-        "worker": {"host": socket.gethostname(), "pid": os.getpid()},
-        "started": started,
-        "finished": _now(),
-    }
-    shards.write_json(shards.stats_path(spec.out, spec.index), stats)  # the marker: written last
+        fallbacks=dict(sorted(fallbacks.items())),
+        worker={"host": socket.gethostname(), "pid": os.getpid()},
+        started=started,
+        finished=_now(),
+    )
+    rundir.write_marker(spec.out, stats)  # the marker: written last
     return stats

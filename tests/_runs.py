@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from difaug import shards
+from difaug import rundir, shards
 from difaug.config import Job, JobConfig
 from difaug.imageio import encode
 from difaug.manifest import Sample, read_manifest, write_manifest
@@ -87,14 +87,22 @@ def smooth_image(width: int, height: int, seed: int) -> np.ndarray:
 
 def synthetic_mask(width: int, height: int, class_id: int, seed: int) -> np.ndarray:
     """class_id in a box, a 255 "ignore" outline around it, 0 elsewhere."""
-    mask = np.zeros((height, width), dtype=np.uint8)
+    mask = np.zeros((height, width), dtype=np.uint8 if class_id < 256 else np.uint16)  # 16-bit: FSS ids
     x0, y0 = width // 4 + seed % 3, height // 4
     mask[y0 - 1 : height - height // 4 + 1, x0 - 1 : width - width // 4 + 1] = 255
     mask[y0 : height - height // 4, x0 : width - width // 4] = class_id
     return mask
 
 
-def _row_dict(sample: Sample, k: int, aux: np.ndarray, cond: np.ndarray, cfg: JobConfig) -> dict:
+def _row_dict(
+    sample: Sample,
+    k: int,
+    aux: np.ndarray,
+    cond: np.ndarray,
+    cfg: JobConfig,
+    drift_iou: float | None = None,
+    corrupt: bool = False,
+) -> dict:
     h, w = aux.shape[:2]
     return shards.make_row(
         sample,
@@ -105,7 +113,9 @@ def _row_dict(sample: Sample, k: int, aux: np.ndarray, cond: np.ndarray, cfg: Jo
         negative_prompt=cfg.negative_prompt,
         size=(w, h),
         condition_png=encode(cond, "png"),
-        aux_bytes=encode(aux, cfg.image_format, cfg.jpeg_quality),
+        # `corrupt`: bytes that are no image (a damaged shard row), for the export's decode check.
+        aux_bytes=b"not an image" if corrupt else encode(aux, cfg.image_format, cfg.jpeg_quality),
+        scores=None if drift_iou is None else {"drift_iou": drift_iou, "drift_segments": 3},
         provenance={
             "base_model": "tiny/stable-diffusion-v1-5",
             "controlnet_model": "tiny/sd-controlnet-hed",
@@ -128,11 +138,14 @@ def make_run(
     image_format: str = "png",
     fail: Sequence[str] = (),
     unfinished: Sequence[int] = (),
+    drift: dict[str, Sequence[float]] | None = None,
+    corrupt: Sequence[str] = (),
 ) -> SyntheticRun:
     """A run dir at `root/run` over a manifest at `root/manifest.jsonl` (data in `root/data`).
 
     `fail`: sample ids that get a failure record instead of images. `unfinished`: shard indices
-    left without shard file and marker (an interrupted run)."""
+    left without shard file and marker (an interrupted run). `drift`: sample id → drift_iou per
+    aux index (others stay null: not scored). `corrupt`: sample ids whose aux bytes are no image."""
     data = root / "data"
     records = []
     for i, spec in enumerate(specs):
@@ -164,12 +177,12 @@ def make_run(
     run_dir = root / "run"
     job = Job(manifest=str(manifest_path), out=str(run_dir), config=cfg)
     plan = build_plan(job, manifest)
-    shards.write_json(run_dir / shards.PLAN_FILE, plan)
+    rundir.write_plan(run_dir, plan)
 
     by_row = {s.row: s for s in manifest.samples}
     out = SyntheticRun(run_dir, manifest_path, num_aux, list(manifest.samples), {}, {}, [], tuple(unfinished))
-    for entry in plan["shards"]:
-        index, (start, stop) = entry["index"], entry["rows"]
+    for shard in plan.shards:
+        index, start, stop = shard.index, shard.start, shard.stop
         if index in unfinished:
             continue
         rows, failures = [], []
@@ -178,33 +191,33 @@ def make_run(
             spec = specs[r - 1]
             if sample.sample_id in fail:
                 failures.append(
-                    {
-                        "row": r,
-                        "sample_id": sample.sample_id,
-                        "stage": "read",
-                        "reason": f"cannot decode {sample.image}: truncated file",
-                    }
+                    rundir.Failure(
+                        r, sample.sample_id, "read", f"cannot decode {sample.image}: truncated file"
+                    )
                 )
                 continue
             w, h = spec.size
             cond = smooth_image(64, 64, 7 * r)
             auxes = [smooth_image(w, h, 11 * r + k) for k in range(num_aux)]
-            rows += [_row_dict(sample, k, a, cond, cfg) for k, a in enumerate(auxes)]
+            scores = (drift or {}).get(sample.sample_id) or [None] * num_aux
+            rows += [
+                _row_dict(sample, k, a, cond, cfg, scores[k], sample.sample_id in corrupt)
+                for k, a in enumerate(auxes)
+            ]
             out.aux[sample.sample_id] = auxes
             out.conditions[sample.sample_id] = cond
-        shards.write_shard(shards.shard_path(run_dir, index), rows)
-        out.failures += failures
-        done = len({r["sample_id"] for r in rows})
-        marker = {
-            "shard": index,
-            "rows": [start, stop],
-            "plan_hash": plan["plan_hash"],
-            "samples": stop - start,
-            "done": done,
-            "failed": len(failures),
-            "images": len(rows),
-            "failures": failures,
-            "seconds": {
+        path = shards.write_shard(shards.shard_path(run_dir, index), rows)
+        out.failures += [f.to_dict() for f in failures]
+        marker = rundir.ShardStats(
+            shard=index,
+            rows=(start, stop),
+            plan_hash=plan.plan_hash,
+            done=len({r["sample_id"] for r in rows}),
+            failed=len(failures),
+            images=len(rows),
+            file=rundir.file_record(path, len(rows)),
+            failures=tuple(failures),
+            seconds={
                 "read": 0.01,
                 "condition": 0.05,
                 "generate": 0.5 * len(rows),
@@ -213,10 +226,9 @@ def make_run(
                 "load": 1.0,
                 "total": 1.0 + 0.5 * len(rows) + 0.1,
             },
-            "fallbacks": {},
-            "worker": {"host": "test", "pid": 1},
-            "started": (T0 + timedelta(seconds=10 * index)).isoformat(timespec="milliseconds"),
-            "finished": (T0 + timedelta(seconds=10 * index + 5)).isoformat(timespec="milliseconds"),
-        }
-        shards.write_json(shards.stats_path(run_dir, index), marker)
+            worker={"host": "test", "pid": 1},
+            started=(T0 + timedelta(seconds=10 * index)).isoformat(timespec="milliseconds"),
+            finished=(T0 + timedelta(seconds=10 * index + 5)).isoformat(timespec="milliseconds"),
+        )
+        rundir.write_marker(run_dir, marker)
     return out

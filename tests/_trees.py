@@ -78,6 +78,7 @@ def truncate(path: Path, keep: float = 0.5) -> Path:
 
 def write_list(path: Path, lines: list[str], *, crlf: bool = True, trailing_blank: bool = True) -> Path:
     eol = "\r\n" if crlf else "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
     text = eol.join(lines) + eol + (eol if trailing_blank else "")
     path.write_bytes(text.encode())
     return path
@@ -238,4 +239,135 @@ def make_folder_tree(base: Path) -> Tree:
     save_mask(masks / "c.png", m((0, 0, 40, 40), 255), "L")
     save_image(imgs / "d.jpg", seed=34)
     save_mask(masks / "e.png", m((0, 0, 10, 10), 1), "L")
+    return t
+
+
+# --------------------------------------------------------------------------------------------------
+# Trees with the list files of the FSS trainers, in their exact upstream formats
+
+
+@dataclass
+class TrainerTree:
+    """One dataset tree plus every list a trainer family reads for fold 0.
+
+    `lists` (PFENet/BAM/HDMNet style, `JPEGImages/x.jpg SegmentationClassAug/x.png`): "train", "val".
+    `hsnet_splits`: HSNet's `data/splits/<dataset>` folder (PASCAL `{trn,val}/fold{0..3}.txt` with
+    `stem__NN` lines and a final newline; COCO `{trn,val}/fold0.pkl`; FSS `{trn,val,test}.txt`)."""
+
+    root: Path
+    lists: dict[str, Path] = field(default_factory=dict)
+    hsnet_splits: Path | None = None
+
+
+# PASCAL fold 0 tests classes 1..5, trains on 6..20. 50×50 = 2500 px passes BAM's 2048; 20×20 not.
+PASCAL_TRAINER_IMAGES = {
+    # train list
+    "2008_000001": {1: (1, 1, 50, 50), 15: (60, 40, 50, 50)},  # a test class: BAM's training drops it
+    "2008_000002": {7: (1, 1, 50, 50), 12: (60, 40, 50, 50)},
+    "2008_000003": {7: (1, 1, 50, 50), 15: (60, 40, 50, 50)},
+    "2008_000004": {12: (1, 1, 50, 50), 9: (60, 40, 50, 50)},
+    "2008_000005": {9: (1, 1, 50, 50), 10: (70, 60, 20, 20)},  # 10: 400 px, too small for BAM/PFENet
+    "2008_000007": {10: (1, 1, 50, 50), 15: (60, 40, 50, 50)},
+    # val list (2008_000001 too)
+    "2008_000011": {2: (1, 1, 50, 50), 3: (60, 40, 50, 50)},
+    "2008_000012": {1: (1, 1, 50, 50), 2: (60, 40, 50, 50)},
+    "2008_000013": {4: (1, 1, 20, 20), 5: (60, 40, 50, 50)},  # 4 too small for BAM/PFENet
+    "2008_000014": {3: (1, 1, 50, 50), 5: (60, 40, 50, 50)},
+    "2008_000015": {4: (10, 10, 60, 60)},
+}
+PASCAL_TRAIN_LIST = ["2008_000001", "2008_000002", "2008_000003", "2008_000004", "2008_000005", "2008_000007"]
+PASCAL_VAL_LIST = ["2008_000001", "2008_000011", "2008_000012", "2008_000013", "2008_000014", "2008_000015"]
+
+
+def make_pascal_trainer_tree(base: Path) -> TrainerTree:
+    root = base / "VOC2012"
+    t = TrainerTree(root)
+    for i, (stem, rects) in enumerate(PASCAL_TRAINER_IMAGES.items()):
+        save_image(root / "JPEGImages" / f"{stem}.jpg", seed=40 + i)
+        save_mask(root / "SegmentationClassAug" / f"{stem}.png", class_mask(rects), "L")
+    for split, stems in (("train", PASCAL_TRAIN_LIST), ("val", PASCAL_VAL_LIST)):
+        lines = [f"JPEGImages/{s}.jpg SegmentationClassAug/{s}.png" for s in stems]
+        t.lists[split] = write_list(base / "lists" / f"{split}.txt", lines, crlf=False, trailing_blank=False)
+    # HSNet: one line per (image, class), split by the class's fold; trn from trn images, val from val.
+    splits = base / "hsnet" / "data" / "splits" / "pascal"
+    for split, stems in (("trn", PASCAL_TRAIN_LIST), ("val", PASCAL_VAL_LIST)):
+        for fold in range(4):
+            lines = [
+                f"{s}__{c:02d}"
+                for s in stems
+                for c in sorted(PASCAL_TRAINER_IMAGES[s])
+                if 5 * fold < c <= 5 * fold + 5
+            ]
+            path = splits / split / f"fold{fold}.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(f"{ln}\n" for ln in lines))  # HSNet drops the last split('\n') item
+    t.hsnet_splits = splits
+    return t
+
+
+# COCO interleaved fold 0 tests 1, 5, 9, …; trains on the others.
+COCO_TRAINER_IMAGES = {
+    "train2014/COCO_train2014_000000000101": {2: (1, 1, 50, 50), 3: (60, 40, 50, 50)},
+    "train2014/COCO_train2014_000000000102": {1: (1, 1, 50, 50), 6: (60, 40, 50, 50)},  # test class 1
+    "train2014/COCO_train2014_000000000103": {7: (10, 10, 60, 60), 2: (80, 70, 40, 20)},  # 2: 800 px
+    "train2014/COCO_train2014_000000000104": {3: (1, 1, 50, 50), 6: (60, 40, 50, 50)},
+    "train2014/COCO_train2014_000000000105": {7: (1, 1, 50, 50), 2: (60, 40, 50, 50)},
+    "val2014/COCO_val2014_000000000201": {1: (1, 1, 50, 50)},
+    "val2014/COCO_val2014_000000000202": {5: (1, 1, 50, 50), 6: (60, 40, 50, 50)},
+    "val2014/COCO_val2014_000000000203": {9: (1, 1, 20, 20), 1: (60, 40, 50, 50)},  # 9 too small for BAM
+    "val2014/COCO_val2014_000000000204": {5: (1, 1, 50, 50), 9: (60, 40, 50, 50)},
+}
+
+
+def make_coco_trainer_tree(base: Path) -> TrainerTree:
+    import pickle
+
+    root = base / "COCO2014"
+    t = TrainerTree(root)
+    for i, (name, rects) in enumerate(COCO_TRAINER_IMAGES.items()):
+        save_image(root / f"{name}.jpg", seed=50 + i)
+        save_mask(root / "annotations" / f"{name}.png", class_mask(rects), "L")
+    for split, sub in (("train", "train2014"), ("val", "val2014")):
+        lines = [f"{n}.jpg annotations/{n}.png" for n in COCO_TRAINER_IMAGES if n.startswith(sub)]
+        t.lists[split] = write_list(
+            base / "lists" / f"coco_{split}.txt", lines, crlf=False, trailing_blank=False
+        )
+    # HSNet's pickles: {0-based class: ['train2014/….jpg', …]} for the fold's classes of that split.
+    splits = base / "hsnet" / "data" / "splits" / "coco"
+    test_classes = set(range(1, 81, 4))
+    for split, sub in (("trn", "train2014"), ("val", "val2014")):
+        classwise: dict[int, list[str]] = {}
+        for name, rects in COCO_TRAINER_IMAGES.items():
+            for c in rects:
+                if name.startswith(sub) and (c in test_classes) == (split == "val"):
+                    classwise.setdefault(c - 1, []).append(f"{name}.jpg")
+        path = splits / split / "fold0.pkl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(pickle.dumps(classwise))
+    t.hsnet_splits = splits
+    return t
+
+
+FSS_TRAINER_SPLITS = {
+    "trn": ["ac_wall", "zebra"],
+    "val": ["hotel_slipper"],
+    "test": ["bus", "ant", "zucchini"],  # HSNet sorts: ant 760, bus 761, zucchini 762
+}
+
+
+def make_fss_trainer_tree(base: Path, per_class: int = 10) -> TrainerTree:
+    """FSS-1000 (`<class>/<n>.jpg` + `<n>.png`, 0/255 masks) and HSNet's `splits/fss/*.txt`."""
+    root = base / "FSS-1000"
+    t = TrainerTree(root)
+    for i, cls in enumerate(c for names in FSS_TRAINER_SPLITS.values() for c in names):
+        for n in range(1, per_class + 1):
+            save_image(root / cls / f"{n}.jpg", size=(64, 48), seed=60 + 10 * i + n)
+            m = np.zeros((48, 64), dtype=np.uint8)
+            m[8:40, 10 + n : 50] = 255
+            Image.fromarray(m).save(root / cls / f"{n}.png")
+    splits = base / "hsnet" / "data" / "splits" / "fss"
+    splits.mkdir(parents=True, exist_ok=True)
+    for split, names in FSS_TRAINER_SPLITS.items():
+        (splits / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
+    t.hsnet_splits = splits
     return t

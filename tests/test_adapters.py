@@ -228,3 +228,70 @@ def test_dataset_argument_checks(pascal_run: SyntheticRun) -> None:
     with pytest.raises(ValueError, match=r"one .* per support"):
         AuxShotDataset(base, index, k=1, key_fn=lambda ep: [])[0]
     assert isinstance(DictFormat().append({"support_imgs": [], "support_masks": []}, [], [], []), dict)
+
+
+# --------------------------------------------------------------------------------------------------
+# Attribute forwarding, seeded random shots, the drift threshold
+
+
+class HSNetLikeWithMeta(HSNetLike):
+    """HSNetLike plus what HSNet's `AverageMeter(dataset)` and scripts read (common/logger.py)."""
+
+    benchmark = "pascal"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.class_ids = [0, 1, 2, 3, 4]
+        self.shot = 1
+
+
+def test_wrapper_forwards_attributes_and_pickles(pascal_run: SyntheticRun) -> None:
+    base = HSNetLikeWithMeta(pascal_run, [("2007_000032", 15)])
+    ds = AuxShotDataset(base, AuxIndex(pascal_run.run_dir), k=1, key_fn=hsnet_keys)
+    assert (ds.benchmark, ds.class_ids, ds.shot) == ("pascal", [0, 1, 2, 3, 4], 1)
+    assert ds.k == 1 and ds.base is base  # its own attributes win
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        _ = ds.no_such_thing
+    clone = pickle.loads(pickle.dumps(ds))  # __setstate__ must not recurse through __getattr__
+    assert clone.benchmark == "pascal" and clone[0]["support_imgs"].shape[0] == 2
+    bare = AuxShotDataset.__new__(AuxShotDataset)  # no `base` yet, as during unpickling
+    with pytest.raises(AttributeError):
+        _ = bare.benchmark
+
+
+def test_seeded_random_choice_is_per_episode(pascal_run: SyntheticRun) -> None:
+    index = AuxIndex(pascal_run.run_dir)
+    sid = "2007_000032_1"
+    picks = {tuple(map(bytes, index.aux_bytes(sid, k=2, choose="random", seed=s))) for s in range(30)}
+    assert len(picks) > 1  # different episodes get different shots …
+    for s in range(5):  # … and the same episode the same ones
+        assert index.aux_bytes(sid, k=2, choose="random", seed=s) == index.aux_bytes(
+            sid, k=2, choose="random", seed=s
+        )
+    assert index.aux_bytes(sid, k=2) == index.aux_bytes(sid)[:2]
+    with pytest.raises(ValueError, match="choose"):
+        index.aux_bytes(sid, k=1, choose="best")
+    base = HSNetLike(pascal_run, [("2007_000032", 1)])
+    ds = AuxShotDataset(base, index, k=1, key_fn=hsnet_keys, choose="random", seed=7)
+    assert torch.equal(ds[0]["support_imgs"], ds[0]["support_imgs"])
+
+
+def test_index_min_drift_iou(tmp_path: Path) -> None:
+    from _runs import PASCAL_SPECS
+
+    from difaug.adapters import DriftScoreError
+
+    drift = {"2007_000032_1": [0.9, 0.1, 0.7], "2007_000032_15": [0.2, 0.3, 0.1]}
+    run = make_run(tmp_path, PASCAL_SPECS[:2], num_aux=3, drift=drift)
+    index = AuxIndex(run.run_dir, min_drift_iou=0.6)
+    assert index.aux_indices("2007_000032_1") == [0, 2] and index.filtered == 4
+    np.testing.assert_array_equal(index.aux_images("2007_000032_1")[1], run.aux["2007_000032_1"][2])
+    assert index.count("2007_000032", 15) == 0
+    np.testing.assert_array_equal(index.condition_image("2007_000032_15"), run.conditions["2007_000032_15"])
+    base = HSNetLike(run, [("2007_000032", 15)])
+    with pytest.raises(AuxKeyError, match="min_drift_iou"):
+        AuxShotDataset(base, index, k=1, key_fn=hsnet_keys)[0]
+    unscored = make_run(tmp_path / "u", PASCAL_SPECS[:1], num_aux=1)
+    with pytest.raises(DriftScoreError, match="difaug score"):
+        AuxIndex(unscored.run_dir, min_drift_iou=0.5)
+    assert len(AuxIndex(unscored.run_dir)) == 1  # no threshold: scores are not needed

@@ -7,6 +7,7 @@ worked out by hand from the builder rules in the module docstrings.
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -524,3 +525,103 @@ def test_palette_mask_values_are_indices_not_colours(tmp_path: Path) -> None:
     path = save_mask(tmp_path / "p.png", class_mask({15: (1, 1, 5, 5)}, size=(10, 10)), "palette")
     assert 15 in imageio.value_counts(imageio.load_mask(path))
     assert np.asarray(imageio.load_mask(path)).max() == 255
+
+
+# --------------------------------------------------------------------------------------------------
+# HSNet split files, BAM's filter_intersection, HSNet's FSS-1000 ids
+
+
+def test_hsnet_pascal_split_file_exact_format(tmp_path: Path, pascal) -> None:
+    # juhongm999/hsnet data/splits/pascal/val/fold0.txt: `stem__NN` lines, a final newline;
+    # data/pascal.py reads them as f.read().split('\n')[:-1] → [stem, int(NN) - 1].
+    split = tmp_path / "val" / "fold0.txt"
+    split.parent.mkdir()
+    split.write_text("2007_000001__01\n2007_000002__03\n2007_000003__05\n2007_000007__04\n2007_000002__02\n")
+    from difaug.datasets import detect_list_format, read_split_file
+
+    assert detect_list_format(split) == "hsnet"
+    entries, bad = read_split_file(split)
+    assert not bad
+    assert [(e.stem, e.class_id, e.image) for e in entries][:2] == [
+        ("2007_000001", 1, "JPEGImages/2007_000001.jpg"),
+        ("2007_000002", 3, "JPEGImages/2007_000002.jpg"),
+    ]
+    hsnet = [[d.split("__")[0], int(d.split("__")[1]) - 1] for d in split.read_text().split("\n")[:-1]]
+    assert [[e.stem, e.class_id - 1] for e in entries] == hsnet
+
+    result = build_pascal5i(pascal.root, list_file=split, fold=0, split="val", min_area=0)
+    # Only the listed class of each image: 2007_000001 also shows person (15), which is not listed.
+    # 2007_000003 is a .png: HSNet opens `{stem}.jpg`, so it is missing for HSNet as for us.
+    assert ids(result) == ["2007_000001_1", "2007_000002_2", "2007_000002_3", "2007_000007_4"]
+    assert result.skip_counts[R.NOT_LISTED] >= 1 and result.skip_counts[R.MISSING_IMAGE] == 1
+    # The 400-px bicycle is HSNet's (no area rule) only with min_area 0; the default drops it.
+    default = build_pascal5i(pascal.root, list_file=split, fold=0, split="val")
+    assert "2007_000002_2" not in ids(default) and default.skip_counts[R.TOO_SMALL] == 1
+
+
+def test_hsnet_split_lines_that_do_not_parse_and_absent_classes(tmp_path: Path, pascal) -> None:
+    split = write_list(
+        tmp_path / "fold0.txt", ["2007_000001__01", "2007_000001__09", "junk line"], crlf=False
+    )
+    result = build_pascal5i(pascal.root, list_file=split, list_format="hsnet", min_area=0)
+    assert ids(result) == ["2007_000001_1"]
+    assert result.skip_counts[R.BAD_LIST_LINE] == 1 and result.skip_counts[R.LISTED_ABSENT] == 1
+
+
+def test_hsnet_coco_pickle_exact_format(tmp_path: Path, coco) -> None:
+    import pickle
+
+    # juhongm999/hsnet data/splits/coco/val/fold0.pkl: {0-based class: ['val2014/COCO_val2014_….jpg']};
+    # data/coco.py reads the mask at annotations/<name minus .jpg>.png and the class as key + 1.
+    pkl = tmp_path / "fold0.pkl"
+    pkl.write_bytes(
+        pickle.dumps(
+            {4: ["val2014/COCO_val2014_000000000042.jpg"], 76: ["val2014/COCO_val2014_000000000073.jpg"]}
+        )
+    )
+    from difaug.datasets import read_split_file
+
+    entries, bad = read_split_file(pkl)
+    assert not bad and [(e.image, e.mask, e.class_id) for e in entries] == [
+        ("val2014/COCO_val2014_000000000042.jpg", "annotations/val2014/COCO_val2014_000000000042.png", 5),
+        ("val2014/COCO_val2014_000000000073.jpg", "annotations/val2014/COCO_val2014_000000000073.png", 77),
+    ]
+    result = build_coco20i(coco.root, list_file=pkl, fold=0, split="val", min_area=0)
+    assert ids(result) == ["COCO_val2014_000000000042_5", "COCO_val2014_000000000073_77"]
+
+
+def test_a_pickle_that_would_run_code_is_refused(tmp_path: Path, coco) -> None:
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    pkl = tmp_path / "fold0.pkl"
+    pkl.write_bytes(pickle.dumps({0: [Evil()]}))
+    with pytest.raises(BuildError, match="not an HSNet split pickle"):
+        build_coco20i(coco.root, list_file=pkl)
+
+
+def test_filter_intersection_as_bams_training_lists(pascal) -> None:
+    # BAM make_dataset(filter_intersection=True): an image with any class outside sub_list is dropped.
+    train = build_pascal5i(
+        pascal.root, list_file=pascal.list_file, fold=0, split="train", filter_intersection=True
+    )
+    plain = build_pascal5i(pascal.root, list_file=pascal.list_file, fold=0, split="train")
+    assert "2007_000001_15" in ids(plain) and "2007_000001_15" not in ids(train)  # it shows airplane (1)
+    assert "2007_000003_20" in ids(plain) and "2007_000003_20" not in ids(train)  # bottle (5)
+    assert train.skip_counts[R.NOVEL_IN_IMAGE] > 0
+    with pytest.raises(BuildError, match="filter_intersection needs"):
+        build_pascal5i(pascal.root, list_file=pascal.list_file, fold=0, split="val", filter_intersection=True)
+
+
+def test_fss1000_hsnet_ids_need_a_split(tmp_path: Path) -> None:
+    tree = make_fss_tree(tmp_path)
+    names = write_list(tmp_path / "classes.txt", ["ac_wall"], crlf=False)
+    with pytest.raises(BuildError, match="trn, val or test"):
+        build_fss1000(tree.root, mask_out=tmp_path / "m", list_file=names, class_ids="hsnet")
+    result = build_fss1000(
+        tree.root, mask_out=tmp_path / "m", list_file=names, class_ids="hsnet", split="val"
+    )
+    assert {r["class_id"] for r in result.rows} == {521}  # index 0 of val + 520, + 1

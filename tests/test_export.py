@@ -283,3 +283,134 @@ def test_end_to_end_on_a_real_tiny_run(tmp_path: Path, tiny_models: Path) -> Non
     res = CliRunner().invoke(app, ["inspect", str(out_run), "--sheet", str(tmp_path / "sheet.png")])
     assert res.exit_code == 0 and "no failed rows" in res.output
     assert (tmp_path / "sheet.png").stat().st_size > 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Merged exports, conditions, the fss layout, undecodable images, the drift threshold
+
+
+def test_two_runs_into_one_folder_report_covers_both(tmp_path: Path) -> None:
+    train = make_run(tmp_path / "train", PASCAL_SPECS[:3], num_aux=2)
+    val = make_run(tmp_path / "val", PASCAL_SPECS[3:], num_aux=2, fail=["2009_004567_12"])
+    out = tmp_path / "aux"
+    export_run(train.run_dir, out, "diffss-bam")
+    export_run(val.run_dir, out, "diffss-bam")
+    saved = json.loads((out / REPORT_FILE).read_text())
+    assert set(saved["runs"]) == {str(train.run_dir.resolve()), str(val.run_dir.resolve())}
+    assert saved["total"]["runs"] == 2
+    assert saved["total"]["supports"] == 5 and saved["total"]["complete"] == 4
+    assert saved["total"]["files"] == saved["files"] == 8
+    assert [(c["sample_id"], c["run"]) for c in saved["incomplete"]] == [
+        ("2009_004567_12", str(val.run_dir.resolve()))
+    ]
+    # Re-exporting one run replaces its own entry only; the total still covers both.
+    export_run(train.run_dir, out, "diffss-bam")
+    again = json.loads((out / REPORT_FILE).read_text())
+    assert again == saved
+    res = CliRunner().invoke(app, ["export", str(val.run_dir), "--out", str(out)])
+    assert "all 2 runs exported" in res.output
+
+
+def test_report_from_an_older_single_run_export_is_kept(tmp_path: Path) -> None:
+    run = make_run(tmp_path, PASCAL_SPECS[:2], num_aux=1)
+    out = tmp_path / "aux"
+    out.mkdir()
+    (out / REPORT_FILE).write_text(json.dumps({"supports": 7, "complete": 7, "files": 7, "incomplete": []}))
+    export_run(run.run_dir, out, "diffss-bam")
+    saved = json.loads((out / REPORT_FILE).read_text())
+    assert saved["total"]["runs"] == 2 and saved["total"]["supports"] == 7 + 2
+
+
+def test_with_conditions_uses_diffss_names(tmp_path: Path) -> None:
+    run = make_run(tmp_path, (*PASCAL_SPECS[:2], *COCO_SPECS), num_aux=1)
+    out = tmp_path / "aux"
+    result = export_run(run.run_dir, out, "diffss-bam", with_conditions=True)
+    # ControlNet4FSS FSSpregenerate.py: cv2.imwrite(target_dir + img_name + f'_{fg_cls}_control.jpg', …)
+    assert {p for p in _files(out) if "control" in p} == {
+        "2007_000032_1_control.jpg",
+        "2007_000032_15_control.jpg",
+        "train2014/COCO_train2014_000000000009_51_control.jpg",
+        "val2014/COCO_val2014_000000000042_18_control.jpg",
+    }
+    assert result.conditions == 4 and result.complete == 4
+    cond = load_image(out / "2007_000032_1_control.jpg")
+    want = run.conditions["2007_000032_1"]
+    assert cond.shape == want.shape and np.abs(cond.astype(int) - want).mean() <= JPEG_MEAN_TOL
+
+
+def test_fss_layout_keeps_the_folder_name(tmp_path: Path) -> None:
+    specs = [
+        SampleSpec(
+            "3", 789, "hotel slipper", dataset="fss1000", parent="hotel_slipper", sample_id="hotel_slipper_3"
+        ),
+        SampleSpec("3", 790, "bus", dataset="fss1000", parent="bus", sample_id="bus_3"),
+    ]
+    run = make_run(tmp_path, specs, num_aux=2)
+    out = tmp_path / "aux"
+    export_run(run.run_dir, out, "fss")
+    # DifFSS's FSS-1000 output: {class}/{idx}_1_{k}.jpg under the tree's own folder name.
+    assert _files(out) == {
+        "hotel_slipper/3_1_0.jpg",
+        "hotel_slipper/3_1_1.jpg",
+        "bus/3_1_0.jpg",
+        "bus/3_1_1.jpg",
+    }
+
+
+def test_undecodable_images_are_skipped_and_reported(tmp_path: Path) -> None:
+    for fmt in ("jpg", "png"):  # copied as is (png) or re-encoded (jpg): both check the bytes decode
+        run = make_run(tmp_path / fmt, PASCAL_SPECS[:3], num_aux=2, corrupt=["2007_000032_15"])
+        out = tmp_path / fmt / "aux"
+        result = export_run(run.run_dir, out, "diffss-bam", image_format=fmt)
+        assert not [p for p in _files(out) if "2007_000032_15_" in p]
+        assert {(s.sample_id, s.aux_index) for s in result.skipped} == {
+            ("2007_000032_15", 0),
+            ("2007_000032_15", 1),
+        }
+        assert all("does not decode" in s.reason for s in result.skipped)
+        assert [c.sample_id for c in result.incomplete] == ["2007_000032_15"]
+        saved = json.loads((out / REPORT_FILE).read_text())
+        assert len(saved["runs"][str(run.run_dir.resolve())]["skipped"]) == 2
+        res = CliRunner().invoke(
+            app, ["export", str(run.run_dir), "--out", str(out), "--format", fmt, "--strict"]
+        )
+        assert res.exit_code == 1 and "does not decode" in res.output and "Traceback" not in res.output
+
+
+def test_min_drift_iou_filters_renumbers_and_refuses_unscored(tmp_path: Path) -> None:
+    drift = {
+        "2007_000032_1": [0.9, 0.2, 0.8],
+        "2007_000032_15": [0.1, 0.1, 0.1],
+        "2007_000039_20": [0.5, 0.7, 0.6],
+    }
+    run = make_run(tmp_path, PASCAL_SPECS[:3], num_aux=3, drift=drift)
+    out = tmp_path / "aux"
+    result = export_run(run.run_dir, out, "diffss-bam", image_format="png", min_drift_iou=0.55)
+    # Kept ones get k = 0, 1, … without gaps: BAM reads k = 0..aux_shot-1.
+    assert {p for p in _files(out) if p.startswith("2007_000032_1_")} == {
+        "2007_000032_1_0.png",
+        "2007_000032_1_1.png",
+    }
+    np.testing.assert_array_equal(load_image(out / "2007_000032_1_1.png"), run.aux["2007_000032_1"][2])
+    assert not [p for p in _files(out) if p.startswith("2007_000032_15_")]
+    assert result.filtered == {"2007_000032_1": 1, "2007_000032_15": 3, "2007_000039_20": 1}
+    cov = {c.sample_id: c for c in result.incomplete}
+    assert (
+        cov["2007_000032_15"].filtered == 3
+        and "below --min-drift-iou 0.55" in cov["2007_000032_15"].reasons[-1]
+    )
+    assert not result.missing_not_filtered  # nothing lacks for another reason: --strict passes
+    res = CliRunner().invoke(
+        app,
+        ["export", str(run.run_dir), "--out", str(tmp_path / "a2"), "--min-drift-iou", "0.55", "--strict"],
+    )
+    assert res.exit_code == 0, res.output
+    assert "5 aux image(s) left out" in res.output
+
+    unscored = make_run(tmp_path / "u", PASCAL_SPECS[:2], num_aux=1)
+    with pytest.raises(ExportError, match=r"difaug score .*run"):
+        export_run(unscored.run_dir, tmp_path / "u" / "aux", min_drift_iou=0.5)
+    res = CliRunner().invoke(
+        app, ["export", str(unscored.run_dir), "--out", str(tmp_path / "u" / "a"), "--min-drift-iou", "0.5"]
+    )
+    assert res.exit_code == 2 and "difaug score" in res.output and not (tmp_path / "u" / "a").exists()

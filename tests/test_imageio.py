@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,36 @@ def test_encode_png_roundtrip_and_jpeg() -> None:
     assert imageio.load_image(jpeg).shape == img.shape
     with pytest.raises(ValueError, match="unknown image format"):
         imageio.encode(img, "gif")
+
+
+def _jpeg(tmp_path: Path, cut: bool) -> bytes:
+    path = save_image(tmp_path / "p.jpg", size=(256, 192))
+    raw = path.read_bytes()
+    return raw[: len(raw) // 2] + b"\xff\xd9" if cut else raw
+
+
+def test_jpeg_decoder_warnings_find_a_cut_file_with_an_end_marker(tmp_path: Path) -> None:
+    assert imageio.jpeg_decoder_warnings(_jpeg(tmp_path, cut=False)) == []
+    warnings = imageio.jpeg_decoder_warnings(_jpeg(tmp_path, cut=True))
+    assert warnings and "Corrupt JPEG data" in warnings[0]
+    # fd 2 is back where it was: a write to it still works
+    os.write(2, b"")
+
+
+def test_deep_check_refuses_a_cut_jpeg_that_a_header_check_accepts(tmp_path: Path) -> None:
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(_jpeg(tmp_path, cut=True))
+    assert imageio.check_image_file(path)[:2] == (256, 192)  # complete-looking: end marker present
+    assert imageio.load_image(path).shape == (192, 256, 3)  # and PIL decodes it without a word
+    with pytest.raises(imageio.ImageReadError, match=r"cannot decode .*cut\.jpg: Corrupt JPEG data"):
+        imageio.check_image_file(path, deep=True)
+
+
+def test_padding_between_jpeg_segments_is_not_a_failure(tmp_path: Path) -> None:
+    # libjpeg warns "3 extraneous bytes before marker 0xdb", but every pixel is there
+    raw = _jpeg(tmp_path, cut=False)
+    i = raw.index(b"\xff\xdb")
+    padded = tmp_path / "padded.jpg"
+    padded.write_bytes(raw[:i] + b"\x00\x00\x00" + raw[i:])
+    assert imageio.jpeg_decoder_warnings(padded.read_bytes()) == []
+    assert imageio.check_image_file(padded, deep=True)[:2] == (256, 192)

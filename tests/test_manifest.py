@@ -16,8 +16,10 @@ from difaug.cli._common import console
 from difaug.manifest import (
     ManifestError,
     RowProblem,
+    SizeLimits,
     fingerprint_samples,
     read_manifest,
+    resolve_path,
     validate_manifest,
     write_manifest,
 )
@@ -307,3 +309,72 @@ def test_non_utf8_manifest_and_file_urls(tmp_path: Path) -> None:
     good = tmp_path / "m.csv"
     good.write_text("image,mask,class_id,class_name\na.jpg,a.png,1,x\n", encoding="utf-8")
     assert read_manifest(f"file://{good}").samples == read_manifest(good).samples
+
+
+def test_file_url_relative_paths_resolve_against_the_manifest(tmp_path: Path) -> None:
+    (tmp_path / "m.csv").write_text(
+        "image,mask,class_id,class_name\n"
+        "file://img/a.jpg,file://./msk/a.png,1,x\n"
+        f"file://{tmp_path}/abs.jpg,plain/b.png,2,y\n"
+    )
+    a, b = read_manifest(tmp_path / "m.csv").samples
+    assert (a.image, a.mask) == (str(tmp_path / "img/a.jpg"), str(tmp_path / "msk/a.png"))
+    assert (b.image, b.mask) == (f"file://{tmp_path}/abs.jpg", str(tmp_path / "plain/b.png"))
+    assert resolve_path("file://x.jpg", "/data") == resolve_path("x.jpg", "/data") == "/data/x.jpg"
+
+
+def test_repeated_columns_and_extra_fields(tmp_path: Path) -> None:
+    (tmp_path / "dup.csv").write_text("image,mask,class_name,class_id,class_name\na,b,x,1,y\n")
+    with pytest.raises(ManifestError, match=r"line 1 \(the header\) names column\(s\) 'class_name'"):
+        read_manifest(tmp_path / "dup.csv")
+    (tmp_path / "dup.tsv").write_text("image\tmask\tclass_id\tclass_name\na\tb\t1\tx\textra\tmore\n")
+    m = read_manifest(tmp_path / "dup.tsv")
+    assert m.samples == []
+    (p,) = m.problems
+    assert p.row == 1 and "line 2: 2 more field(s) than the header's 4 columns" in p.reason
+    assert "quote values that hold tabs" in p.reason
+    (tmp_path / "k.jsonl").write_text(
+        '{"image": "a", "mask": "b", "class_id": 1, "class_name": "x"}\n'
+        "\n"
+        '{"image": "a", "mask": "b", "class_id": 1, "class_name": "x", "mask": "c"}\n'
+    )
+    m = read_manifest(tmp_path / "k.jsonl")
+    assert [s.row for s in m.samples] == [1]
+    assert [(p.row, p.reason) for p in m.problems] == [(2, "line 3: key 'mask' appears twice; keep one")]
+
+
+def _strip(folder: Path, w: int, h: int) -> Path:
+    Image.new("RGB", (w, h)).save(folder / f"{w}x{h}.png")
+    Image.new("L", (w, h), 1).save(folder / f"{w}x{h}_m.png")
+    return folder / f"{w}x{h}.png"
+
+
+def test_size_limits_name_the_row_the_limit_and_the_option(tmp_path: Path) -> None:
+    rows = []
+    for w, h in ((2000, 8), (64, 48), (1200, 100)):
+        img = _strip(tmp_path, w, h)
+        rows.append({"image": img.name, "mask": f"{w}x{h}_m.png", "class_id": 1, "class_name": "x"})
+    write_manifest(rows, tmp_path / "m.csv")
+    m = read_manifest(tmp_path / "m.csv")
+    problems = validate_manifest(m)
+    assert [(p.row, p.column) for p in problems] == [(1, "image")]
+    assert "2000×8, aspect ratio 250.0:1 above the limit 16:1" in problems[0].reason
+    assert "128000×512" in problems[0].reason and "--max-aspect" in problems[0].reason
+    # the long side at the working size depends on the job's resolution: 1200×100 → 6144×512
+    tight = validate_manifest(m, limits=SizeLimits(resolution=512, max_side=4096, max_aspect=1000))
+    assert [p.row for p in tight] == [1, 3]
+    assert "6144×512, longer than the limit 4096 px" in tight[1].reason and "--max-side" in tight[1].reason
+    # at resolution 64, 1200×100 → 768×64 fits; 2000×8 → 16000×64 still does not
+    low = validate_manifest(m, limits=SizeLimits(resolution=64, max_side=4096, max_aspect=1000))
+    assert [p.row for p in low] == [1] and "16000×64" in low[0].reason
+    few = validate_manifest(m, limits=SizeLimits(max_pixels=5000, max_aspect=1000, max_side=10**6))
+    assert [p.row for p in few] == [1, 3] and "--max-pixels" in few[0].reason
+
+
+def test_size_limits_come_from_the_job() -> None:
+    from difaug.config import Job, JobConfig, RuntimeConfig
+
+    job = Job(
+        "m.csv", "out", JobConfig(resolution=256), RuntimeConfig(max_side=100, max_aspect=2, max_pixels=9)
+    )
+    assert SizeLimits.for_job(job) == SizeLimits(256, 100, 2, 9)

@@ -47,14 +47,14 @@ def test_plan_cuts_rows_into_shards(tmp_path: Path) -> None:
     m = make_dataset(tmp_path / "d", 7)
     j = job(m, tmp_path / "out", shard_size=3)
     p = plan_mod.build_plan(j, read_manifest(m))
-    assert [s["rows"] for s in p["shards"]] == [[1, 4], [4, 7], [7, 8]]
-    assert p["rows"] == 7 and p["manifest"]["rows"] == 7
-    assert p["config"] == {**JobConfig().__dict__, **p["config"]}  # the full JobConfig, flat
+    assert [(s.start, s.stop) for s in p.shards] == [(1, 4), (4, 7), (7, 8)]
+    assert p.rows == 7 and p.manifest.rows == 7
+    assert p.config == {**JobConfig().__dict__, **p.config}  # the full JobConfig, flat
     limited = plan_mod.build_plan(
         job(m, tmp_path / "o2", shard_size=3).__class__(**{**j.__dict__, "limit": 5}), read_manifest(m)
     )
-    assert [s["rows"] for s in limited["shards"]] == [[1, 4], [4, 6]]
-    assert limited["plan_hash"] != p["plan_hash"]
+    assert [(s.start, s.stop) for s in limited.shards] == [(1, 4), (4, 6)]
+    assert limited.plan_hash != p.plan_hash
 
 
 def _plan_must_exist(cfg: JobConfig, runtime: RuntimeConfig, *, out: str, ms: float = 1.0) -> Any:
@@ -151,13 +151,13 @@ def test_bad_inputs_become_recorded_failures(tmp_path: Path, tiny_models: Path) 
     s = run(job(m, out, condition="hed", model=str(tiny_models), shard_size=3))
     assert s.rows == 8
     assert s.done == 2 and s.failed == 6 and not s.ok
-    by_row = {f["row"]: f for f in s.failures}
+    by_row = {f.row: f for f in s.failures}
     assert sorted(by_row) == [2, 3, 4, 5, 7, 8]
-    assert "missing.jpg" in by_row[2]["reason"]
-    assert "corrupt.jpg" in by_row[3]["reason"]
-    assert by_row[7]["stage"] == "manifest" and "class_id" in by_row[7]["reason"]
-    assert by_row[8]["stage"] == "validate" and "duplicate" in by_row[8]["reason"]
-    assert all(f["reason"] for f in s.failures)
+    assert "missing.jpg" in by_row[2].reason
+    assert "corrupt.jpg" in by_row[3].reason
+    assert by_row[7].stage == "manifest" and "class_id" in by_row[7].reason
+    assert by_row[8].stage == "validate" and "duplicate" in by_row[8].reason
+    assert all(f.reason for f in s.failures)
     keys = all_keys(out)
     assert sorted(keys) == ["img00000_1/0", "img00000_1/1", "img00005_8/0", "img00005_8/1"]
     stats = shards.load_stats(out)
@@ -188,24 +188,27 @@ def _picky_condition_factory(
 
 def test_in_task_failures_isolated_to_their_rows(tmp_path: Path) -> None:
     """Files that break after validation, and a condition that fails for one sample of a batch."""
+    from difaug.rundir import ShardRange
     from difaug.worker import ShardSpec, run_shard
 
     m = make_dataset(tmp_path / "d", 4)
     samples = read_manifest(m).samples
     (tmp_path / "d" / "img00001.jpg").unlink()  # gone after validation
     j = job(m, tmp_path / "out", shard_size=4, runtime={"batch_size": 8})
-    spec = ShardSpec(0, 1, 5, tuple(samples), (), str(tmp_path / "out"), "h" * 64)
+    spec = ShardSpec(ShardRange(0, 1, 5), tuple(samples), (), str(tmp_path / "out"), "h" * 64)
     stats = run_shard(
         spec,
         j,
         sleep_factory(),
         functools.partial(_picky_condition_factory, bad="img00002_12"),
     )
-    assert (stats["done"], stats["failed"], stats["images"]) == (2, 2, 4)
-    stages = {f["row"]: (f["stage"], f["reason"]) for f in stats["failures"]}
+    assert (stats.done, stats.failed, stats.images) == (2, 2, 4)
+    stages = {f.row: (f.stage, f.reason) for f in stats.failures}
     assert stages[2][0] == "read" and "img00001.jpg" in stages[2][1]
     assert stages[3] == ("condition", "no foreground in img00002_12")
-    assert sorted(all_keys(tmp_path / "out")) == [
+    written = shards.read_shard(shards.shard_path(tmp_path / "out", 0), ["key"]).column("key").to_pylist()
+    assert stats.file.rows == len(written)
+    assert sorted(written) == [
         "img00000_1/0",
         "img00000_1/1",
         "img00003_15/0",
@@ -237,8 +240,8 @@ def test_failed_shard_recorded_then_redone(tmp_path: Path) -> None:
     out = tmp_path / "out"
     s = run(job(m, out), generator_factory=functools.partial(_flaky_factory, bad="img00002_12"))
     assert s.failed_shards == [1] and s.failed == 2 and s.done == 3 and not s.ok
-    assert {f["stage"] for f in s.failures} == {"task"}
-    assert "device-side assert" in s.failures[0]["reason"]
+    assert {f.stage for f in s.failures} == {"task"}
+    assert "device-side assert" in s.failures[0].reason
     assert not shards.stats_path(out, 1).exists()  # no marker: a rerun retries the shard
     s2 = run(job(m, out), generator_factory=sleep_factory())
     assert s2.done == 2 and s2.skipped == 3 and s2.ok

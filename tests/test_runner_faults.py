@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from _runner_helpers import all_keys, job, make_dataset, shard_bytes, sleep_factory
 
-from difaug import shards
+from difaug import rundir, shards
 from difaug.runner import RunSummary, run
 
 
@@ -71,8 +71,9 @@ def test_worker_killed_while_holding_a_shard(tmp_path: Path) -> None:
     # The shard the dead worker held was finished by another process.
     index = int(key.split("-")[1])
     stats = shards.load_json(shards.stats_path(out, index))
+    assert rundir.verify_run(out).checks[index].ok
     assert stats["worker"]["pid"] != pid
-    assert not list((out / "shards").glob("*.tmp-*"))
+    assert not list((out / "shards").glob(".*.difaug-tmp-*"))
 
 
 def _generate_cmd(manifest: Path, out: Path, tiny: Path) -> list[str]:
@@ -110,7 +111,11 @@ def test_driver_killed_then_resumed_equals_uninterrupted(tmp_path: Path, tiny_mo
     after = {p.name: p.read_bytes() for p in (out / "stats").glob("*.json")}
     assert len(after) == 6
     assert all(after[name] == markers[name] for name in done_before)  # not regenerated
-    assert not list(out.rglob("*.tmp-*"))
+    assert not list(out.rglob(".*.difaug-tmp-*"))
+    # The killed driver left its lock behind: the resume took it over and said so.
+    assert "took over the lock" in res.stdout, res.stdout
+    # The plan names the command that made it: `inspect` offers it as the fix for broken shards.
+    assert rundir.read_plan(out).command.startswith("difaug generate --manifest")
     # The uninterrupted run (in-process, same config, same thread settings) gives the same bytes.
     ref = tmp_path / "ref"
     run(

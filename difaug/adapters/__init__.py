@@ -1,8 +1,9 @@
 """Feed a run's shards to external FSS trainers: file exports, a lazy index, a PyTorch wrapper.
 
-- `export_run(run_dir, out, layout)` — files where a trainer looks (`diffss-bam`, `folder`).
+- `export_run(run_dir, out, layout)` — files where a trainer looks (`diffss-bam`, `fss`, `folder`).
 - `AuxIndex(run_dir)` — (support image path or sample_id, class_id) → aux images, read lazily.
-- `AuxShotDataset(base, index, k, key_fn)` — append K aux shots per support to any FSS episode.
+- `AuxShotDataset(base, index, k, key_fn)` — append K aux shots per support to any FSS episode;
+  `hsnet_keys` is the `key_fn` of HSNet-style episodes (HSNet, Matcher, DiffewS).
 
 Names resolve lazily so `import difaug.adapters.export` (the CLI) does not import torch.
 """
@@ -14,6 +15,8 @@ from typing import Any
 
 _EXPORTS = {
     "AuxIndex": "difaug.adapters.index",
+    "DriftScoreError": "difaug.adapters.index",
+    "hsnet_keys": "difaug.adapters.torch_dataset",
     "AuxKeyError": "difaug.adapters.index",
     "SampleInfo": "difaug.adapters.index",
     "AuxShotDataset": "difaug.adapters.torch_dataset",

@@ -11,12 +11,18 @@ to the least specific, and refused if a name matches two different images:
 the sample_id; the image path exactly as in the manifest (or normalised); and its tails
 `parent/name`, `name`, `parent/stem`, `stem` (HSNet names PASCAL supports by stem, `2007_000032`,
 and COCO ones by `train2014/COCO_train2014_….jpg`).
+
+`min_drift_iou=X` keeps only aux images whose DiffSeg drift score (`drift_iou`, written by
+`difaug score` or a scoring run) is at least X; a run without scores is refused with the command
+that adds them. `aux_images(…, k=2, choose="random", seed=episode)` picks k of the kept images,
+the same k for the same seed (per episode), fresh ones per call without a seed.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
+import random
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -27,10 +33,67 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from difaug import imageio
-from difaug.adapters.run import open_run
+from difaug import imageio, shards
+from difaug.adapters.run import RunView, open_run
 
 MAX_OPEN_FILES = 16
+DRIFT_COLUMN = "drift_iou"
+CHOICES = ("first", "random")
+
+
+class DriftScoreError(ValueError):
+    """A drift threshold was asked for, but (some of) the run's aux images have no drift score."""
+
+
+def drift_scores(paths: list[Path] | list[str], num_rows: int | None = None) -> list[float | None]:
+    """`drift_iou` of every row of `paths`, in `read_keys` order (None = not scored). Shards written
+    before the column existed count as not scored."""
+    scores: list[float | None] = []
+    for path in paths:
+        with shards.open_shard(path) as pf:
+            if DRIFT_COLUMN in pf.schema_arrow.names:
+                scores += pf.read(columns=[DRIFT_COLUMN]).column(0).to_pylist()
+            else:
+                scores += [None] * pf.metadata.num_rows
+    if num_rows is not None and len(scores) != num_rows:
+        raise ValueError(f"drift scores for {len(scores)} rows, keys for {num_rows}")
+    return scores
+
+
+def drift_keep(scores: list[float | None], min_drift_iou: float | None, run_dir: str | Path) -> list[bool]:
+    """Which rows pass `drift_iou >= min_drift_iou` (all when no threshold). Refuses unscored rows:
+    a missing score is not a low score, and dropping them silently would look like a strict filter."""
+    if min_drift_iou is None:
+        return [True] * len(scores)
+    if not 0.0 <= min_drift_iou <= 1.0:
+        raise DriftScoreError(f"min_drift_iou must be in 0..1 (an IoU), got {min_drift_iou}")
+    unscored = sum(s is None for s in scores)
+    if unscored:
+        raise DriftScoreError(
+            f"{run_dir}: {unscored} of {len(scores)} aux images have no drift score (drift_iou is null); "
+            f"run `difaug score {run_dir}` first, or leave out the drift threshold"
+        )
+    return [s >= min_drift_iou for s in scores]  # type: ignore[operator]
+
+
+def drift_filter(view: RunView, min_drift_iou: float | None) -> list[bool]:
+    """Per row of `view.keys`: kept by the threshold? (All, without reading scores, when None.)"""
+    if min_drift_iou is None:
+        return [True] * view.keys.num_rows
+    return drift_keep(drift_scores(view.shard_paths, view.keys.num_rows), min_drift_iou, view.run_dir)
+
+
+def pick(n: int, k: int | None, choose: str = "first", seed: int | str | None = None) -> list[int]:
+    """Positions of the k (all when None) of n items to use: the first k, or k at random — from
+    `random.Random(seed)` when a seed is given (the same episode gets the same shots), else from
+    the `random` module (which DataLoader reseeds per worker and epoch)."""
+    if choose not in CHOICES:
+        raise ValueError(f"choose={choose!r} is not one of: {', '.join(CHOICES)}")
+    k = n if k is None else min(k, n)
+    if choose == "first":
+        return list(range(k))
+    rng = random.Random(str(seed)) if seed is not None else random
+    return sorted(rng.sample(range(n), k))
 
 
 class AuxKeyError(KeyError):
@@ -83,10 +146,15 @@ class AuxIndex:
     >>> shots = index.aux_images("2007_000032", class_id=1)   # X arrays, H×W×3 uint8, by aux_index
     """
 
-    def __init__(self, run_dir: str | Path, *, cache_row_groups: int = 4) -> None:
+    def __init__(
+        self, run_dir: str | Path, *, cache_row_groups: int = 4, min_drift_iou: float | None = None
+    ) -> None:
         view = open_run(run_dir)
         self.run_dir = Path(run_dir)
         self.num_aux = view.num_aux
+        self.min_drift_iou = min_drift_iou
+        keep = drift_filter(view, min_drift_iou)
+        self.filtered = 0  # aux images left out by min_drift_iou
         self._paths = [str(p) for p in view.shard_paths]
         self._cache_size = max(1, cache_row_groups)
         self.row_groups_read = 0  # how many row groups were fetched (not counting cache hits)
@@ -94,11 +162,16 @@ class AuxIndex:
 
         cols = {name: view.keys.column(name).to_pylist() for name in view.keys.column_names}
         self._locs: dict[str, list[_Loc]] = {}
+        self._any_loc: dict[str, _Loc] = {}  # a row of every sample, filtered or not: its condition
         self._info: dict[str, SampleInfo] = {}
         for i, sid in enumerate(cols["sample_id"]):
-            self._locs.setdefault(sid, []).append(
-                _Loc(cols["aux_index"][i], cols["_shard"][i], cols["_group"][i], cols["_in_group"][i])
-            )
+            locs = self._locs.setdefault(sid, [])
+            loc = _Loc(cols["aux_index"][i], cols["_shard"][i], cols["_group"][i], cols["_in_group"][i])
+            self._any_loc.setdefault(sid, loc)
+            if keep[i]:
+                locs.append(loc)
+            else:
+                self.filtered += 1
             if sid not in self._info:
                 self._info[sid] = SampleInfo(
                     sid,
@@ -188,24 +261,44 @@ class AuxIndex:
 
     # --- image access ----------------------------------------------------------------------------
 
-    def aux_bytes(self, key: str, class_id: int | None = None, k: int | None = None) -> list[bytes]:
-        """Encoded aux images (PNG or JPEG as stored), in aux_index order; the first `k` if given."""
-        return self._column_bytes(self.sample_id(key, class_id), "aux_image", k)
+    def aux_bytes(
+        self,
+        key: str,
+        class_id: int | None = None,
+        k: int | None = None,
+        *,
+        choose: str = "first",
+        seed: int | str | None = None,
+    ) -> list[bytes]:
+        """Encoded aux images (PNG or JPEG as stored), in aux_index order: all, or `k` of them —
+        the first k, or k at random (`choose="random"`, reproducible per `seed`, see `pick`)."""
+        sid = self.sample_id(key, class_id)
+        locs = self._locs[sid]
+        chosen = [locs[i] for i in pick(len(locs), k, choose, seed)]
+        return [self._group(loc.shard, loc.group, "aux_image")[loc.offset].as_py()["bytes"] for loc in chosen]
 
-    def aux_images(self, key: str, class_id: int | None = None, k: int | None = None) -> list[np.ndarray]:
-        """Decoded aux images, `H×W×3 uint8` at the support's own size, in aux_index order."""
-        return [imageio.load_image(b) for b in self.aux_bytes(key, class_id, k)]
+    def aux_images(
+        self,
+        key: str,
+        class_id: int | None = None,
+        k: int | None = None,
+        *,
+        choose: str = "first",
+        seed: int | str | None = None,
+    ) -> list[np.ndarray]:
+        """Decoded aux images, `H×W×3 uint8` at the support's own size (see `aux_bytes`)."""
+        return [imageio.load_image(b) for b in self.aux_bytes(key, class_id, k, choose=choose, seed=seed)]
 
     def aux_indices(self, key: str, class_id: int | None = None) -> list[int]:
         return [loc.aux_index for loc in self._locs[self.sample_id(key, class_id)]]
 
     def condition_image(self, key: str, class_id: int | None = None) -> np.ndarray:
         """The ControlNet condition (at working size) the sample's aux images were generated from."""
-        return imageio.load_image(self._column_bytes(self.sample_id(key, class_id), "condition_image", 1)[0])
-
-    def _column_bytes(self, sid: str, column: str, k: int | None) -> list[bytes]:
-        locs = self._locs[sid][:k] if k is not None else self._locs[sid]
-        return [self._group(loc.shard, loc.group, column)[loc.offset].as_py()["bytes"] for loc in locs]
+        sid = self.sample_id(key, class_id)
+        loc = self._any_loc[sid]
+        return imageio.load_image(
+            self._group(loc.shard, loc.group, "condition_image")[loc.offset].as_py()["bytes"]
+        )
 
     def _open(self, shard: int) -> pq.ParquetFile:
         """The shard's open file (caller holds the lock); at most `MAX_OPEN_FILES` stay open."""
@@ -214,7 +307,7 @@ class AuxIndex:
         if handle is not None:
             self._files.move_to_end(key)
             return handle
-        handle = pq.ParquetFile(self._paths[shard])
+        handle = shards.open_shard(self._paths[shard])
         self._files[key] = handle
         while len(self._files) > MAX_OPEN_FILES:
             _, evicted = self._files.popitem(last=False)

@@ -1,14 +1,13 @@
 """A read-only view of a run directory, shared by export, the index and inspect.
 
 It reads the plan, the stats markers and the shards' *key* columns only (never the image bytes),
-so opening a run of 100k auxiliary images costs a few MB. The plan (`difaug.plan`) and the markers
-(`difaug.worker`) are the runner's formats; a missing marker field degrades the report, it does not
-crash it.
+so opening a run of 100k auxiliary images costs a few MB. Only *verified* shards are listed
+(`difaug.rundir.verify_run`: marker of this plan, file of the recorded size and sha256); the others
+are in `invalid` with their reasons and `fix` says which command redoes them.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,8 +18,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from difaug import shards
-from difaug.plan import SUMMARY_FILE, shard_ranges
+from difaug import rundir, shards
+from difaug.rundir import Failure, RunCheck, RunDirError, ShardCheck, ShardRange
+
+__all__ = ["Failure", "PlannedShard", "RunError", "RunView", "open_run", "plan_shards", "read_keys"]
 
 # Columns cheap enough to read for every row up front (no image bytes).
 KEY_COLUMNS = (
@@ -38,19 +39,11 @@ KEY_COLUMNS = (
 )
 
 
-class RunError(ValueError):
+class RunError(RunDirError):
     """The folder is not a usable run directory; the message says what is missing."""
 
 
-@dataclass(frozen=True)
-class Failure:
-    """One failed manifest row (or one failed aux image of it), from a stats marker."""
-
-    row: int | None
-    sample_id: str
-    stage: str
-    reason: str
-    shard: str = ""
+PlannedShard = ShardRange  # one shard-range type for the whole package
 
 
 @dataclass
@@ -63,6 +56,17 @@ class RunView:
     # shard_paths), `_group` (row group), `_in_group` (row inside that row group)
     keys: pa.Table
     failures: list[Failure] = field(default_factory=list)
+    check: RunCheck | None = None  # every planned shard's verdict
+
+    @property
+    def invalid(self) -> list[ShardCheck]:
+        """Shards with a marker that does not verify (they are redone by `difaug generate`)."""
+        return self.check.invalid if self.check else []
+
+    @property
+    def fix(self) -> str:
+        """The command that redoes the invalid and unfinished shards."""
+        return rundir.fix_command(self.check.plan) if self.check else "rerun `difaug generate`"
 
     @property
     def config(self) -> dict[str, Any]:
@@ -86,48 +90,51 @@ class RunView:
     def failure_reasons(self) -> Counter[str]:
         return Counter(f.reason for f in self.failures)
 
-    def unfinished_shards(self) -> list[PlannedShard]:
-        """Shards the plan lists that have no completion marker (not run yet, or still running)."""
+    def unfinished_shards(self) -> list[ShardRange]:
+        """Planned shards that are not verified done (not run yet, still running, or invalid)."""
+        if self.check is not None:
+            return self.check.unfinished
         done = {p.stem for p in self.shard_paths}
         return [s for s in plan_shards(self.plan) if s.name not in done]
 
 
 def open_run(run_dir: str | Path) -> RunView:
-    """Read a run directory's plan, markers and key columns. Raises `RunError` if it is not a run."""
+    """Read a run directory's plan, verified markers and key columns. Raises `RunError` if it is
+    not a run (or its plan is broken); shards that do not verify are listed in `invalid`."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"run directory not found: {run_dir}")
     try:
-        plan = shards.load_plan(run_dir)
+        check = rundir.verify_run(run_dir)
     except FileNotFoundError as e:
         raise RunError(str(e)) from e
-    except ValueError as e:  # json.JSONDecodeError
-        raise RunError(f"{run_dir / shards.PLAN_FILE}: not valid JSON ({e})") from e
-    stats = shards.load_stats(run_dir)
-    paths = list(shards.iter_shard_paths(run_dir))
-    done = {p.stem for p in paths}
-    unfinished = [s for s in plan_shards(plan) if s.name not in done]
+    except RunDirError as e:
+        raise RunError(str(e)) from e
+    done = check.done
+    stats = [c.stats.to_dict() for c in done if c.stats is not None]
+    paths = [rundir.shard_path(run_dir, c.shard.index) for c in done]
     return RunView(
         run_dir=run_dir,
-        plan=plan,
+        plan=check.plan.to_dict(),
         stats=stats,
         shard_paths=paths,
-        keys=read_keys(paths),
-        failures=list(marker_failures(stats)) + list(summary_failures(run_dir, unfinished)),
+        keys=read_keys(paths, fix=rundir.fix_command(check.plan)),
+        failures=rundir.failures_of(done) + list(summary_failures(run_dir, check.unfinished)),
+        check=check,
     )
 
 
-def read_keys(paths: Iterable[Path]) -> pa.Table:
+def read_keys(paths: Iterable[Path], fix: str = "rerun `difaug generate` to redo it") -> pa.Table:
     """KEY_COLUMNS of all shards, plus `_shard` (position in `paths`), `_group` and `_in_group`:
     where each row's image bytes can be read back one row group at a time."""
     tables = []
     for i, path in enumerate(paths):
         try:
-            t = pq.read_table(path, columns=list(KEY_COLUMNS))
+            t = shards.read_shard(path, KEY_COLUMNS)
             meta = pq.read_metadata(path)  # the footer: row-group sizes
             sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
         except (OSError, pa.ArrowInvalid) as e:
-            raise RunError(f"{path}: cannot read shard ({e}); rerun `difaug generate` to redo it") from e
+            raise RunError(f"{path}: cannot read shard ({e}); {fix}") from e
         first_rows = np.repeat(np.cumsum([0, *sizes[:-1]]), sizes)
         t = t.append_column("_shard", pa.array(np.full(t.num_rows, i, np.int32)))
         t = t.append_column("_group", pa.array(np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)))
@@ -149,45 +156,20 @@ def plan_config(plan: Mapping[str, Any]) -> dict[str, Any]:
     return dict(plan.get("config") or {})
 
 
-@dataclass(frozen=True)
-class PlannedShard:
-    name: str  # "00003"
-    start: int  # first manifest row, 1-based (0 when the plan does not say)
-    stop: int  # one past the last
-
-    @property
-    def num_rows(self) -> int:
-        return max(0, self.stop - self.start)
+def plan_shards(plan: Mapping[str, Any]) -> list[ShardRange]:
+    """The plan's shards with their manifest row ranges (1-based, `[start, stop)`)."""
+    return list(rundir.Plan.from_dict(plan).shards)
 
 
-def plan_shards(plan: Mapping[str, Any]) -> list[PlannedShard]:
-    """The plan's shards by file name, with their manifest row ranges (1-based, `[start, stop)`)."""
-    return [PlannedShard(shards.shard_name(r.index), r.start, r.stop) for r in shard_ranges(dict(plan))]
-
-
-def summary_failures(run_dir: Path, unfinished: Sequence[PlannedShard]) -> Iterable[Failure]:
+def summary_failures(run_dir: Path, unfinished: Sequence[ShardRange]) -> Iterable[Failure]:
     """Failures of shards that failed as a whole (no marker; the runner lists them in summary.json).
 
     Only rows of shards that are still unfinished count: a later run may have redone the others."""
-    path = run_dir / SUMMARY_FILE
-    if not unfinished or not path.is_file():
-        return
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    records = data.get("all_failures") if isinstance(data, Mapping) else None
-    for f in records if isinstance(records, list) else ():
-        row = f.get("row") if isinstance(f, Mapping) else None
-        shard = next((s for s in unfinished if isinstance(row, int) and s.start <= row < s.stop), None)
+    summary = rundir.read_summary(run_dir) if unfinished else None
+    for f in summary.all_failures if summary else ():
+        shard = next((s for s in unfinished if f.row in s), None)
         if shard is not None:
-            yield Failure(
-                row,
-                str(f.get("sample_id") or ""),
-                str(f.get("stage") or ""),
-                str(f.get("reason") or "unknown"),
-                shard.name,
-            )
+            yield Failure(f.row, f.sample_id, f.stage, f.reason, shard.name)
 
 
 # --- stats marker fields (written by the runner) -----------------------------------------------
@@ -208,14 +190,4 @@ def marker_failures(stats: Iterable[Mapping[str, Any]]) -> Iterable[Failure]:
     for i, marker in enumerate(stats):
         shard = marker_shard(marker, i)
         for f in marker.get("failures") or ():
-            if not isinstance(f, Mapping):
-                yield Failure(None, "", "", str(f), shard)
-                continue
-            row = f.get("row")
-            yield Failure(
-                row=row if isinstance(row, int) else None,
-                sample_id=str(f.get("sample_id") or ""),
-                stage=str(f.get("stage") or ""),
-                reason=str(f.get("reason") or "unknown"),
-                shard=shard,
-            )
+            yield Failure.from_dict(f, shard)

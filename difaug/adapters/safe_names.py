@@ -18,11 +18,14 @@ import os
 import re
 from pathlib import Path
 
+from difaug.text import INVISIBLE
+
 # Most filesystems allow 255 bytes per component; leave room for the `_{class_id}_{k}.jpg` tail.
 MAX_COMPONENT_BYTES = 200
 _HASH_LEN = 8
-# Path separators of every OS, NUL and other control characters, and characters Windows refuses.
-_UNSAFE = re.compile(r'[/\\\x00-\x1f\x7f<>:"|?*]')
+# Path separators of every OS, NUL and other control characters, characters Windows refuses, and
+# invisible / direction-changing marks (an RTL override makes `gpj.exe` show as `exe.jpg`).
+_UNSAFE = re.compile(r'[/\\<>:"|?*]|' + INVISIBLE.pattern)
 
 
 class UnsafePathError(ValueError):

@@ -10,8 +10,9 @@ Episode formats (`EpisodeFormat`; pick or write one, the default guesses from th
   (HSNet and its descendants). Other `support_*` entries holding one item per shot (names, ignore
   maps) are extended with the paired support's entry so they stay aligned.
 - `TupleFormat(images_at, masks_at)` — tuple episodes; the default `(2, 3)` fits
-  `(query_img, query_mask, support_imgs, support_masks, …)` (PFENet); BAM/HDMNet return
-  `(image, label, label_b, s_x, s_y, …)`, i.e. `TupleFormat(3, 4)`.
+  `(query_img, query_mask, support_imgs, support_masks, …)`. PFENet, BAM and HDMNet return such
+  tuples (BAM/HDMNet: `TupleFormat(3, 4)`) but no support paths, so no `key_fn` can name their
+  supports: for them use `AuxIndex` inside their `SemData` (docs/adapters.md).
 Support images/masks may be stacked tensors (concatenated) or lists (extended).
 
 Where the shots enter the trainer's transform pipeline (pick one):
@@ -29,7 +30,6 @@ Where the shots enter the trainer's transform pipeline (pick one):
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -40,6 +40,7 @@ from torch.utils.data import Dataset
 
 from difaug import imageio
 from difaug.adapters.index import AuxIndex, AuxKeyError
+from difaug.datasets.fss1000 import manifest_class_id_from_hsnet
 from difaug.manifest import IGNORE_VALUE
 
 SupportKey = tuple[str, int]  # (support image path or sample_id, class_id = the mask's value)
@@ -52,6 +53,16 @@ MISSING_POLICIES = ("error", "support")
 def to_tensor(image: np.ndarray) -> Any:
     """`H×W×3 uint8` → float32 tensor `3×H×W` in [0, 1] (torchvision's ToTensor)."""
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
+
+
+def hsnet_keys(episode: Mapping[str, Any]) -> list[SupportKey]:
+    """`key_fn` for HSNet-style dict episodes (HSNet, Matcher, DiffewS; PASCAL, COCO and FSS-1000).
+
+    Their `class_id` is 0-based and their `support_names` name the support image (PASCAL: the stem
+    `2007_000032`; COCO: `train2014/COCO_train2014_….jpg`; FSS-1000: the `…/<class>/<n>.jpg` path).
+    The manifest's class_id is the mask value, HSNet's id + 1 (FSS-1000 with `--class-ids hsnet`)."""
+    cid = manifest_class_id_from_hsnet(int(episode["class_id"]))
+    return [(str(name), cid) for name in episode["support_names"]]
 
 
 def binary_mask(mask: np.ndarray, class_id: int) -> np.ndarray:
@@ -168,8 +179,12 @@ class AuxShotDataset(Dataset):
         missing: "error" (default) raises when a support has fewer than k aux images; "support"
             uses the real support image and mask instead, as the DifFSS BAM loader does, and
             counts it in `self.fallbacks` (per process).
-        choose: "first" (deterministic) or "random" (k of the X, via the `random` module, which
-            DataLoader seeds per worker).
+        choose: "first" (deterministic) or "random" (k of the X: with `seed`, the same k for the
+            same episode index; without, from the `random` module, which DataLoader seeds per worker).
+        seed: see `choose`.
+
+    Attributes the wrapper does not have are read from `base` (HSNet's `AverageMeter(dataset)`
+    reads `dataset.benchmark` and `dataset.class_ids`; trainers read `.shot`, `.split`, …).
     """
 
     def __init__(
@@ -184,6 +199,7 @@ class AuxShotDataset(Dataset):
         shot_transform: ShotTransform | None = None,
         missing: str = "error",
         choose: str = "first",
+        seed: int | str | None = None,
     ) -> None:
         if k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
@@ -202,7 +218,16 @@ class AuxShotDataset(Dataset):
         self.shot_transform = shot_transform
         self.missing = missing
         self.choose = choose
+        self.seed = seed
         self.fallbacks = 0
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails. While unpickling (DataLoader workers) `base` is not
+        # set yet: looking it up through `self.base` would recurse, so read the instance dict.
+        base = self.__dict__.get("base")
+        if base is None or name.startswith("__"):
+            raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+        return getattr(base, name)
 
     def __len__(self) -> int:
         return len(self.base)
@@ -221,14 +246,15 @@ class AuxShotDataset(Dataset):
         masks_out: list[Any] = []
         owners: list[int] = []
         for j, (key, class_id) in enumerate(keys):
-            for image, mask in self._shots(episode, fmt, j, str(key), int(class_id)):
+            seed = None if self.seed is None else f"{self.seed}:{i}:{j}"
+            for image, mask in self._shots(episode, fmt, j, str(key), int(class_id), seed):
                 images_out.append(image)
                 masks_out.append(mask)
                 owners.append(j)
         return fmt.append(episode, images_out, masks_out, owners)
 
     def _shots(
-        self, episode: Any, fmt: EpisodeFormat, j: int, key: str, class_id: int
+        self, episode: Any, fmt: EpisodeFormat, j: int, key: str, class_id: int, seed: str | None
     ) -> list[tuple[Any, Any]]:
         if self.k == 0:
             return []
@@ -241,15 +267,14 @@ class AuxShotDataset(Dataset):
             if self.missing == "error":
                 raise AuxKeyError(
                     f"support {key!r} (class {class_id}) has {len(have)} aux images in "
-                    f"{self.index.run_dir}, fewer than k={self.k}; see `difaug inspect` for why, or "
-                    "pass missing='support' to fall back to the real support (as DifFSS BAM does)"
+                    f"{self.index.run_dir}, fewer than k={self.k}; see `difaug inspect` for why (or "
+                    "min_drift_iou left them out), or pass missing='support' to fall back to the real "
+                    "support (as DifFSS BAM does)"
                 )
             self.fallbacks += self.k
             return [(fmt.images(episode)[j], fmt.masks(episode)[j])] * self.k
-        datas = self.index.aux_bytes(sid)
-        picks = list(range(len(datas)))
-        picks = random.sample(picks, self.k) if self.choose == "random" else picks[: self.k]
-        auxes = [imageio.load_image(datas[p]) for p in picks]
+        datas = self.index.aux_bytes(sid, k=self.k, choose=self.choose, seed=seed)
+        auxes = [imageio.load_image(d) for d in datas]
         if self.shot_transform is not None:
             mask = binary_mask(imageio.load_mask(self.index.info(sid).mask), class_id)
             return [self.shot_transform(a, mask.copy()) for a in auxes]

@@ -12,8 +12,21 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def escape_text(value: object, max_chars: int = 500) -> str:
+    """Data (manifest text, paths, reasons) for a rich markup string: one visible line, escaped."""
+    from difaug.text import display_text
+
+    return escape(display_text(value, max_chars))
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print one clear error line (no traceback) and exit with `code`."""
-    # escape: messages carry things like "difaug[cuda]" that rich would eat as markup
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    from difaug.text import display_text
+
+    # escape: messages carry things like "difaug[cuda]" that rich would eat as markup;
+    # display_text: and manifest text (newlines, escape sequences, RTL marks) that must stay one line
+    # soft_wrap: one line, however narrow the terminal (it wraps it, rich does not break it up)
+    err_console.print(
+        f"[bold red]error:[/] {escape(display_text(message, 2000))}", highlight=False, soft_wrap=True
+    )
     raise typer.Exit(code)

@@ -8,8 +8,8 @@ import typer
 from rich.markup import escape
 
 from difaug.cli._common import console, err_console, fail
-
-CONDITION_CHOICES = ("seg", "hed", "scribble")
+from difaug.config import CONDITIONS as CONDITION_CHOICES
+from difaug.text import display_text
 
 
 def conditions(
@@ -99,14 +99,15 @@ def conditions(
     )
     for name, count in sorted(result.fallbacks.items()):
         console.print(
-            f"[yellow]note:[/] class {escape(repr(name))} has no ADE20K mapping; {count} sample(s) use the fallback "
+            f"[yellow]note:[/] class {escape(display_text(repr(name)))} has no ADE20K mapping; {count} sample(s) use the fallback "
             f"colour {FALLBACK_COLOUR}",
             highlight=False,
         )
     for p in problems:
         where = f"{p.file}: " if p.file else ""
         err_console.print(
-            f"[red]row {p.row}[/] ({escape(p.column)}) {escape(where + p.reason)}", highlight=False
+            f"[red]row {p.row}[/] ({escape(p.column)}) {escape(display_text(where + p.reason, 500))}",
+            highlight=False,
         )
     if problems:
         err_console.print(f"[bold red]{len(problems)} row(s) failed[/]", highlight=False)

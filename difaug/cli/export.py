@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
 from difaug.cli._common import console, err_console, fail
+from difaug.cli._common import escape_text as escape
 
 
 def export(
@@ -18,29 +18,51 @@ def export(
         "--layout",
         "-l",
         help="diffss-bam: {stem}_{class_id}_{k}.jpg (COCO: {train2014|val2014}/…), as DifFSS-BAM "
-        "reads them; folder: {class_name}/{sample_id}_{k}.png.",
+        "reads them; fss: {class folder}/{idx}_1_{k}.jpg, DifFSS's FSS-1000 output; "
+        "folder: {class_name}/{sample_id}_{k}.png.",
         show_default=True,
     ),
     image_format: str | None = typer.Option(
-        None, "--format", help="jpg or png (default: jpg for diffss-bam, as DifFSS saved; png for folder)."
+        None,
+        "--format",
+        help="jpg or png (default: jpg for diffss-bam and fss, as DifFSS saved; png for folder).",
+    ),
+    with_conditions: bool = typer.Option(
+        False,
+        "--with-conditions",
+        help="Also write each support's condition image, as DifFSS did: {stem}_{class_id}_control.jpg "
+        "beside the aux images (fss: {idx}_1_control.jpg; folder: {sample_id}_control.png).",
+    ),
+    min_drift_iou: float | None = typer.Option(
+        None,
+        "--min-drift-iou",
+        min=0.0,
+        max=1.0,
+        help="Keep only aux images whose DiffSeg drift_iou is at least this (kept ones renumbered k=0,1,…). "
+        "Needs drift scores: `difaug score RUN`.",
     ),
     quality: int = typer.Option(
         95, "--quality", min=1, max=100, help="JPEG quality when re-encoding (JPEG shards are copied as is)."
     ),
     workers: int = typer.Option(2, "--workers", min=1, help="Threads encoding and writing files."),
     strict: bool = typer.Option(
-        False, "--strict", help="Exit with code 1 if any support lacks some of its X images."
+        False,
+        "--strict",
+        help="Exit with code 1 if any support lacks some of its X images (other than by --min-drift-iou) "
+        "or any stored image could not be exported.",
     ),
     show: int = typer.Option(20, "--show", min=0, help="List at most N incomplete supports."),
 ) -> None:
     """Write one file per auxiliary image and report coverage: which supports got all X images,
     which did not, and why. Re-running rewrites nothing that is already right. The DifFSS BAM
     loader silently uses the real support when a file is missing, so read the coverage report
-    (also saved as OUT/difaug-export.json).
+    (also saved as OUT/difaug-export.json, which covers every run exported into OUT).
 
-    Example:
+    Examples:
 
         difaug export runs/pascal5i-fold0-hed --layout diffss-bam --out BAM/aux/pascal-hed/
+
+        difaug export runs/fss1000-hed --layout fss --with-conditions --out aux/fss-hed/
     """
     from rich.table import Table
 
@@ -51,7 +73,10 @@ def export(
     if layout not in LAYOUTS:
         fail(f"unknown layout {layout!r}; use one of: {', '.join(LAYOUTS)}")
     try:
-        result = export_run(run, out, layout, image_format=image_format, quality=quality, workers=workers)
+        result = export_run(
+            run, out, layout, image_format=image_format, quality=quality, workers=workers,
+            with_conditions=with_conditions, min_drift_iou=min_drift_iou,
+        )  # fmt: skip
     except (ExportError, RunError, UnsafePathError) as e:
         fail(str(e))
 
@@ -64,6 +89,19 @@ def export(
         f"supports: {result.supports}  ·  complete ({x}/{x}): [green]{result.complete}[/]  ·  "
         f"incomplete: [red]{len(result.incomplete)}[/]  ·  not generated yet: {result.not_generated}"
     )
+    if result.conditions:
+        console.print(f"condition images: {result.conditions}")
+    if min_drift_iou is not None:
+        n = sum(result.filtered.values())
+        console.print(
+            f"drift filter (drift_iou >= {min_drift_iou}): {n} aux image(s) left out, "
+            f"from {len(result.filtered)} support(s)"
+        )
+    if result.skipped:
+        console.print(f"[red]{len(result.skipped)} image(s) not exported[/]:")
+        for sk in result.skipped[: max(show, 1)]:
+            what = "condition" if sk.aux_index < 0 else f"aux {sk.aux_index}"
+            console.print(f"  {escape(sk.sample_id)} {what}: {escape(sk.reason)}", highlight=False)
     if result.incomplete and show:
         table = Table(title="supports without all their aux images", title_justify="left")
         for col in ("sample_id", "row", "have", "why"):
@@ -85,5 +123,12 @@ def export(
             "[yellow]note:[/] DifFSS-BAM silently falls back to the real support image for every "
             "missing file listed above."
         )
-    if strict and (result.incomplete or result.not_generated):
+    total = result.folder_total
+    if int(total.get("runs") or 0) > 1:
+        console.print(
+            f"all {total['runs']} runs exported into {escape(str(result.out))}: {total['supports']} supports, "
+            f"{total['complete']} complete, {total['incomplete']} incomplete, "
+            f"{total['not_generated']} not generated yet (difaug-export.json)"
+        )
+    if strict and (result.missing_not_filtered or result.not_generated or result.skipped):
         raise typer.Exit(1)

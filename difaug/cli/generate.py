@@ -68,12 +68,34 @@ def generate(
     offload: bool | None = _opt("--offload/--no-offload", "CPU offload (small GPUs).", _EXECUTION),
     progress: bool | None = _opt("--progress/--no-progress", "Show the progress bar.", _EXECUTION),
     overwrite: bool | None = _opt(
-        "--overwrite/--no-overwrite", "Delete OUT's shards and start over.", _EXECUTION
+        "--overwrite/--no-overwrite",
+        "Delete the files difaug wrote in OUT (plan, shards, markers, summary) and start over; other files stay.",
+        _EXECUTION,
+    ),
+    force_unlock: bool = typer.Option(
+        False,
+        "--force-unlock",
+        help="Take OUT's lock although another host's run is recorded in it (only when that run is gone).",
+        rich_help_panel=_EXECUTION,
+    ),
+    max_side: int | None = _opt(
+        "--max-side", "Refuse rows whose working size has a longer side (px; default 8192).", _EXECUTION
+    ),
+    max_aspect: float | None = _opt(
+        "--max-aspect", "Refuse rows whose image is more elongated (long:short; default 16).", _EXECUTION
+    ),
+    max_pixels: int | None = _opt(
+        "--max-pixels", "Refuse rows whose image has more pixels (default 150 M).", _EXECUTION
     ),
 ) -> None:
     """Generate auxiliary images for every manifest row into OUT (resumable: a rerun does only
-    the shards without a completion marker). Exit code 0 when every row is done, 1 when some rows
-    failed (listed in OUT/summary.json), 2 when the job cannot start.
+    the shards that are not verified done). One run at a time holds OUT (a lock file names it).
+
+    Exit codes: 0 = every row is done; 1 = some rows failed (bad input, or a shard that kept
+    failing; listed in OUT/summary.json); 2 = the job could not start, and the plan was not
+    written when the fault was known before it — bad flag or config, empty manifest, OUT not a
+    writable folder, disk full, OUT locked by another run, or a different job already in OUT (one
+    line says which and what to do) — or OUT could not be written before any shard finished.
 
     Example:
 
@@ -81,17 +103,24 @@ def generate(
     """
     flags = dict(locals())  # first statement: exactly the parameters
     config_file = flags.pop("config")
+    flags.pop("force_unlock")
+    import shlex
+    import sys
+
     from difaug.config import ConfigError, resolve_job
     from difaug.manifest import ManifestError
     from difaug.models import ModelLoadError
-    from difaug.plan import PlanError
+    from difaug.rundir import RunDirError
 
+    command = shlex.join(["difaug", *sys.argv[1:]]) if sys.argv[1:2] == ["generate"] else ""
     try:
         job = resolve_job(config_file, **flags)
         from difaug.runner import run
 
-        summary = run(job, console=console)
-    except (ConfigError, ManifestError, PlanError, ModelLoadError) as e:
+        summary = run(job, console=console, force_unlock=force_unlock, command=command)
+    except (ConfigError, ManifestError, RunDirError, ModelLoadError) as e:  # PlanError, LockError, …
         fail(str(e))
 
+    if summary.stopped and summary.failed_shards and not summary.shards_done:
+        raise typer.Exit(2)  # OUT could not be written at all: as if the job could not start
     raise typer.Exit(0 if summary.ok else 1)

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.markup import escape
 
 from difaug.cli._common import console, fail
+from difaug.cli._common import escape_text as escape
 
 if TYPE_CHECKING:
     from difaug.report import ScoreStats
@@ -111,8 +111,16 @@ def inspect(
         console.print(
             f"[yellow]note:[/] class {escape(repr(name))} has no ADE20K mapping: {n} sample(s) used the seg fallback colour"
         )
+    if rep.invalid_shards:
+        console.print(
+            f"[red]{len(rep.invalid_shards)} invalid shard(s)[/] (not counted above; their rows are redone):"
+        )
+        for name, reason in list(rep.invalid_shards.items())[:show]:
+            console.print(f"  {name}: {escape(reason)}", highlight=False)
     if rep.unfinished_shards:
         console.print(f"[yellow]unfinished shards:[/] {', '.join(rep.unfinished_shards[:show])}")
+    if rep.invalid_shards or rep.unfinished_shards:
+        console.print(f"fix: {escape(rep.fix)}", highlight=False)
 
     if rep.failures:
         reasons = Table(title="failures by reason", title_justify="left")

@@ -9,6 +9,8 @@ import typer
 from rich.markup import escape
 
 from difaug.cli._common import console, err_console, fail
+from difaug.config import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+from difaug.text import display_text
 
 if TYPE_CHECKING:
     from difaug.datasets import BuildResult
@@ -46,8 +48,17 @@ def validate(
     workers: int | None = typer.Option(
         None, "--workers", min=1, help="Reader threads (default: 2 per core)."
     ),
+    resolution: int = typer.Option(512, "--resolution", help="The job's working short side (size limits)."),
+    max_side: int = typer.Option(
+        DEFAULT_MAX_SIDE, "--max-side", help="Longest side at the working size, px."
+    ),
+    max_aspect: float = typer.Option(
+        DEFAULT_MAX_ASPECT, "--max-aspect", help="Largest long:short side ratio."
+    ),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Most pixels of one image."),
 ) -> None:
-    """Check every row of a manifest; exit code 1 if any problem.
+    """Check every row of a manifest; exit code 1 if any row has a problem, 2 if the manifest
+    cannot be read or has no rows.
 
     Checks that files exist and decode, image and mask sizes match, the mask holds the row's class_id,
     and sample_ids are unique. Prints a table of problems (row, column, file, reason) and a summary.
@@ -58,13 +69,23 @@ def validate(
     """
     from rich.table import Table
 
-    from difaug.manifest import ManifestError, read_manifest, validate_manifest
+    from difaug.config import JobConfig, RuntimeConfig
+    from difaug.manifest import ManifestError, SizeLimits, read_manifest, validate_manifest
 
     try:
         manifest = read_manifest(file)
     except ManifestError as e:
         fail(str(e))
-    problems = validate_manifest(manifest, deep=deep, progress=err_console.is_terminal, workers=workers)
+    if not manifest.samples and not manifest.problems:
+        fail(
+            f"{file}: the manifest has no rows (only a header, or nothing); add one row per support image and class"
+        )
+    JobConfig(resolution=resolution).validate()  # ConfigError → one line, exit 2 (cli.errors)
+    RuntimeConfig(max_side=max_side, max_aspect=max_aspect, max_pixels=max_pixels).validate()
+    limits = SizeLimits(resolution, max_side, max_aspect, max_pixels)
+    problems = validate_manifest(
+        manifest, deep=deep, progress=err_console.is_terminal, workers=workers, limits=limits
+    )
     n_rows = len(manifest.samples) + len({p.row for p in manifest.problems})
     if not problems:
         console.print(f"[green]ok[/] {escape(str(file))}: {n_rows} row(s), no problems", highlight=False)
@@ -75,7 +96,12 @@ def validate(
     table.add_column("file", overflow="fold")
     table.add_column("reason", overflow="fold")
     for p in problems:
-        table.add_row(str(p.row), escape(p.column), escape(p.file), escape(p.reason))
+        table.add_row(
+            str(p.row),
+            escape(p.column),
+            escape(display_text(p.file, 300)),
+            escape(display_text(p.reason, 500)),
+        )
     console.print(table)
     bad_rows = len({p.row for p in problems})
     console.print(
@@ -160,10 +186,33 @@ def _write_skips(result: BuildResult, path: Path) -> None:
 
 ROOT_HELP = "Dataset root (list paths are relative to it)."
 OUT_HELP = "Manifest to write: .csv, .tsv, .jsonl or .parquet."
-LIST_HELP = "PFENet/BAM data list: lines 'JPEGImages/x.jpg SegmentationClassAug/x.png' (relative to --root)."
+LIST_HELP = (
+    "Data list, [SPLIT=]PATH, repeatable: PFENet/BAM lines 'JPEGImages/x.jpg SegmentationClassAug/x.png' "
+    "(relative to --root) or HSNet split files (PASCAL 'stem__NN' .txt, COCO .pkl). SPLIT= tells which "
+    "split a list is for when several are built (e.g. --list train=lists/pascal/train.txt --list val=lists/pascal/val.txt)."
+)
+LIST_FORMAT_HELP = (
+    "auto (detected), pfenet (PFENet/BAM/HDMNet lists) or hsnet (HSNet/Matcher/DiffewS split files)."
+)
+TRAINER_HELP = (
+    "Build what this trainer samples supports from: bam, hdmnet (DifFSS-BAM too), pfenet, hsnet, matcher, "
+    "diffews. Sets --min-area, --filter-intersection, the list format, the COCO fold rule and the splits "
+    "(all the trainer draws supports from, into one manifest). See docs/adapters.md."
+)
+SPLITS_DIR_HELP = (
+    "HSNet's split folder (hsnet/data/splits/pascal, …/coco or …/fss; Matcher: VOC2012/splits, COCO2014/splits, "
+    "FSS-1000/splits): picks the files each split reads for --fold."
+)
+FILTER_HELP = (
+    "Drop training images that show any test class of the fold (BAM/HDMNet's filter_intersection; train split "
+    "only). Default: the --trainer's rule, else off."
+)
 FOLD_HELP = "Fold 0-3; needs --split (val: the fold's test classes, train: the others). None: all classes."
 SPLIT_HELP = "train or val (with --fold: which classes); recorded in the split column."
-MIN_AREA_HELP = "Skip (image, class) pairs with fewer foreground pixels (PFENet/BAM's 2·32·32); 0 keeps all."
+MIN_AREA_HELP = (
+    "Skip (image, class) pairs with fewer foreground pixels (PFENet/BAM/HDMNet's 2·32·32); 0 keeps all "
+    "(HSNet, Matcher, DiffewS have no such rule). Default: the --trainer's, else 2048."
+)
 DEEP_HELP = "Decode every image fully (default: header + end-marker check, which finds truncated files)."
 ABSOLUTE_HELP = (
     "Write absolute paths (default: relative when the manifest sits inside --root or beside the files)."
@@ -183,18 +232,81 @@ def _run(build, out: Path, root: Path, absolute: bool, skipped_out: Path | None,
     _finish(result, out, root, absolute, skipped_out, name)
 
 
+def _run_splits(
+    build, dataset: str, out: Path, root: Path, absolute: bool, skipped_out: Path | None, name: str, *,
+    trainer: str | None, fold: int | None, split: str | None, lists: list[str], splits_dir: Path | None,
+    min_area: int | None, filter_intersection: bool | None, list_format: str | None, **kwargs,
+) -> None:  # fmt: skip
+    """One build per split the trainer (or --list SPLIT=…) asks for, merged into one manifest."""
+    from difaug.datasets import DEFAULT_MIN_AREA, BuildError, build_splits, trainer_preset
+    from difaug.datasets.trainers import parse_list_options, plan_splits
+
+    _check_out(out)
+    try:
+        preset = trainer_preset(trainer) if trainer else None
+        plan = plan_splits(
+            dataset,
+            preset,
+            fold=fold,
+            split=split,
+            lists=parse_list_options(lists, split),
+            splits_dir=splits_dir,
+        )
+        default_area = 0 if dataset == "fss1000" else DEFAULT_MIN_AREA
+        if dataset != "fss1000":
+            kwargs["fold"] = fold
+            kwargs["list_format"] = list_format or "auto"  # detected: a preset's lists may be either kind
+        kwargs["min_area"] = (
+            min_area if min_area is not None else (preset.min_area if preset else default_area)
+        )
+        flt = (
+            filter_intersection
+            if filter_intersection is not None
+            else bool(preset and preset.filter_intersection)
+        )
+        if len(plan) == 1 and None in plan:  # no split named: one build, as before presets
+            files = plan[None] or []
+            if dataset != "fss1000":
+                kwargs["filter_intersection"] = flt
+            result = build(
+                root, progress=err_console.is_terminal, split=split, **kwargs,
+                list_file=(files[0] if len(files) == 1 else files) or None,
+            )  # fmt: skip
+        else:
+            result = build_splits(
+                build,
+                dataset,
+                root,
+                plan,
+                filter_intersection=flt,
+                progress=err_console.is_terminal,
+                **kwargs,
+            )
+    except BuildError as e:
+        fail(str(e))
+    if preset is not None:
+        result.notes.append(f"--trainer {preset.name}: rules read from {preset.source}")
+    _finish(result, out, root, absolute, skipped_out, name)
+
+
 @build_app.command("pascal5i")
 def build_pascal5i(
     root: Path = typer.Option(
         ..., "--root", help=ROOT_HELP + " Holds JPEGImages/ and SegmentationClassAug/."
     ),
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
-    list_file: Path | None = typer.Option(None, "--list", help=LIST_HELP + " Default: every mask found."),
+    lists: list[str] = typer.Option([], "--list", help=LIST_HELP + " Default: every mask found."),
+    list_format: str | None = typer.Option(None, "--list-format", help=LIST_FORMAT_HELP),
+    trainer: str | None = typer.Option(None, "--trainer", help=TRAINER_HELP),
+    splits_dir: Path | None = typer.Option(None, "--splits-dir", help=SPLITS_DIR_HELP),
     fold: int | None = typer.Option(
         None, "--fold", min=0, max=3, help=FOLD_HELP + " Fold i = classes 5i+1..5i+5."
     ),
     split: str | None = typer.Option(None, "--split", help=SPLIT_HELP),
-    min_area: int = typer.Option(2048, "--min-area", min=0, help=MIN_AREA_HELP),
+    min_area: int | None = typer.Option(None, "--min-area", min=0, help=MIN_AREA_HELP),
+    filter_intersection: bool | None = typer.Option(
+        None, "--filter-intersection/--no-filter-intersection", help=FILTER_HELP
+    ),
     image_dir: str = typer.Option("JPEGImages", "--image-dir", help="Image folder under --root."),
     mask_dir: str | None = typer.Option(
         None,
@@ -208,15 +320,21 @@ def build_pascal5i(
 ) -> None:
     """PASCAL-5i (VOC2012 + SBD masks): one row per (image, class present), class ids 1..20.
 
-    Example (fold 0 test classes airplane…bottle, from PFENet's val list):
+    Examples (fold 0 test classes airplane…bottle from PFENet's val list; everything BAM samples
+    for fold 0; everything HSNet samples for fold 0):
 
         difaug manifest build pascal5i --root data/VOCdevkit/VOC2012 --list lists/pascal/val.txt --fold 0 --split val --out manifests/pascal5i-f0-val.csv
+
+        difaug manifest build pascal5i --root data/VOCdevkit/VOC2012 --trainer bam --fold 0 --list train=lists/pascal/train.txt --list val=lists/pascal/val.txt --out manifests/bam-pascal-f0.csv
+
+        difaug manifest build pascal5i --root data/VOC2012 --trainer hsnet --fold 0 --splits-dir hsnet/data/splits/pascal --out manifests/hsnet-pascal-f0.csv
     """
     from difaug.datasets import build_pascal5i as build
 
-    _run(
-        build, out, root, absolute, skipped_out, "pascal5i",
-        list_file=list_file, fold=fold, split=split, min_area=min_area,
+    _run_splits(
+        build, "pascal", out, root, absolute, skipped_out, "pascal5i",
+        trainer=trainer, fold=fold, split=split, lists=lists, splits_dir=splits_dir, min_area=min_area,
+        filter_intersection=filter_intersection, list_format=list_format,
         image_dir=image_dir, mask_dir=mask_dir, deep=deep, workers=workers,
     )  # fmt: skip
 
@@ -227,7 +345,10 @@ def build_coco20i(
         ..., "--root", help=ROOT_HELP + " Holds train2014/, val2014/ and annotations/{train2014,val2014}/."
     ),
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
-    list_file: Path | None = typer.Option(None, "--list", help=LIST_HELP + " Default: every mask found."),
+    lists: list[str] = typer.Option([], "--list", help=LIST_HELP + " Default: every mask found."),
+    list_format: str | None = typer.Option(None, "--list-format", help=LIST_FORMAT_HELP),
+    trainer: str | None = typer.Option(None, "--trainer", help=TRAINER_HELP),
+    splits_dir: Path | None = typer.Option(None, "--splits-dir", help=SPLITS_DIR_HELP),
     fold: int | None = typer.Option(None, "--fold", min=0, max=3, help=FOLD_HELP),
     split: str | None = typer.Option(
         None, "--split", help=SPLIT_HELP + " Without --list also picks the image folder (train2014/val2014)."
@@ -235,10 +356,14 @@ def build_coco20i(
     fold_rule: str = typer.Option(
         "interleaved",
         "--fold-rule",
-        help="interleaved: fold i = i+1, i+5, …, i+77 (BAM use_split_coco, HSNet, DifFSS); "
-        "contiguous: fold i = 20i+1..20i+20 (PANet, PFENet).",
+        help="interleaved: fold i = i+1, i+5, …, i+77 (HSNet; PFENet, BAM, HDMNet and DifFSS-BAM with "
+        "use_split_coco: True, as all their shipped COCO configs set); contiguous: fold i = 20i+1..20i+20 "
+        "(PANet; use_split_coco: False).",
     ),
-    min_area: int = typer.Option(2048, "--min-area", min=0, help=MIN_AREA_HELP),
+    min_area: int | None = typer.Option(None, "--min-area", min=0, help=MIN_AREA_HELP),
+    filter_intersection: bool | None = typer.Option(
+        None, "--filter-intersection/--no-filter-intersection", help=FILTER_HELP
+    ),
     image_dir: str | None = typer.Option(
         None, "--image-dir", help="Image folder under --root (default by --split)."
     ),
@@ -252,17 +377,20 @@ def build_coco20i(
 ) -> None:
     """COCO-20i (COCO 2014 with class-id annotation PNGs, ids 1..80): one row per (image, class).
 
-    Example (fold 0 test classes, BAM's interleaved split, val2014 images):
+    Examples (fold 0 test classes, interleaved, val2014 images; everything HSNet samples for fold 0):
 
         difaug manifest build coco20i --root data/COCO2014 --fold 0 --split val --fold-rule interleaved --out manifests/coco20i-f0-val.parquet
+
+        difaug manifest build coco20i --root data/COCO2014 --trainer hsnet --fold 0 --splits-dir hsnet/data/splits/coco --out manifests/hsnet-coco-f0.parquet
     """
     from difaug.datasets import build_coco20i as build
 
     if fold_rule not in ("interleaved", "contiguous"):
         fail(f"unknown --fold-rule {fold_rule!r}; use interleaved or contiguous")
-    _run(
-        build, out, root, absolute, skipped_out, "coco20i",
-        list_file=list_file, fold=fold, split=split, fold_rule=fold_rule, min_area=min_area,
+    _run_splits(
+        build, "coco", out, root, absolute, skipped_out, "coco20i",
+        trainer=trainer, fold=fold, split=split, lists=lists, splits_dir=splits_dir, min_area=min_area,
+        filter_intersection=filter_intersection, list_format=list_format, fold_rule=fold_rule,
         image_dir=image_dir, mask_dir=mask_dir, deep=deep, workers=workers,
     )  # fmt: skip
 
@@ -274,13 +402,31 @@ def build_fss1000(
     mask_out: Path | None = typer.Option(
         None, "--mask-out", help="Where the binarised masks go (default: <out folder>/<out stem>_masks/)."
     ),
-    list_file: Path | None = typer.Option(
-        None, "--list", help="Class folders to take, one per line (HSNet's splits/fss/{trn,val,test}.txt)."
+    lists: list[str] = typer.Option(
+        [],
+        "--list",
+        help="Class folders to take, one per line (HSNet's splits/fss/{trn,val,test}.txt); [SPLIT=]PATH, repeatable.",
     ),
     split: str | None = typer.Option(
-        None, "--split", help="Recorded in the split column (e.g. trn, val, test)."
+        None,
+        "--split",
+        help="Recorded in the split column (e.g. trn, val, test; default: the HSNet file's name).",
     ),
-    min_area: int = typer.Option(0, "--min-area", min=0, help="Skip masks with fewer foreground pixels."),
+    class_ids: str = typer.Option(
+        "auto",
+        "--class-ids",
+        help="hsnet: HSNet's id (index in the sorted split file + 0/520/760 for trn/val/test) + 1; table: "
+        "difaug's FSS-1000 table; auto: hsnet when --list is HSNet's trn/val/test.txt, else table.",
+    ),
+    trainer: str | None = typer.Option(
+        None, "--trainer", help="hsnet, matcher or diffews: the FSS-1000 splits it samples."
+    ),
+    splits_dir: Path | None = typer.Option(
+        None, "--splits-dir", help="HSNet's data/splits/fss (Matcher: FSS-1000/splits)."
+    ),
+    min_area: int | None = typer.Option(
+        None, "--min-area", min=0, help="Skip masks with fewer foreground pixels (default 0)."
+    ),
     threshold: int = typer.Option(
         128, "--threshold", min=1, max=255, help="Mask luminance >= this is foreground (HSNet's rule)."
     ),
@@ -294,18 +440,21 @@ def build_fss1000(
     Masks (0/255, some anti-aliased) are binarised at --threshold and written as 0/class_id copies
     under --mask-out, so `mask == class_id` is the foreground downstream.
 
-    Example (HSNet's test classes):
+    Examples (HSNet's test classes, HSNet's ids; all three HSNet splits in one manifest):
 
-        difaug manifest build fss1000 --root data/FSS-1000 --list splits/fss/test.txt --split test --out manifests/fss-test.csv
+        difaug manifest build fss1000 --root data/FSS-1000 --list hsnet/data/splits/fss/test.txt --out manifests/fss-test.csv
+
+        difaug manifest build fss1000 --root data/FSS-1000 --trainer hsnet --splits-dir hsnet/data/splits/fss --out manifests/fss-hsnet.csv
     """
     from difaug.datasets import build_fss1000 as build
 
     if mask_out is None:
         mask_out = out.parent / f"{out.stem}_masks"
-    _run(
-        build, out, root, absolute, skipped_out, "fss1000",
-        mask_out=mask_out, list_file=list_file, split=split, min_area=min_area,
-        threshold=threshold, deep=deep, workers=workers,
+    _run_splits(
+        build, "fss1000", out, root, absolute, skipped_out, "fss1000",
+        trainer=trainer, fold=None, split=split, lists=lists, splits_dir=splits_dir, min_area=min_area,
+        filter_intersection=None, list_format=None,
+        mask_out=mask_out, class_ids=class_ids, threshold=threshold, deep=deep, workers=workers,
     )  # fmt: skip
 
 

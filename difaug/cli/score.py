@@ -45,5 +45,10 @@ def score(
         f"scored {summary.rows} aux images in {len(summary.scored_shards)} shard(s); "
         f"{len(summary.skipped_shards)} shard(s) already scored; {summary.seconds:.1f} s"
     )
+    for u in summary.unverified:
+        err_console.print(
+            f"[yellow]not scored:[/] shard {u['shard']:05d}: {escape(u['reason'])} "
+            "(`difaug generate` with the run's command redoes it)"
+        )
     for p in summary.unscorable[:20]:
         err_console.print(f"[yellow]left null:[/] {escape(p['key'])}: {escape(p['reason'])}")

@@ -24,6 +24,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from difaug.config import CONDITION_STYLES, CONDITIONS
 from difaug.manifest import Sample
 
 DEFAULT_HED_WEIGHTS = "lllyasviel/Annotators"
@@ -32,8 +33,9 @@ DEFAULT_RESOLUTION = 512
 # HED always sees the image at this short side (DifFSS / ControlNet's detect_resolution); its map
 # is then resized to the working size, so `resolution` changes the output size, not the edges.
 DEFAULT_DETECT_RESOLUTION = 512
-CONDITION_NAMES = ("seg", "hed", "scribble")
-STYLES = ("diffss", "upstream")
+# Defined once, in difaug.config (which validates them); the names here are the API of this package.
+CONDITION_NAMES = CONDITIONS
+STYLES = CONDITION_STYLES
 
 
 class ConditionError(ValueError):

@@ -177,38 +177,24 @@ def resolve_hed_weights(weights: str) -> Path:
 
 
 def resolve_device(device: str | None) -> torch.device:
+    """`difaug.device.resolve_device` as a `torch.device` (the HED code reads `.type`)."""
     import torch
 
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as e:
-        raise ConditionError(f"unknown device {device!r}: {e}") from None
+    from difaug import device as devices
 
-
-_DTYPES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "float16": "float16",
-    "fp16": "float16",
-    "half": "float16",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-}
+    return torch.device(devices.resolve_device(device))
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """`difaug.device.resolve_dtype` as a `torch.dtype`; float16 is allowed on the CPU here (the
+    HED network is small, and its fp16-overflow fallback is tested there)."""
     import torch
+
+    from difaug import device as devices
 
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype in (None, "", "auto"):
-        return torch.float16 if device.type == "cuda" else torch.float32
-    name = _DTYPES.get(str(dtype).lower().removeprefix("torch."))
-    if name is None:
-        raise ConditionError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
-    return getattr(torch, name)
+    return devices.torch_dtype(devices.resolve_dtype(dtype, str(device), cpu_half=True))
 
 
 _CACHE: dict[tuple[str, str, str], Any] = {}

@@ -19,6 +19,7 @@ import numpy as np
 from difaug import imageio
 from difaug.conditions import Condition, ConditionError, ConditionInput, SampleLoadError, load_input
 from difaug.manifest import RowProblem, Sample, repeated_ids
+from difaug.text import ascii_text
 
 SHEET_NAME = "contact_sheet"
 THUMB_HEIGHT = 128
@@ -94,7 +95,7 @@ def _label(row: np.ndarray, text: str) -> np.ndarray:
     import cv2
 
     row = row.copy()
-    text = text.encode("ascii", "replace").decode()[:40]
+    text = ascii_text(text, 40)  # Hershey fonts draw ASCII only; one line, no control characters
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
     cv2.rectangle(row, (0, 0), (tw + 6, th + base + 6), (0, 0, 0), -1)
     cv2.putText(row, text, (3, th + 3), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)

@@ -9,8 +9,12 @@ This is HSNet's `COCO2014/` layout and what PFENet/BAM data lists point at (line
 `train2014/COCO_train2014_000000000009.jpg annotations/train2014/COCO_train2014_000000000009.png`).
 Class ids are the contiguous 1..80 of the FSS repos, not COCO's sparse category ids.
 
-Two fold rules are in use: `interleaved` (fold i tests i+1, i+5, …, i+77; BAM's `use_split_coco`,
-HSNet, HDMNet, DifFSS) and `contiguous` (fold i tests 20i+1 … 20i+20; PANet, PFENet's default).
+Two fold rules are in use: `interleaved` (fold i tests i+1, i+5, …, i+77: HSNet, and every shipped
+COCO config of PFENet, BAM, HDMNet and DifFSS-BAM, which set `use_split_coco: True`) and
+`contiguous` (fold i tests 20i+1 … 20i+20: PANet, and PFENet/BAM with `use_split_coco: False`).
+
+HSNet's COCO split pickles (`data/splits/coco/{trn,val}/fold*.pkl`) are read as lists too: the
+image is the listed `train2014/….jpg`, the mask `annotations/train2014/….png`, the class the key + 1.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 
 from difaug.classes import class_table
 from difaug.datasets.common import DEFAULT_MIN_AREA, BuildError, BuildResult, select_classes
-from difaug.datasets.pascal5i import build_class_id_masks
+from difaug.datasets.pascal5i import ListFiles, build_class_id_masks
 
 N_CLASSES = 80
 SPLIT_DIRS = {"train": "train2014", "trn": "train2014", "val": "val2014", "test": "val2014"}
@@ -28,11 +32,13 @@ SPLIT_DIRS = {"train": "train2014", "trn": "train2014", "val": "val2014", "test"
 def build_coco20i(
     root: str | Path,
     *,
-    list_file: str | Path | None = None,
+    list_file: ListFiles = None,
+    list_format: str = "auto",
     fold: int | None = None,
     split: str | None = None,
     fold_rule: str = "interleaved",
     min_area: int = DEFAULT_MIN_AREA,
+    filter_intersection: bool = False,
     image_dir: str | None = None,
     mask_dir: str | None = None,
     deep: bool = False,
@@ -43,7 +49,8 @@ def build_coco20i(
 
     Without `list_file`, images come from `train2014/` for `split=train`, `val2014/` for `split=val`,
     both when no split is given (override with `image_dir`); each image dir `D`'s masks are in
-    `annotations/D` (override with `mask_dir`). sample_id is `{stem}_{class_id}`."""
+    `annotations/D` (override with `mask_dir`). `list_file`/`list_format`/`filter_intersection`: as
+    for `build_pascal5i` (HSNet's `.pkl` splits included). sample_id is `{stem}_{class_id}`."""
     names = {cid: info.class_name for cid, info in class_table("coco").items()}
     selected, split_value = select_classes(N_CLASSES, fold, split, fold_rule)
     root_path = Path(root)
@@ -68,7 +75,9 @@ def build_coco20i(
         split=split_value,
         fold=fold,
         list_file=list_file,
+        list_format=list_format,
         min_area=min_area,
+        filter_intersection=filter_intersection,
         image_dirs=image_dirs,
         mask_dirs=mask_dirs,
         default_mask_dirs=mask_dirs,

@@ -8,6 +8,8 @@ accounts for every image and every class it saw: nothing is dropped silently.
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +50,11 @@ class SkipReason:
     UNKNOWN_CLASS = "unknown class id"
     DUPLICATE = "duplicate sample_id"
     BAD_LIST_LINE = "malformed list line"
+    # BAM/HDMNet `make_dataset(filter_intersection=True)`: a training image that shows any class
+    # outside the training classes is never sampled, for any of its classes.
+    NOVEL_IN_IMAGE = "novel class in image"
+    NOT_LISTED = "class not listed for this image"  # HSNet split files name (image, class) pairs
+    LISTED_ABSENT = "listed class not in mask"
 
 
 @dataclass(frozen=True)
@@ -131,10 +138,111 @@ def require_dir(path: Path, what: str, hint: str = "") -> Path:
 
 @dataclass(frozen=True)
 class ListEntry:
-    line: int  # 1-based line number in the list file
+    line: int  # 1-based line number in the list file (the position for a pickled list)
     image: str  # as written (relative to root), "" when the line names a stem only
     mask: str
     stem: str
+    class_id: int | None = None  # HSNet split files name one class per entry; None = every class
+
+
+# `pfenet`: PFENet/BAM/HDMNet data lists (`JPEGImages/x.jpg SegmentationClassAug/x.png`, or stems).
+# `hsnet`: HSNet/Matcher/DiffewS split files: PASCAL `data/splits/pascal/{trn,val}/fold*.txt`
+# (lines `2007_000032__01`: stem, two underscores, 1-based class) and COCO
+# `data/splits/coco/{trn,val}/fold*.pkl` (a pickled dict: 0-based class → `train2014/….jpg` names).
+LIST_FORMATS = ("auto", "pfenet", "hsnet")
+_HSNET_LINE = re.compile(r"^([^\s/]+)__(\d+)$")
+
+
+def detect_list_format(path: Path) -> str:
+    """`hsnet` for a `.pkl` file or a text file whose lines all look like `2007_000032__01`."""
+    if path.suffix.lower() == ".pkl":
+        return "hsnet"
+    lines = [ln.strip() for ln in read_utf8(path, "the list file").splitlines() if ln.strip()]
+    if lines and all(_HSNET_LINE.match(ln) for ln in lines):
+        return "hsnet"
+    return "pfenet"
+
+
+def read_split_file(
+    path: str | Path, list_format: str = "auto", *, image_dir: str = "JPEGImages", mask_dir: str = ""
+) -> tuple[list[ListEntry], list[Skip]]:
+    """Parse a data list in any of `LIST_FORMATS` (`auto` detects it). See `read_list_file` and
+    `read_hsnet_split`."""
+    path = Path(path)
+    if not path.is_file():
+        raise BuildError(f"list file not found: {path}")
+    if list_format not in LIST_FORMATS:
+        raise BuildError(f"unknown list format {list_format!r}; use one of {', '.join(LIST_FORMATS)}")
+    fmt = detect_list_format(path) if list_format == "auto" else list_format
+    if fmt == "hsnet":
+        return read_hsnet_split(path, image_dir=image_dir, mask_dir=mask_dir)
+    return read_list_file(path)
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """HSNet's split pickles hold only dicts, lists, ints and strings: refuse anything that would
+    import code (a pickle can run arbitrary code on load)."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not a plain split pickle")
+
+
+def read_hsnet_split(
+    path: str | Path, *, image_dir: str = "JPEGImages", mask_dir: str = ""
+) -> tuple[list[ListEntry], list[Skip]]:
+    """HSNet's split files, as `data/pascal.py` and `data/coco.py` read them.
+
+    PASCAL text (`2007_000032__01`): the image is `image_dir/{stem}.jpg`, the class the 1-based
+    number after `__`. COCO pickle (`{0: ['train2014/COCO_train2014_….jpg', …], …}`): the image is
+    the listed path, the mask `annotations/{path minus .jpg}.png` (or `mask_dir/…`), class = key + 1."""
+    path = Path(path)
+    entries: list[ListEntry] = []
+    bad: list[Skip] = []
+    if path.suffix.lower() == ".pkl":
+        try:
+            with path.open("rb") as fh:
+                data = _PlainUnpickler(fh).load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+            raise BuildError(f"{path}: not an HSNet split pickle ({e})") from None
+        if not isinstance(data, dict):
+            raise BuildError(
+                f"{path}: an HSNet split pickle holds a dict class → image names, got {type(data).__name__}"
+            )
+        n = 0
+        for key in sorted(data, key=lambda k: (not isinstance(k, int), str(k))):
+            names = data[key]
+            if not isinstance(key, int) or not isinstance(names, (list, tuple)):
+                bad.append(
+                    Skip(f"{path}[{key!r}]", SkipReason.BAD_LIST_LINE, "not an int class → list of names")
+                )
+                continue
+            for name in names:
+                n += 1
+                if not isinstance(name, str) or not name.lower().endswith(".jpg"):
+                    bad.append(
+                        Skip(f"{path}[{key}]", SkipReason.BAD_LIST_LINE, f"{name!r} is not a .jpg name")
+                    )
+                    continue
+                image = _clean(name)
+                mask = (
+                    f"{mask_dir.rstrip('/')}/{Path(image).name[:-4]}"
+                    if mask_dir
+                    else f"annotations/{image[:-4]}"
+                )
+                entries.append(ListEntry(n, image, mask + ".png", Path(image).stem, key + 1))
+        return entries, bad
+    text = read_utf8(path, "the split file")
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        m = _HSNET_LINE.match(line)
+        if m is None:
+            bad.append(Skip(f"{path}:{lineno}", SkipReason.BAD_LIST_LINE, f"not 'stem__NN': {raw!r}"))
+            continue
+        stem, cls = m.group(1), int(m.group(2))
+        entries.append(ListEntry(lineno, f"{image_dir}/{stem}.jpg", "", stem, cls))
+    return entries, bad
 
 
 def read_utf8(path: Path, what: str) -> str:
@@ -311,15 +419,30 @@ def rows_for_scan(
     fold: int | None,
     sample_id: Callable[[int], str],
     mask_path: str | None = None,
+    listed: frozenset[int] | None = None,
+    filter_intersection: bool = False,
 ) -> tuple[list[dict], list[Skip]]:
-    """Rows (one per selected class with >= min_area pixels) and skips for one usable pair."""
+    """Rows (one per selected class with >= min_area pixels) and skips for one usable pair.
+
+    `listed`: the classes a split file names for this image (None: every class). With
+    `filter_intersection` (BAM/HDMNet training lists) an image holding any class outside
+    `selected` gives no row at all."""
     rows: list[dict] = []
     skips: list[Skip] = []
     present = class_pixels(scan.counts)
     if not present:
         return rows, [Skip(scan.mask, SkipReason.EMPTY, "no pixel other than 0 / 255")]
-    for class_id, area in present.items():
-        if class_id not in names:
+    for class_id in sorted((listed or frozenset()) - set(present)):
+        skips.append(Skip(scan.mask, SkipReason.LISTED_ABSENT, f"value {class_id}", class_id))
+    if filter_intersection and selected is not None:
+        novel = sorted(set(present) - selected)
+        if novel:
+            detail = f"values {novel} outside the training classes (BAM's filter_intersection)"
+            return rows, [Skip(scan.mask, SkipReason.NOVEL_IN_IMAGE, detail, c) for c in sorted(present)]
+    for class_id, area in sorted(present.items()):
+        if listed is not None and class_id not in listed:
+            skips.append(Skip(scan.mask, SkipReason.NOT_LISTED, f"value {class_id}", class_id))
+        elif class_id not in names:
             skips.append(Skip(scan.mask, SkipReason.UNKNOWN_CLASS, f"value {class_id}", class_id))
         elif selected is not None and class_id not in selected:
             skips.append(Skip(scan.mask, SkipReason.NOT_SELECTED, names[class_id], class_id))
@@ -363,8 +486,9 @@ def dedupe(rows: list[dict], skipped: list[Skip]) -> list[dict]:
 def fold_classes(n_classes: int, fold: int, rule: str) -> list[int]:
     """The test classes of one fold, 1-based ids.
 
-    `contiguous`: fold i = classes n/4·i+1 … n/4·(i+1) (PASCAL-5i, PANet's COCO-20i);
-    `interleaved`: fold i = i+1, i+5, i+9, … (BAM/HSNet `use_split_coco`)."""
+    `contiguous`: fold i = classes n/4·i+1 … n/4·(i+1) (PASCAL-5i; PANet's COCO-20i);
+    `interleaved`: fold i = i+1, i+5, i+9, … (COCO in HSNet, and in PFENet/BAM/HDMNet's shipped
+    configs, which set `use_split_coco: True`)."""
     if fold not in range(4):
         raise BuildError(f"fold must be 0, 1, 2 or 3, got {fold}")
     per_fold = n_classes // 4

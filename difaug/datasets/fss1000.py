@@ -9,10 +9,18 @@ used as they are. The builder therefore writes a binarised copy of every mask it
 - written to `mask_out/<class folder>/<n>.png` holding 0 and the row's `class_id` (8-bit PNG when the
   id is below 255, 16-bit otherwise), so `mask == class_id` is exactly HSNet's foreground.
 
-`class_id` is the class's id in difaug's FSS-1000 table (1..1000) when the folder name is in it,
-otherwise a stable id from the name (`1001 + crc32(name) % 64000`, next free id on a clash).
-`class_name` is the folder name with `_` → space; sample_id is `{class folder}_{stem}` since every
-class folder has its own `1.jpg … 10.jpg`.
+`class_id` (`class_ids`):
+- `hsnet` (the default when the class list is one of HSNet's split files `trn.txt`/`val.txt`/
+  `test.txt`): HSNet's own class id + 1, where HSNet's id (`data/fss.py`) is the folder's index in
+  the *sorted* split file + 0 / 520 / 760 for trn / val / test (`bus` in test.txt: 788, so 789 here).
+  The `+ 1` is the rule HSNet's PASCAL and COCO masks follow too (mask value = class_id + 1), so one
+  key function (`difaug.adapters.hsnet_keys`) serves all three benchmarks; the one id that would be
+  255 ("ignore") is moved to 1255 (`manifest_class_id_from_hsnet`).
+- `table`: the class's id in difaug's FSS-1000 table (1..1000) when the folder name is in it,
+  otherwise a stable id from the name (`1001 + crc32(name) % 64000`, next free id on a clash).
+`class_name` is the folder name with `_` → space (the prompt); the folder name itself stays in the
+image path, which is what `difaug export --layout fss` names its folders by. sample_id is
+`{class folder}_{stem}` since every class folder has its own `1.jpg … 10.jpg`.
 """
 
 from __future__ import annotations
@@ -43,6 +51,9 @@ from difaug.datasets.common import (
 
 DEFAULT_THRESHOLD = 128
 MISSING_CLASS_DIR = "missing class folder"
+CLASS_ID_RULES = ("auto", "hsnet", "table")
+# HSNet `data/fss.py` `sample_episode`: class id = index in the sorted split file + this offset.
+HSNET_SPLIT_OFFSETS = {"trn": 0, "val": 520, "test": 760}
 
 
 def read_luma_mask(path: Path) -> np.ndarray:
@@ -93,6 +104,20 @@ def stable_class_ids(folders: list[str]) -> dict[str, int]:
     return ids
 
 
+def hsnet_fss_class_ids(categories: list[str], split: str) -> dict[str, int]:
+    """HSNet's own (0-based) FSS-1000 class ids: index in the sorted split file + 0/520/760."""
+    if split not in HSNET_SPLIT_OFFSETS:
+        raise BuildError(f"HSNet's FSS-1000 ids need split trn, val or test, got {split!r}")
+    return {c: i + HSNET_SPLIT_OFFSETS[split] for i, c in enumerate(sorted(categories))}
+
+
+def manifest_class_id_from_hsnet(hsnet_class_id: int) -> int:
+    """The mask value / manifest class_id of an HSNet class id (any benchmark): id + 1, as in
+    HSNet's PASCAL and COCO masks; 255 is "ignore", so the one id that would get it gets 1255."""
+    value = int(hsnet_class_id) + 1
+    return RESERVED_ID_REMAP if value == IGNORE_VALUE else value
+
+
 def _natural_key(name: str) -> tuple:
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
 
@@ -120,6 +145,7 @@ def build_fss1000(
     mask_out: str | Path,
     list_file: str | Path | None = None,
     split: str | None = None,
+    class_ids: str = "auto",
     min_area: int = 0,
     threshold: int = DEFAULT_THRESHOLD,
     deep: bool = False,
@@ -129,15 +155,31 @@ def build_fss1000(
     """One row per FSS-1000 image (binarised masks written under `mask_out`, see the module doc).
 
     `list_file`: class folder names, one per line (HSNet's `splits/fss/{trn,val,test}.txt`); without
-    it every folder under `root`. `split` only fills the split column. `min_area` defaults to 0:
+    it every folder under `root`. `split` fills the split column (default: the HSNet split file's
+    name). `class_ids`: `hsnet`, `table` or `auto` (see the module doc). `min_area` defaults to 0:
     FSS-1000 trainers sample every image of a class."""
     root = require_dir(Path(root).resolve(), "dataset root")
     mask_out = Path(mask_out).resolve()
     if not 0 < threshold <= 255:
         raise BuildError(f"threshold must be in 1..255, got {threshold}")
+    if class_ids not in CLASS_ID_RULES:
+        raise BuildError(f"unknown class id rule {class_ids!r}; use one of {', '.join(CLASS_ID_RULES)}")
+    hsnet_split = Path(list_file).stem if list_file is not None else None
+    if class_ids == "auto":
+        class_ids = "hsnet" if hsnet_split in HSNET_SPLIT_OFFSETS else "table"
+    if class_ids == "hsnet":
+        if list_file is None:
+            raise BuildError("--class-ids hsnet needs --list: HSNet's splits/fss/{trn,val,test}.txt")
+        hsnet_split = split if split in HSNET_SPLIT_OFFSETS else hsnet_split
+        if hsnet_split not in HSNET_SPLIT_OFFSETS:
+            raise BuildError(
+                f"--class-ids hsnet: cannot tell trn/val/test from {list_file}; pass --split trn, val or test"
+            )
+        split = split or hsnet_split
     skipped: list[Skip] = []
+    listed: list[str] = []
     if list_file is not None:
-        folders = _read_class_list(Path(list_file))
+        folders = listed = _read_class_list(Path(list_file))
         for f in [f for f in folders if not (root / f).is_dir()]:
             skipped.append(Skip(str(root / f), MISSING_CLASS_DIR, f"listed in {list_file}"))
         folders = [f for f in folders if (root / f).is_dir()]
@@ -147,7 +189,14 @@ def build_fss1000(
         )
     if not folders:
         raise BuildError(f"no class folders under {root}; FSS-1000 is ROOT/<class>/<n>.jpg + <n>.png")
-    ids = stable_class_ids(folders)
+    if class_ids == "hsnet":
+        # Every listed class keeps its index, even when its folder is missing: HSNet's does too.
+        ids = {
+            f: manifest_class_id_from_hsnet(i)
+            for f, i in hsnet_fss_class_ids(listed, str(hsnet_split)).items()
+        }
+    else:
+        ids = stable_class_ids(folders)
     items = _items(root, folders, ids, skipped)
 
     def work(item: _Item) -> _Outcome:
@@ -199,7 +248,11 @@ def build_fss1000(
         f"masks binarised (luminance >= {threshold} is foreground) and written to {mask_out}; "
         f"{aa_masks} of them had anti-aliased pixels ({aa_pixels} px with values 1..254)"
     )
-    unknown = sorted(f for f in folders if ids[f] > 1000)
+    unknown = sorted(f for f in folders if ids[f] > 1000) if class_ids == "table" else []
+    if class_ids == "hsnet":
+        result.notes.append(
+            f"class ids are HSNet's ({hsnet_split}: sorted index + {HSNET_SPLIT_OFFSETS[str(hsnet_split)]}) + 1"
+        )
     if unknown:
         shown = ", ".join(f"{f}={ids[f]}" for f in unknown[:5]) + (" …" if len(unknown) > 5 else "")
         result.notes.append(

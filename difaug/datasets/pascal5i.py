@@ -10,6 +10,7 @@ Palette PNGs (VOC's own `SegmentationClass`) hold the class ids as palette indic
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from difaug.classes import class_table
@@ -23,7 +24,7 @@ from difaug.datasets.common import (
     dedupe,
     find_by_stem,
     parallel_map,
-    read_list_file,
+    read_split_file,
     require_dir,
     rows_for_scan,
     scan_pair,
@@ -31,15 +32,18 @@ from difaug.datasets.common import (
 )
 
 N_CLASSES = 20
+ListFiles = str | Path | Sequence[str | Path] | None
 
 
 def build_pascal5i(
     root: str | Path,
     *,
-    list_file: str | Path | None = None,
+    list_file: ListFiles = None,
+    list_format: str = "auto",
     fold: int | None = None,
     split: str | None = None,
     min_area: int = DEFAULT_MIN_AREA,
+    filter_intersection: bool = False,
     image_dir: str = "JPEGImages",
     mask_dir: str | None = None,
     deep: bool = False,
@@ -48,10 +52,12 @@ def build_pascal5i(
 ) -> BuildResult:
     """Rows for every (image, class present with >= `min_area` pixels) of a VOC-style tree.
 
-    `list_file`: a PFENet/BAM data list (paths relative to `root`); without it every mask in
-    `mask_dir` (default `SegmentationClassAug`, else `SegmentationClass`) is paired by stem with
-    `image_dir`. `fold` + `split`: `val` keeps the fold's 5 test classes, `train` the other 15.
-    sample_id is `{stem}_{class_id}`."""
+    `list_file`: one or more data lists, PFENet/BAM style (paths relative to `root`) or HSNet split
+    files (`2007_000032__01`: only that class of that image), `list_format` auto-detected; without
+    it every mask in `mask_dir` (default `SegmentationClassAug`, else `SegmentationClass`) is paired
+    by stem with `image_dir`. `fold` + `split`: `val` keeps the fold's 5 test classes, `train` the
+    other 15; `filter_intersection` (train only) drops images showing any test class, as BAM's
+    training lists do. sample_id is `{stem}_{class_id}`."""
     names = {cid: info.class_name for cid, info in class_table("pascal").items()}
     selected, split_value = select_classes(N_CLASSES, fold, split)
     return build_class_id_masks(
@@ -62,7 +68,9 @@ def build_pascal5i(
         split=split_value,
         fold=fold,
         list_file=list_file,
+        list_format=list_format,
         min_area=min_area,
+        filter_intersection=filter_intersection,
         image_dirs=[image_dir],
         mask_dirs=[mask_dir] if mask_dir else None,
         default_mask_dirs=["SegmentationClassAug", "SegmentationClass"],
@@ -80,7 +88,7 @@ def build_class_id_masks(
     selected: set[int] | None,
     split: str,
     fold: int | None,
-    list_file: str | Path | None,
+    list_file: ListFiles,
     min_area: int,
     image_dirs: list[str],
     mask_dirs: list[str] | None,
@@ -88,14 +96,36 @@ def build_class_id_masks(
     deep: bool,
     workers: int | None,
     progress: bool,
+    list_format: str = "auto",
+    filter_intersection: bool = False,
 ) -> BuildResult:
     """The shared PASCAL/COCO builder: masks whose pixel values are class ids.
 
     `image_dirs[i]` pairs with `mask_dirs[i]` (both relative to root) when no list is given."""
     root = require_dir(Path(root).resolve(), "dataset root")
+    if filter_intersection and (selected is None or split not in ("train", "trn")):
+        raise BuildError(
+            "filter_intersection needs --fold and --split train (it drops training images "
+            "that show a test class)"
+        )
     skipped: list[Skip] = []
+    # Classes named per pair by HSNet split files (an image on several lines: the union). Pairs of
+    # plain lists stay one per line, so a repeated line is reported as a duplicate.
+    listed: dict[tuple[Path, Path], frozenset[int]] = {}
     if list_file is not None:
-        pairs, skipped = _pairs_from_list(root, list_file, image_dirs, mask_dirs or default_mask_dirs)
+        files = [list_file] if isinstance(list_file, (str, Path)) else list(list_file)
+        pairs = []
+        for f in files:
+            found, bad = _pairs_from_list(root, f, list_format, image_dirs, mask_dirs or default_mask_dirs)
+            skipped += bad
+            for pair, classes in found:
+                if classes is None:
+                    pairs.append(pair)
+                elif pair in listed:
+                    listed[pair] |= classes
+                else:
+                    listed[pair] = classes
+                    pairs.append(pair)
     else:
         pairs = _pairs_from_tree(root, image_dirs, mask_dirs, default_mask_dirs, skipped)
 
@@ -117,6 +147,8 @@ def build_class_id_masks(
             split=split,
             fold=fold,
             sample_id=lambda cid, stem=stem: f"{stem}_{cid}",
+            listed=listed.get((Path(result.image), Path(result.mask))),
+            filter_intersection=filter_intersection,
         )
         rows += new_rows
         skipped += skips
@@ -125,9 +157,10 @@ def build_class_id_masks(
 
 
 def _pairs_from_list(
-    root: Path, list_file: str | Path, image_dirs: list[str], mask_dirs: list[str]
-) -> tuple[list[tuple[Path, Path]], list[Skip]]:
-    entries, skipped = read_list_file(list_file)
+    root: Path, list_file: str | Path, list_format: str, image_dirs: list[str], mask_dirs: list[str]
+) -> tuple[list[tuple[tuple[Path, Path], frozenset[int] | None]], list[Skip]]:
+    """(image, mask) pairs of a list, each with the classes it names (None: every class)."""
+    entries, skipped = read_split_file(list_file, list_format, image_dir=image_dirs[0])
     pairs = []
     for e in entries:
         image = _under_root(root, e.image) if e.image else root / image_dirs[0] / f"{e.stem}.jpg"
@@ -136,7 +169,7 @@ def _pairs_from_list(
         else:
             mask_dir = next((d for d in mask_dirs if (root / d).is_dir()), mask_dirs[0])
             mask = root / mask_dir / f"{e.stem}.png"
-        pairs.append((image, mask))
+        pairs.append(((image, mask), None if e.class_id is None else frozenset({e.class_id})))
     return pairs, skipped
 
 
