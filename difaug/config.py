@@ -63,6 +63,10 @@ class JobConfig:
     image_format: str = "png"
     jpeg_quality: int = 95
     shard_size: int = 64
+    # --- speed options that change the images (issue 14) ---
+    # DeepCache-style UNet feature caching: the deep UNet features (and the ControlNet residuals)
+    # are computed every `cache_interval`-th step and reused in between; 1 = off (every step full).
+    cache_interval: int = 1
 
     def validate(self) -> JobConfig:
         _choice("condition", self.condition, CONDITIONS)
@@ -100,14 +104,24 @@ class RuntimeConfig:
     device: str = "auto"
     dtype: str = "auto"
     batch_size: int = 8
-    compile: bool = False
-    # torch.compile mode when `compile` is on: "reduce-overhead" (CUDA graphs) or "max-autotune".
-    compile_mode: str = "reduce-overhead"
+    # torch.compile of UNet, ControlNet and VAE decoder: "auto" (on for CUDA jobs of at least
+    # `compile_min_images` planned images), "on"/True, "off"/False; see difaug.models.decide_compile.
+    compile: bool | str = "auto"
+    # torch.compile mode when compiling: "default", "reduce-overhead" (CUDA graphs), "max-autotune".
+    compile_mode: str = "default"
     offload: bool = False
     progress: bool = True
     # dask-jobqueue SLURMCluster keyword arguments (queue, account, cores, memory, walltime,
     # job_extra_directives, …), straight from the YAML's `slurm:` section.
     slurm: dict[str, Any] = field(default_factory=dict)
+    # --- GPU speed settings (issue 14; see difaug.models "Speed options") ---
+    compile_min_images: int = 1000  # compile "auto": shorter jobs stay eager (warm-up not repaid)
+    # Inductor/FX-graph caches and torch.compiler cache artefacts, shared by workers and reruns;
+    # "" = OUT/.difaug-compile-cache (the driver fills it in).
+    compile_cache_dir: str = ""
+    vae_batch: int = 8  # latents per VAE decode call (bounded memory; batched is faster than 1)
+    encode_threads: int = 0  # PNG/JPEG encoder threads per worker; 0 = from the core count
+    prepare_threads: int = 0  # decode threads in the condition stage; 0 = from the core count
 
     def validate(self) -> RuntimeConfig:
         _choice("cluster", self.cluster, CLUSTERS)

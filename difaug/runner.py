@@ -353,6 +353,13 @@ def run(
     finished = plan_mod.prepare_run_dir(job, the_plan)
     ranges = plan_mod.shard_ranges(the_plan)
     pending = [r for r in ranges if r.index not in finished]
+    # The speed settings that need the plan: compile "auto" off for short jobs, the compile cache.
+    from dataclasses import replace
+
+    from difaug.models import runtime_for_plan
+
+    planned_images = sum(len(r) for r in pending) * job.config.num_aux
+    job = replace(job, runtime=runtime_for_plan(job.runtime, job.out, planned_images))
     summary = RunSummary(out=job.out, rows=the_plan["rows"], shards=len(ranges))
     _count_skipped(summary, Path(job.out), finished)
     console.print(
