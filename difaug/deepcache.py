@@ -66,7 +66,11 @@ def install_feature_cache(pipe: Any, interval: int) -> FeatureCache | None:
     Deep = every down block but the first, the mid block, every up block but the last: the last
     up block then receives the remembered input and the fresh skip connections of `conv_in` and
     the first down block (plus the ControlNet residuals added to them)."""
-    if interval <= 1:
+    if interval < 1:
+        from difaug.config import ConfigError
+
+        raise ConfigError(f"cache_interval must be >= 1 (1 = off), got {interval}")
+    if interval == 1:
         return None
     existing = getattr(pipe, "_difaug_feature_cache", None)
     if existing is not None:  # a second generator on the same pipeline shares its wrappers

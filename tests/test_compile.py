@@ -104,45 +104,44 @@ def test_shard_stats_record_warmup_and_the_cache_folder(tiny_models: Path, tmp_p
 
 
 _INDUCTOR_SCRIPT = r"""
-import json, sys, time, torch
-torch.set_num_threads(1)
-from difaug.config import JobConfig
-from difaug.models import ModelSpec, compile_pipeline, load_pipeline, save_compile_cache
+import json, sys, types, torch
+from difaug.models import compile_pipeline, save_compile_cache
 from torch._dynamo.utils import counters
-pipe = load_pipeline(ModelSpec.from_config(JobConfig(model=sys.argv[1])), device="cpu", vae_batch=2)
-z = torch.randn(3, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+torch.manual_seed(0)
+# A decoder-like block (conv, GroupNorm, SiLU, 1×1 conv): inductor's C++ build of the tiny VAE
+# decoder alone takes minutes here, and the cache behaves the same for any module.
+block = torch.nn.Sequential(torch.nn.Conv2d(4, 16, 3, padding=1), torch.nn.GroupNorm(4, 16), torch.nn.SiLU(),
+                            torch.nn.Conv2d(16, 3, 1)).eval()
+pipe = types.SimpleNamespace(vae=types.SimpleNamespace(decoder=block))
+x = torch.randn(2, 4, 16, 16)
 with torch.no_grad():
-    eager = pipe.vae.decode(z, return_dict=False)[0]
-    compile_pipeline(pipe, cache_dir=sys.argv[2], parts=("decoder",))
-    t0 = time.perf_counter()
-    compiled = pipe.vae.decode(z, return_dict=False)[0]
-    seconds = time.perf_counter() - t0
-saved = save_compile_cache(sys.argv[2])
-print(json.dumps({"max_diff": float((compiled - eager).abs().max()), "seconds": seconds, "saved": saved,
+    eager = block(x)
+    compile_pipeline(pipe, cache_dir=sys.argv[1], parts=("decoder",))
+    compiled = pipe.vae.decoder(x)
+saved = save_compile_cache(sys.argv[1])
+print(json.dumps({"max_diff": float((compiled - eager).abs().max()), "saved": saved,
                   "hits": counters["inductor"]["fxgraph_cache_hit"], "misses": counters["inductor"]["fxgraph_cache_miss"]}))
 """
 
 
 @pytest.mark.slow
-def test_inductor_matches_eager_and_reuses_the_cache_folder(tiny_models: Path, tmp_path: Path) -> None:
-    """Two fresh processes compile the VAE decoder with inductor into one cache folder: the first
-    compiles (cache misses) and saves the artefacts, the second finds them (cache hits). Both
-    match eager within fp32 tolerance (padded chunk of 2 + 1, static shapes)."""
+def test_inductor_matches_eager_and_reuses_the_cache_folder(tmp_path: Path) -> None:
+    """Two fresh processes compile one block with inductor through `compile_pipeline` into one
+    cache folder: the first compiles (cache misses) and saves the artefacts, the second finds
+    them (cache hits, no miss). Both match eager within fp32 tolerance. How much time the cache
+    saves on the real pipeline is measured in benchmarks/compile_cache.py, not here."""
     cache = tmp_path / "cache"
 
     def once() -> dict:
         res = subprocess.run(
-            [sys.executable, "-c", _INDUCTOR_SCRIPT, str(tiny_models), str(cache)],
-            capture_output=True,
-            text=True,
-            timeout=600,
+            [sys.executable, "-c", _INDUCTOR_SCRIPT, str(cache)], capture_output=True, text=True, timeout=600
         )
         assert res.returncode == 0, res.stderr[-3000:]
         return json.loads(res.stdout.strip().splitlines()[-1])
 
     first = once()
-    assert first["max_diff"] <= 1e-4 and first["misses"] >= 1 and first["saved"] > 0
+    assert first["max_diff"] <= 1e-5 and first["misses"] >= 1 and first["saved"] > 0
     assert (cache / MEGA_CACHE_FILE).is_file() and any((cache / "inductor").iterdir())
     second = once()
-    assert second["max_diff"] <= 1e-4
+    assert second["max_diff"] <= 1e-5
     assert second["hits"] >= 1 and second["misses"] == 0
