@@ -114,7 +114,7 @@ class RuntimeConfig:
     # dask-jobqueue SLURMCluster keyword arguments (queue, account, cores, memory, walltime,
     # job_extra_directives, …), straight from the YAML's `slurm:` section.
     slurm: dict[str, Any] = field(default_factory=dict)
-    # --- GPU speed settings (issue 14; see difaug.models "Speed options") ---
+    # --- GPU speed settings (issue 14; see the README's "Speed options") ---
     compile_min_images: int = 1000  # compile "auto": shorter jobs stay eager (warm-up not repaid)
     # Inductor/FX-graph caches and torch.compiler cache artefacts, shared by workers and reruns;
     # "" = OUT/.difaug-compile-cache (the driver fills it in).

@@ -20,7 +20,7 @@ from a mixed batch equals a one-image `StableDiffusionControlNetPipeline` call w
 tolerance (batched vs single matrix kernels differ in summation order: ~1e-6, ≤ 1 uint8 level).
 
 Speed options (fp16, fused QKV, batched VAE decode, batch size, compile, cache_interval,
-lcm_lora, offload): see the "Speed options" section of `difaug.models`.
+lcm_lora, offload): see the README's "Speed options" section.
 """
 
 from __future__ import annotations

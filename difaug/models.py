@@ -15,42 +15,11 @@ preferred, `.bin` when a repo has only that; `HF_HUB_OFFLINE=1` read at call tim
 files and cache only"). A missing or unreachable weight raises `ModelLoadError`, one message that
 names the id and how to point at a local folder.
 
-Speed options
--------------
-What each knob buys and what it costs (CUDA unless noted). Defaults are the safe, fast choice.
-
-- **fp16** (`dtype: auto` on CUDA): half the memory traffic and tensor-core matmuls, ~2× faster
-  than fp32. Images differ from fp32 by fp16 rounding (not visibly). `bfloat16` is selectable
-  (same speed on Ampere+, wider range, coarser mantissa). fp32 is the CPU default; fp16 on CPU is
-  refused (slow or missing kernels).
-- **SDPA attention**: diffusers' default `AttnProcessor2_0` (PyTorch scaled-dot-product attention,
-  flash / memory-efficient kernels). Nothing to trade; we just never replace it.
-- **channels_last** (UNet, ControlNet, VAE on CUDA): NHWC convolutions map onto tensor cores
-  without transposes; typically 5–15 % faster in fp16. No quality cost.
-- **VAE slicing** (always on): the VAE decodes one image at a time, so a batch of 16 at 512² does
-  not need several GB for its decoder activations. Decoding is ~2 % of the work, so this costs
-  almost nothing — and it makes each decoded image independent of its batch mates.
-- **batch size** (`batch_size`, default 8): images of different samples with the same condition
-  shape share one pipeline call. Larger batches fill the GPU better (8–16 saturate an A100 at
-  512²); memory grows linearly (≈1 GB per image in fp16 with CFG). Output does not depend on it
-  beyond floating-point tolerance.
-- **compile** (`compile: true`): `torch.compile` of the UNet and ControlNet, mode
-  `reduce-overhead` (CUDA graphs: removes Python/launch overhead, biggest win at small batches)
-  or `max-autotune` (also searches GEMM/conv kernels: longest warm-up, best steady state). Costs
-  one to several minutes of compilation per batch shape and per worker, so it pays off only for
-  long jobs; batches of a bucket are padded to `batch_size` so each shape compiles once.
-  `max-autotune` picks kernels by timing them in each process, so, like `cudnn.benchmark`, it
-  gives up bit-for-bit equality between workers and reruns (results stay within fp tolerance).
-  Not combinable with `offload`.
-- **lcm_lora** (`lcm_lora: latent-consistency/lcm-lora-sdv1-5` or a local folder): fuses the
-  LCM-LoRA into the UNet and switches to the LCM scheduler; 4–8 steps instead of 20 (set `steps`
-  and `guidance_scale` 1–2 accordingly) → 3–5× faster. Trades image quality and fidelity to the
-  DifFSS reference setup; needs the `peft` package.
-- **offload** (`offload: true`): `enable_model_cpu_offload` keeps only the running model on the
-  GPU (text encoder, then UNet+ControlNet, then VAE). Fits a 4–6 GB GPU; costs host↔device copies
-  on every batch (~20–40 % slower). Use only when the pipeline does not fit.
-- Not enabled on purpose: `cudnn.benchmark` (may pick different kernels run to run, which breaks
-  bit-for-bit reruns), xformers (SDPA is as fast on PyTorch ≥ 2).
+Speed options: what each knob buys and costs, with measurements, is in one place — the README's
+"Speed options" section. Here: `prepare_pipeline` (the fast CUDA path: fused QKV, batched VAE
+decode, contiguous memory format), `decide_compile` / `runtime_for_plan` (`compile: auto`),
+`compile_pipeline` / `use_compile_cache` / `save_compile_cache` / `restore_eager` (torch.compile,
+its shared cache folder and the eager fallback); DeepCache-style caching is `difaug.deepcache`.
 """
 
 from __future__ import annotations
@@ -319,7 +288,7 @@ def load_pipeline(
 ) -> StableDiffusionControlNetPipeline:
     """Load base + ControlNet as a `StableDiffusionControlNetPipeline` ready to sample.
 
-    See the module docstring ("Speed options") for what `dtype`, `compile`, `lcm_lora` and
+    See the README's "Speed options" for what `dtype`, `compile`, `lcm_lora` and
     `offload` trade. With `lcm_lora` the scheduler is always LCM."""
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
