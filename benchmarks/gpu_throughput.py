@@ -10,7 +10,8 @@ What it measures
   the UNet/ControlNet batch), batch 1 / 8 / 16, fp16, with and without `torch.compile`, and the
   LCM setting (4 steps, guidance 1 → no CFG). MFU = counted FLOPs × images/s ÷ the GPU's dense
   fp16 tensor-core peak (table below, or `--peak-tflops`).
-  The pipeline has the real architecture with random weights (timings do not depend on the
+  The pipeline is difaug's default CUDA path (fused QKV, batched VAE decode, contiguous) and
+  has the real architecture with random weights (timings do not depend on the
   values; a fused LCM-LoRA does not change the UNet's shape), or real weights with `--model`.
 
 Run (GPU):  .venv/bin/python benchmarks/gpu_throughput.py [--batches 1 8 16] [--images 32]
@@ -258,7 +259,7 @@ def main() -> None:
     ap.add_argument("--lcm-steps", type=int, default=4)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile settings")
     ap.add_argument("--no-lcm", action="store_true", help="skip the LCM settings")
-    ap.add_argument("--compile-mode", default="reduce-overhead")
+    ap.add_argument("--compile-mode", default="default")
     ap.add_argument("--model", default="", help="real weights (bundle or base folder/id) instead of random")
     ap.add_argument(
         "--peak-tflops", type=float, default=0.0, help="the GPU's dense fp16 peak, if not in the table"

@@ -380,13 +380,20 @@ def prepare_pipeline(
 
 def fuse_qkv_projections(pipe: Any) -> None:
     """One projection GEMM for q, k, v of every self-attention (k, v for cross-attention) in the
-    UNet, the ControlNet and the VAE, through diffusers' own `fuse_qkv_projections` (the
-    ControlNet has it from `AttentionMixin`). The fused weights are the concatenated originals:
-    the images change only by the summation order of the matmuls (fp tolerance)."""
-    for module in (pipe.unet, pipe.controlnet, pipe.vae):
-        fuse = getattr(module, "fuse_qkv_projections", None)
-        if fuse is not None:
-            fuse()
+    UNet, the ControlNet and the VAE. The fused weights are the concatenated originals: the
+    images change only by the summation order of the matmuls (fp tolerance)."""
+    from diffusers.models.attention_processor import Attention, FusedAttnProcessor2_0
+
+    for net in (pipe.unet, pipe.controlnet, pipe.vae):
+        # Copied from diffusers.models.unets.unet_2d_condition.UNet2DConditionModel.fuse_qkv_projections:
+        # the ControlNet's own (from AttentionMixin) fuses nothing of diffusers' `Attention`
+        # modules and keeps the unfused processor.
+        if any("Added" in type(p).__name__ for p in net.attn_processors.values()):
+            continue  # added-KV attention cannot be fused (not in SD1.5)
+        for module in net.modules():
+            if isinstance(module, Attention):
+                module.fuse_projections(fuse=True)
+        net.set_attn_processor(FusedAttnProcessor2_0())
 
 
 def batched_vae_decode(vae: Any, chunk: int, *, pad: bool = False) -> None:
