@@ -227,7 +227,7 @@ def run_job(bundle: Path, cfg: Any, rt: Any, n: int, size: int, work: Path) -> d
         "rate_after_warmup": images / max(span - load - warm, 1e-9),
         "rate_span": images / span,
         "rate_wall": images / wall,
-        "warnings": sum(len(s.get("warnings", [])) for s in stats),
+        "warnings": sum(len(s.get("compile_warnings", [])) for s in stats),
     }
 
 

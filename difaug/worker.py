@@ -616,7 +616,7 @@ def _run_shard(
     # The generator's first call per batch shape (torch.compile's warm-up) and its compile warnings.
     speed = {
         "warmup_s": round(float(getattr(generator, "warmup_seconds", 0.0)) - warmup_before, 4),
-        "warnings": list(getattr(generator, "warnings", ())[warnings_before:]),
+        "compile_warnings": list(getattr(generator, "warnings", ())[warnings_before:]),
     }
     return _finish(spec, cfg, state, dict(fallbacks), started, (t0, cpu0), load_s, speed)
 

@@ -98,7 +98,7 @@ def test_shard_stats_record_warmup_and_the_cache_folder(tiny_models: Path, tmp_p
     summary = run(j)
     assert summary.ok
     stats = shards.load_stats(out)
-    assert stats and all(s["warmup_s"] > 0 and s["warnings"] == [] for s in stats)
+    assert stats and all(s["warmup_s"] > 0 and s["compile_warnings"] == [] for s in stats)
     # CPU: compile "auto" stays eager, so nothing was compiled into the default cache folder.
     assert not (out / COMPILE_CACHE_DIRNAME / MEGA_CACHE_FILE).exists()
 
@@ -145,3 +145,24 @@ def test_inductor_matches_eager_and_reuses_the_cache_folder(tmp_path: Path) -> N
     second = once()
     assert second["max_diff"] <= 1e-5
     assert second["hits"] >= 1 and second["misses"] == 0
+
+
+def broken_compile_factory(cfg: JobConfig, runtime: RuntimeConfig) -> AuxGenerator:
+    """The default generator, compiled with a backend that always fails (picklable, for the runner)."""
+    from dataclasses import replace
+
+    gen = AuxGenerator.from_config(cfg, replace(runtime, compile="off"))
+    compile_pipeline(gen.pipe, backend=_broken_backend)
+    return AuxGenerator(gen.pipe, cfg, batch_size=runtime.batch_size)
+
+
+def test_a_failed_compilation_is_a_warning_in_the_stats_not_a_failed_shard(
+    tiny_models: Path, tmp_path: Path
+) -> None:
+    manifest = make_dataset(tmp_path / "data", 2)
+    out = tmp_path / "out"
+    summary = run(job(manifest, out, model=str(tiny_models)), generator_factory=broken_compile_factory)
+    assert summary.ok and summary.images == 4
+    (stats,) = shards.load_stats(out)
+    assert stats["done"] == 2 and stats["warmup_s"] > 0
+    assert len(stats["compile_warnings"]) == 1 and "compiler exploded" in stats["compile_warnings"][0]
