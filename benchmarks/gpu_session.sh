@@ -8,7 +8,8 @@
 #   run(command="bash benchmarks/gpu_session.sh run", carry=[".whl"], timeout_s=600)
 # It writes gpu_e2e.txt, gpu_throughput.txt and env.txt under $OUT (or ./gpu-results) and prints
 # them. Budget: ~7 min for gpu_e2e (a 2.6 GB random bundle, 32 supports × 4 at 512², three ways,
-# options table on 8 supports), ~2 min for gpu_throughput at batch 16; each is cut by `timeout`.
+# options table on 8 supports), ~2.5 min for gpu_throughput (channels_last at batch 16, eager and
+# compiled); each is cut by `timeout`, so both report.
 #
 # The GPU image (KINDS.md) has torch, transformers, accelerate, peft, timm, opencv, pyarrow,
 # typer, rich, pyyaml, psutil, cloudpickle, toolz, msgpack, click, jinja2, sortedcontainers; it
@@ -44,8 +45,9 @@ run)
   # 1. plain diffusers vs generator vs job, options table, host syncs (the issue's headline figures)
   timeout 420 python3 benchmarks/gpu_e2e.py --work /tmp/e2e 2>&1 | grep -v "Loading pipeline components" \
     | tee "$results/gpu_e2e.txt" || echo "gpu_e2e.py stopped (exit $?)" | tee -a "$results/gpu_e2e.txt"
-  # 2. batch 16: eager vs compiled (default mode); MFU per setting (LCM is in gpu_e2e's options)
-  timeout 150 python3 benchmarks/gpu_throughput.py --batches 16 --images 32 --no-lcm --compile-mode default 2>&1 \
+  # 2. batch 16, channels_last, eager and compiled: does it beat gpu_e2e's contiguous default with
+  #    compile? (the issue measured contiguous faster in eager; LCM is in gpu_e2e's options table)
+  timeout 150 python3 benchmarks/gpu_throughput.py --batches 16 --images 32 --no-lcm --channels-last 2>&1 \
     | tee "$results/gpu_throughput.txt" || echo "gpu_throughput.py stopped (exit $?)" | tee -a "$results/gpu_throughput.txt"
   ;;
 *)
