@@ -223,7 +223,7 @@ def run_job(
     end = max(datetime.fromisoformat(s["finished"]) for s in stats)
     span = (end - start).total_seconds()
     load = sum(s["seconds"]["load"] for s in stats)
-    warm = sum(s.get("warmup_s", 0.0) for s in stats)
+    warm = sum(s["seconds"].get("warmup", 0.0) for s in stats)
     images = summary.images
     result = {
         "images": images,

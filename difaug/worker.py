@@ -613,11 +613,10 @@ def _run_shard(
     if state.error is not None:
         raise state.error
     fallbacks = Counter(getattr(condition, "fallbacks", None) or {}) - fallbacks_before
-    # The generator's first call per batch shape (torch.compile's warm-up) and its compile warnings.
-    speed = {
-        "warmup_s": round(float(getattr(generator, "warmup_seconds", 0.0)) - warmup_before, 4),
-        "compile_warnings": list(getattr(generator, "warnings", ())[warnings_before:]),
-    }
+    # The generator's first call per batch shape (torch.compile's warm-up, part of "generate"):
+    # seconds.warmup, which `difaug inspect` lists with the other stages; and its compile warnings.
+    state.add_time("warmup", float(getattr(generator, "warmup_seconds", 0.0)) - warmup_before)
+    speed = {"compile_warnings": list(getattr(generator, "warnings", ())[warnings_before:])}
     return _finish(spec, cfg, state, dict(fallbacks), started, (t0, cpu0), load_s, speed)
 
 

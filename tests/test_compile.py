@@ -98,7 +98,7 @@ def test_shard_stats_record_warmup_and_the_cache_folder(tiny_models: Path, tmp_p
     summary = run(j)
     assert summary.ok
     stats = shards.load_stats(out)
-    assert stats and all(s["warmup_s"] > 0 and s["compile_warnings"] == [] for s in stats)
+    assert stats and all(s["seconds"]["warmup"] > 0 and s["compile_warnings"] == [] for s in stats)
     # CPU: compile "auto" stays eager, so nothing was compiled into the default cache folder.
     assert not (out / COMPILE_CACHE_DIRNAME / MEGA_CACHE_FILE).exists()
 
@@ -164,5 +164,5 @@ def test_a_failed_compilation_is_a_warning_in_the_stats_not_a_failed_shard(
     summary = run(job(manifest, out, model=str(tiny_models)), generator_factory=broken_compile_factory)
     assert summary.ok and summary.images == 4
     (stats,) = shards.load_stats(out)
-    assert stats["done"] == 2 and stats["warmup_s"] > 0
+    assert stats["done"] == 2 and stats["seconds"]["warmup"] > 0
     assert len(stats["compile_warnings"]) == 1 and "compiler exploded" in stats["compile_warnings"][0]
