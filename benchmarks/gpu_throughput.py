@@ -10,11 +10,13 @@ What it measures
   the UNet/ControlNet batch), batch 1 / 8 / 16, fp16, with and without `torch.compile`, and the
   LCM setting (4 steps, guidance 1 → no CFG). MFU = counted FLOPs × images/s ÷ the GPU's dense
   fp16 tensor-core peak (table below, or `--peak-tflops`).
-  The pipeline has the real architecture with random weights (timings do not depend on the
+  The pipeline is difaug's default CUDA path (fused QKV, batched VAE decode, contiguous) and
+  has the real architecture with random weights (timings do not depend on the
   values; a fused LCM-LoRA does not change the UNet's shape), or real weights with `--model`.
 
 Run (GPU):  .venv/bin/python benchmarks/gpu_throughput.py [--batches 1 8 16] [--images 32]
             [--no-compile] [--compile-mode max-autotune] [--model models/sd15-bundle]
+            [--channels-last]   (does channels_last win with compile? the default is contiguous)
 On a CPU it prints the FLOP counts and says that timings need a GPU (`--force-cpu` times a tiny
 `--size` on the CPU, only to exercise the code path).
 Last line: `gpu_tflop_per_image: N` (20 steps with CFG at 512²).
@@ -216,7 +218,12 @@ def build_generator(
         requires_safety_checker=False,
     )
     pipe = prepare_pipeline(
-        pipe, device=device, scheduler=cfg.scheduler, compile=compile, compile_mode=args.compile_mode
+        pipe,
+        device=device,
+        scheduler=cfg.scheduler,
+        compile=compile,
+        compile_mode=args.compile_mode,
+        channels_last=args.channels_last,
     )
     dtype = "float16" if device.startswith("cuda") else "float32"
     return AuxGenerator(pipe, cfg, device=device, dtype=dtype, pad_batches=compile)
@@ -258,7 +265,10 @@ def main() -> None:
     ap.add_argument("--lcm-steps", type=int, default=4)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile settings")
     ap.add_argument("--no-lcm", action="store_true", help="skip the LCM settings")
-    ap.add_argument("--compile-mode", default="reduce-overhead")
+    ap.add_argument(
+        "--channels-last", action="store_true", help="channels_last instead of the contiguous default"
+    )
+    ap.add_argument("--compile-mode", default="default")
     ap.add_argument("--model", default="", help="real weights (bundle or base folder/id) instead of random")
     ap.add_argument(
         "--peak-tflops", type=float, default=0.0, help="the GPU's dense fp16 peak, if not in the table"
@@ -295,7 +305,7 @@ def main() -> None:
     peak = peak_tflops(name, args.peak_tflops)
     print(f"device: {name}; fp16 peak {peak or 'unknown (pass --peak-tflops)'} TFLOP/s")
     print(f"{'setting':<24}{'batch':>6}{'warm-up s':>11}{'images/s':>10}{'MFU':>8}")
-    prec = "fp16" if device == "cuda" else "fp32"
+    prec = ("fp16" if device == "cuda" else "fp32") + ("+NHWC" if args.channels_last else "")
     settings = [(prec, False, False)]
     if not args.no_compile and device == "cuda":
         settings.append((f"{prec}+compile({args.compile_mode})", True, False))

@@ -5,12 +5,13 @@ as a GPU kernel would; everything else is real: reading + decoding the 512² dem
 `seg` condition (host work; HED would add its network), resize-back, PNG encoding, Parquet writes.
 If the three stages overlap, throughput approaches the device bound 1000/T images/s:
 
-    efficiency = measured images/s ÷ (1000 / T)          target ≥ 0.95 at T = 125 ms
+    efficiency = measured images/s ÷ (1000 / T)    target ≥ 0.95 at T = 125 ms, ≥ 0.9 at T = 40 ms
 
 Measured from the shards' own timestamps (first start → last finish), so manifest validation and
 model loading are excluded. On a GPU machine, run it with the real generator's timing in mind:
 
     python benchmarks/runner_overlap.py                  # T = 125 ms, 48 samples × 4 images
+    python benchmarks/runner_overlap.py --ms 40          # the LCM rate (25 images/s per GPU)
     python benchmarks/runner_overlap.py --ms 60 --samples 128 --cluster local
     python benchmarks/runner_overlap.py --quick          # ~10 s smoke run (16 samples)
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 import tempfile
 import time
@@ -80,6 +82,8 @@ def main() -> None:
         "stage busy ms/image: " + ", ".join(f"{k} {1000 * v / images:.1f}" for k, v in sorted(busy.items()))
     )
     print(f"measured {rate:.3f} images/s, device bound {ideal:.3f} images/s")
+    # Other processes' load decides what the host stages get on a shared machine: say what it was.
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"runner_overlap_efficiency: {rate / ideal:.3f}")
 
 

@@ -24,6 +24,9 @@ CLUSTERS = ("sync", "local", "cuda", "slurm")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 SCORES = ("diffseg", "none")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_SETTINGS = ("auto", "on", "off")
+DEFAULT_COMPILE_MIN_IMAGES = 1000
+DEFAULT_VAE_BATCH = 8
 # The only placeholder a prompt template may hold (filled per row in difaug.generate.sample_prompt).
 PROMPT_FIELDS = ("class_name",)
 # Input size guards (RuntimeConfig.max_*): no real FSS dataset comes near them (PASCAL ≤ 500 px,
@@ -78,6 +81,10 @@ class JobConfig:
     # Drift score of every aux image (difaug.diffseg): "diffseg" fills the drift_iou and
     # drift_segments columns during generation; "none" leaves them null (`difaug score` fills them later).
     score: str = "diffseg"
+    # --- speed options that change the images (issue 14) ---
+    # DeepCache-style UNet feature caching: the deep UNet features (and the ControlNet residuals)
+    # are computed every `cache_interval`-th step and reused in between; 1 = off (every step full).
+    cache_interval: int = 1
 
     def validate(self) -> JobConfig:
         """Every value this config holds, checked before any plan is written or model loaded."""
@@ -91,6 +98,7 @@ class JobConfig:
         if self.resolution % 64:
             raise ConfigError(f"resolution must be a multiple of 64, got {self.resolution}")
         _int_at_least("jpeg_quality", self.jpeg_quality, 1)
+        _int_at_least("cache_interval", self.cache_interval, 1)
         if self.jpeg_quality > 100:
             raise ConfigError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         for name in ("guidance_scale", "controlnet_scale"):
@@ -122,9 +130,11 @@ class RuntimeConfig:
     device: str = "auto"
     dtype: str = "auto"
     batch_size: int = 8
-    compile: bool = False
-    # torch.compile mode when `compile` is on: "reduce-overhead" (CUDA graphs) or "max-autotune".
-    compile_mode: str = "reduce-overhead"
+    # torch.compile of UNet, ControlNet and VAE decoder: "auto" (on for CUDA jobs of at least
+    # `compile_min_images` planned images), "on"/True, "off"/False; see difaug.models.decide_compile.
+    compile: bool | str = "auto"
+    # torch.compile mode when compiling: "default", "reduce-overhead" (CUDA graphs), "max-autotune".
+    compile_mode: str = "default"
     offload: bool = False
     progress: bool = True
     # dask-jobqueue SLURMCluster keyword arguments (queue, account, cores, memory, walltime,
@@ -136,6 +146,18 @@ class RuntimeConfig:
     max_side: int = DEFAULT_MAX_SIDE
     max_aspect: float = DEFAULT_MAX_ASPECT
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # --- GPU speed settings (issue 14; see the README's "Speed options") ---
+    compile_min_images: int = (
+        DEFAULT_COMPILE_MIN_IMAGES  # compile "auto": shorter jobs stay eager (warm-up not repaid)
+    )
+    # Inductor/FX-graph caches and torch.compiler cache artefacts, shared by workers and reruns;
+    # "" = OUT/.difaug-compile-cache (the driver fills it in).
+    compile_cache_dir: str = ""
+    vae_batch: int = (
+        DEFAULT_VAE_BATCH  # latents per VAE decode call (bounded memory; batched is faster than 1)
+    )
+    encode_threads: int = 0  # PNG/JPEG encoder threads per worker; 0 = from the core count
+    prepare_threads: int = 0  # decode threads in the condition stage; 0 = from the core count
 
     def validate(self) -> RuntimeConfig:
         """Every value this config holds, checked before any plan is written or worker started."""
@@ -146,13 +168,16 @@ class RuntimeConfig:
         dtype_name(self.dtype)
         check_device_name(self.device)
         _choice("compile_mode", self.compile_mode, COMPILE_MODES)
-        if self.compile and self.offload:
+        if compile_setting(self.compile) == "on" and self.offload:
             raise ConfigError(
                 "compile and offload cannot be combined; choose one (--no-compile or --no-offload)"
             )
         for name in ("workers", "threads_per_worker", "batch_size", "max_side", "max_pixels"):
             _int_at_least(name, getattr(self, name), 1)
         _int_at_least("retries", self.retries, 0)
+        _int_at_least("vae_batch", self.vae_batch, 1)
+        for name in ("compile_min_images", "encode_threads", "prepare_threads"):
+            _int_at_least(name, getattr(self, name), 0)
         if (
             isinstance(self.max_aspect, bool)
             or not isinstance(self.max_aspect, int | float)
@@ -182,6 +207,19 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
             f"{name}={value!r} is not one of: {', '.join(allowed)}; set --{name.replace('_', '-')} "
             f"(or `{name}:` in the config file) to one of them"
         )
+
+
+def compile_setting(setting: bool | str) -> str:
+    """`compile:` as one of COMPILE_SETTINGS ("auto", "on", "off"); booleans and yes/no spellings
+    are accepted, anything else is a ConfigError."""
+    if isinstance(setting, bool):
+        return "on" if setting else "off"
+    value = str(setting).strip().lower()
+    aliases = {"true": "on", "yes": "on", "1": "on", "false": "off", "no": "off", "0": "off"}
+    value = aliases.get(value, value)
+    if value not in COMPILE_SETTINGS:
+        raise ConfigError(f"compile={setting!r} is not one of: auto, on, off (or true/false)")
+    return value
 
 
 def _int_at_least(name: str, value: object, low: int) -> None:

@@ -19,13 +19,15 @@ from a mixed batch equals a one-image `StableDiffusionControlNetPipeline` call w
 (`torch.Generator().manual_seed(seed)`), prompt, scheduler and settings, within floating-point
 tolerance (batched vs single matrix kernels differ in summation order: ~1e-6, ≤ 1 uint8 level).
 
-Speed options (fp16, SDPA, channels_last, batch size, compile, lcm_lora, offload): see the
-"Speed options" section of `difaug.models`.
+Speed options (fp16, fused QKV, batched VAE decode, batch size, compile, cache_interval,
+lcm_lora, offload): see the README's "Speed options" section.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
     import torch
 
     from difaug.models import ModelSpec
+
+logger = logging.getLogger(__name__)
 
 PROMPT_CACHE_SIZE = 1024  # distinct prompts kept (≈120 kB each in fp16 for SD1.5)
 
@@ -149,8 +153,10 @@ class AuxGenerator:
         device: str = "cpu",
         dtype: str = "float32",
         pad_batches: bool = False,
+        compile_cache_dir: str = "",
     ) -> None:
-        from difaug.models import ModelSpec
+        from difaug.deepcache import install_feature_cache
+        from difaug.models import ModelSpec, is_compiled
 
         self.pipe = pipe
         self.cfg = cfg
@@ -159,7 +165,14 @@ class AuxGenerator:
         self.device = device
         self.dtype = dtype
         # With torch.compile every new batch shape is a new graph: pad short batches.
-        self.pad_batches = pad_batches
+        self.pad_batches = pad_batches or is_compiled(pipe)
+        self.compile_cache_dir = compile_cache_dir
+        # Seconds of the first call of each batch shape (compilation, when compiled) and what
+        # went wrong with compilation: read by the worker into each shard's stats.
+        self.warmup_seconds = 0.0
+        self.warnings: list[str] = []
+        self._warm_shapes: set[tuple[int, ...]] = set()
+        self.feature_cache = install_feature_cache(pipe, cfg.cache_interval)
         self._embeds: OrderedDict[str, torch.Tensor] = OrderedDict()
         scheduler = "lcm" if cfg.lcm_lora else cfg.scheduler
         self.provenance: dict[str, Any] = {
@@ -176,30 +189,45 @@ class AuxGenerator:
     @classmethod
     def from_config(cls, cfg: JobConfig, runtime: RuntimeConfig) -> AuxGenerator:
         """Resolve the model spec and load the pipeline once (see `difaug.models.load_pipeline`)."""
-        from difaug.models import ModelSpec, load_pipeline, resolve_device, resolve_dtype
+        from difaug.models import ModelSpec, decide_compile, load_pipeline, resolve_device, resolve_dtype
 
         spec = ModelSpec.from_config(cfg)
         device = resolve_device(runtime.device)
         dtype = resolve_dtype(runtime.dtype, device)
+        # planned_images=None: the driver has already turned a short job's "auto" into "off".
+        compile = decide_compile(
+            runtime.compile, device, None, runtime.compile_min_images, offload=runtime.offload
+        )
+        notes = []
+        if compile and cfg.cache_interval > 1:
+            compile = False
+            notes.append(
+                "compile skipped: cache_interval > 1 runs eager (the cached branch is data-dependent)"
+            )
         pipe = load_pipeline(
             spec,
             device=device,
             dtype=dtype,
             scheduler=cfg.scheduler,
-            compile=runtime.compile,
+            compile=compile,
             compile_mode=runtime.compile_mode,
             lcm_lora=cfg.lcm_lora,
             offload=runtime.offload,
+            vae_batch=runtime.vae_batch,
+            compile_cache_dir=runtime.compile_cache_dir,
         )
-        return cls(
+        gen = cls(
             pipe,
             cfg,
             batch_size=runtime.batch_size,
             spec=spec,
             device=device,
             dtype=dtype,
-            pad_batches=runtime.compile,
+            pad_batches=compile,
+            compile_cache_dir=runtime.compile_cache_dir,
         )
+        gen.warnings.extend(notes)
+        return gen
 
     # ---- prompts ---------------------------------------------------------------------------
 
@@ -256,6 +284,8 @@ class AuxGenerator:
         prompt_embeds = torch.cat([self.encode(it.prompt) for it in items])
         negative_embeds = torch.cat([self.encode(it.negative_prompt) for it in items])
         generators = [torch.Generator(device="cpu").manual_seed(it.seed) for it in items]
+        if self.feature_cache is not None:
+            self.feature_cache.begin_call()
         images = self.pipe(
             prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_embeds,
@@ -269,13 +299,42 @@ class AuxGenerator:
         )[0]
         return np.asarray(images, dtype=np.float32)
 
+    def _sample_warm(self, items: Sequence[WorkItem]) -> np.ndarray:
+        """`sample`, timing the first call of each batch shape (where compilation happens). A
+        compiled first call that fails falls back to the eager modules, with a warning kept in
+        `self.warnings`, and is redone eagerly: a broken compiler never fails a shard."""
+        from difaug.models import is_compiled, restore_eager, save_compile_cache
+
+        shape = (len(items), *items[0].condition.shape)
+        if shape in self._warm_shapes:
+            return self.sample(items)
+        t0 = time.perf_counter()
+        try:
+            images = self.sample(items)
+        except Exception as exc:
+            if not is_compiled(self.pipe):
+                raise
+            self.warnings.append(f"torch.compile failed, running eager: {type(exc).__name__}: {exc}"[:500])
+            logger.warning("%s", self.warnings[-1])
+            restore_eager(self.pipe)
+            self.pad_batches = False
+            images = self.sample(items)
+        if is_compiled(self.pipe):
+            try:
+                save_compile_cache(self.compile_cache_dir)
+            except OSError as exc:  # a read-only or full cache folder costs the next worker time only
+                self.warnings.append(f"compile cache not saved: {exc}"[:500])
+        self.warmup_seconds += time.perf_counter() - t0
+        self._warm_shapes.add(shape)
+        return images
+
     def run_batch(self, items: Sequence[WorkItem]) -> list[AuxResult]:
         """One pipeline call (one condition shape) → images resized back to each `out_size`."""
         from difaug.imageio import resize
 
         if not items:
             return []
-        images = to_uint8(self.sample(items))
+        images = to_uint8(self._sample_warm(items))
         return [AuxResult(item, resize(img, item.out_size)) for item, img in zip(items, images, strict=True)]
 
     def generate(self, items: Sequence[WorkItem]) -> list[AuxResult]:

@@ -308,6 +308,8 @@ class ShardStats:
     failures: tuple[Failure, ...] = ()
     seconds: dict[str, float] = field(default_factory=dict)
     fallbacks: dict[str, int] = field(default_factory=dict)
+    # What went wrong but did not fail the shard: a torch.compile that fell back to eager, …
+    compile_warnings: tuple[str, ...] = ()
     worker: dict[str, Any] = field(default_factory=dict)
     started: str = ""
     finished: str = ""
@@ -326,6 +328,7 @@ class ShardStats:
         d["rows"] = list(self.rows)
         d["file"] = asdict(self.file)
         d["failures"] = [f.to_dict() for f in self.failures]
+        d["compile_warnings"] = list(self.compile_warnings)
         d["samples"] = self.samples
         return d
 
@@ -347,6 +350,7 @@ class ShardStats:
                 failures=tuple(Failure.from_dict(f, name) for f in d["failures"]),
                 seconds=dict(d.get("seconds") or {}),
                 fallbacks=dict(d.get("fallbacks") or {}),
+                compile_warnings=tuple(str(w) for w in d.get("compile_warnings") or ()),
                 worker=dict(d.get("worker") or {}),
                 started=str(d.get("started") or ""),
                 finished=str(d.get("finished") or ""),

@@ -393,6 +393,11 @@ def _run_locked(
         summary.skipped += c.stats.done + c.stats.failed
         summary.skipped_failed += c.stats.failed
         summary.shards_skipped += 1
+    # The speed settings that need the plan: compile "auto" off for short jobs, the compile cache.
+    from difaug.models import runtime_for_plan
+
+    planned_images = sum(len(r) for r in pending) * job.config.num_aux
+    job = replace(job, runtime=runtime_for_plan(job.runtime, job.out, planned_images))
     console.print(
         f"plan: {the_plan.rows} rows in {len(ranges)} shards of {job.config.shard_size} → {job.out} "
         f"({len(check.done)} shards already done, {len(pending)} to do)",

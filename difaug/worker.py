@@ -49,9 +49,24 @@ ProgressHook = Callable[[int, int], None]  # (shard index, images generated so f
 
 PROGRESS_TOPIC = "difaug-progress"
 _DONE = object()  # end-of-stream sentinel in the stage queues
-# PNG encoding (the largest host cost per image) releases the GIL: two encoders keep up with a
-# device that is faster than one core's encoding. Row order does not depend on them (rows are sorted).
-ENCODE_THREADS = 2
+# PNG encoding (the largest host cost per image) releases the GIL: several encoders keep up with a
+# device that is faster than one core's encoding (at 40 img/s, ~12 ms/img of lossless PNG at 512²
+# needs about half a core; 2 threads at least). Row order does not depend on them (rows are sorted).
+ENCODE_THREADS = 2  # the minimum; `RuntimeConfig.encode_threads` 0 = stage_threads() picks
+
+
+def stage_threads(setting: int, minimum: int = 2, maximum: int = 8) -> int:
+    """Threads for a host stage: `setting` when > 0, else from the cores this process may use
+    (all of them share one GPU worker's host work: the task thread mostly waits on the device)."""
+    if setting > 0:
+        return setting
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(minimum, min(maximum, cores))
+
+
 # What a bad *input* raises (ImageReadError, ConditionError, ConfigError are ValueErrors): recorded
 # as that row's failure. Anything else (CUDA out of memory, a bug) is the machine's or the code's
 # fault: it fails the task, Dask retries it, and no marker claims the rows failed for good.
@@ -136,7 +151,7 @@ def factory_key(generator_factory: GeneratorFactory, condition_factory: Conditio
     runtime settings that change how models load. Raises TypeError for unpicklable factories."""
     rt = job.runtime
     try:
-        loading = (rt.device, rt.dtype, rt.batch_size, rt.compile, rt.compile_mode, rt.offload)
+        loading = (rt.device, rt.dtype, rt.batch_size, rt.compile, rt.compile_mode, rt.offload, rt.vae_batch)
         blob = pickle.dumps((generator_factory, condition_factory, job.config, loading))
     except (pickle.PicklingError, TypeError, AttributeError) as e:
         raise TypeError(
@@ -390,26 +405,44 @@ def _prepare_stage(
     chunk: int,
     items_q: queue.Queue,
     state: _ShardState,
+    decode_threads: int = 1,
 ) -> Callable[[], None]:
+    from concurrent.futures import ThreadPoolExecutor
+
     from difaug.generate import make_work_items
 
+    chunks = [samples[i : i + chunk] for i in range(0, len(samples), chunk)]
+
     def run() -> None:
-        for i in range(0, len(samples), chunk):
-            inputs = [x for x in (_decode(s, state) for s in samples[i : i + chunk]) if x is not None]
-            if not inputs:
-                continue
-            for inp, cond in _conditions(condition, inputs, state):
-                h, w = inp.image.shape[:2]
-                try:
-                    items = make_work_items(inp.sample, cond, (w, h), cfg)
-                except INPUT_ERRORS as e:
-                    state.fail(inp.sample, "condition", _short(e))
-                    continue
-                if state.masks is not None:
-                    state.masks[inp.sample.sample_id] = inp.mask
-                for item in items:
-                    _put(items_q, (inp.sample, item), state)
+        # Decoding (PIL/OpenCV release the GIL) runs on `decode_threads`, up to two chunks ahead
+        # of the condition step; results are taken in sample order, so timing never reaches
+        # the items' order, and at most three chunks of decoded images are held at once.
+        pool = ThreadPoolExecutor(max(1, decode_threads), thread_name_prefix="difaug-decode")
+        try:
+            ahead = [[pool.submit(_decode, s, state) for s in c] for c in chunks[:2]]
+            for i in range(len(chunks)):
+                futures = ahead.pop(0)
+                if i + 2 < len(chunks):
+                    ahead.append([pool.submit(_decode, s, state) for s in chunks[i + 2]])
+                inputs = [x for x in (f.result() for f in futures) if x is not None]
+                if inputs:
+                    _prepare_chunk(inputs)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         _put(items_q, _DONE, state)
+
+    def _prepare_chunk(inputs: list[Any]) -> None:
+        for inp, cond in _conditions(condition, inputs, state):
+            h, w = inp.image.shape[:2]
+            try:
+                items = make_work_items(inp.sample, cond, (w, h), cfg)
+            except INPUT_ERRORS as e:
+                state.fail(inp.sample, "condition", _short(e))
+                continue
+            if state.masks is not None:
+                state.masks[inp.sample.sample_id] = inp.mask
+            for item in items:
+                _put(items_q, (inp.sample, item), state)
 
     return run
 
@@ -422,6 +455,7 @@ def _generate_stage(
     state: _ShardState,
     report: Callable[[int], None],
     score: Callable[..., list] | None = None,
+    encoders: int = ENCODE_THREADS,
 ) -> None:
     """Bucket items by condition shape; run a batch when a bucket fills, the rest at the end.
 
@@ -463,7 +497,7 @@ def _generate_stage(
             flush(key)
     for key in list(buckets):
         flush(key)
-    for _ in range(ENCODE_THREADS):
+    for _ in range(encoders):
         _put(results_q, _DONE, state)
 
 
@@ -523,15 +557,17 @@ def _row(
 
 def encode_aux(image: np.ndarray, cfg: JobConfig) -> bytes:
     """The aux image's bytes. PNG is lossless whatever the settings, so pick the cheapest that
-    keeps the size: Paeth filter + Huffman-only zlib gives the bytes of PIL's level 1 for half its
-    CPU (a third of level 6's) on photos. PNG encoding is the largest host cost per image."""
+    keeps the size: zlib level 1 with the Up filter on every row. Measured on the demo photos at
+    512² with OpenCV 5 (`benchmarks/encode_formats.py`): ~8 ms CPU and 233 kB per image, against
+    ~12 ms and 267 kB for Huffman-only + Paeth and ~17 ms for PIL's level 1. PNG encoding is the
+    largest host cost per image."""
     if cfg.image_format != "png":
         return imageio.encode(image, cfg.image_format, cfg.jpeg_quality)
     import cv2
 
-    params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 1]
     if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV >= 4.11; older ones choose filters adaptively
-        params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_PAETH]
+        params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(image[:, :, ::-1]), params)  # OpenCV is BGR
     if not ok:
         raise ValueError(f"PNG encoding failed for an image of shape {image.shape}")
@@ -594,10 +630,16 @@ def _run_shard(
     items_q: queue.Queue = queue.Queue(maxsize=2 * batch_size)
     results_q: queue.Queue = queue.Queue(maxsize=2 * batch_size)
     encode = _encode_stage(cfg, generator.provenance, results_q, state)
+    encoders = stage_threads(rt.encode_threads, minimum=ENCODE_THREADS)
+    prepare = _prepare_stage(
+        spec.samples, condition, cfg, chunk, items_q, state, stage_threads(rt.prepare_threads)
+    )
     threads = [
-        _stage_thread("prepare", _prepare_stage(spec.samples, condition, cfg, chunk, items_q, state), state),
-        *(_stage_thread(f"encode-{i}", encode, state) for i in range(ENCODE_THREADS)),
+        _stage_thread("prepare", prepare, state),
+        *(_stage_thread(f"encode-{i}", encode, state) for i in range(encoders)),
     ]
+    warmup_before = float(getattr(generator, "warmup_seconds", 0.0))
+    warnings_before = len(getattr(generator, "warnings", ()))
     with cpu_threads(rt.threads_per_worker):
         for t in threads:
             t.start()
@@ -610,6 +652,7 @@ def _run_shard(
                 state,
                 _progress_reporter(spec.index, progress),
                 score,
+                encoders,
             )
         except _Stopped:
             pass
@@ -621,7 +664,11 @@ def _run_shard(
     if state.error is not None:
         raise state.error
     fallbacks = Counter(getattr(condition, "fallbacks", None) or {}) - fallbacks_before
-    return _finish(spec, cfg, state, dict(fallbacks), started, (t0, cpu0), load_s)
+    # The generator's first call per batch shape (torch.compile's warm-up, part of "generate"):
+    # seconds.warmup, which `difaug inspect` lists with the other stages; and its compile warnings.
+    state.add_time("warmup", float(getattr(generator, "warmup_seconds", 0.0)) - warmup_before)
+    compile_warnings = list(getattr(generator, "warnings", ())[warnings_before:])
+    return _finish(spec, cfg, state, dict(fallbacks), started, (t0, cpu0), load_s, compile_warnings)
 
 
 def _finish(
@@ -632,6 +679,7 @@ def _finish(
     started: str,
     clocks: tuple[float, float],
     load_s: float,
+    compile_warnings: Sequence[str] = (),
 ) -> ShardStats:
     rows = sorted(
         (r for r in state.rows if r["sample_id"] not in state.failed_ids),
@@ -671,6 +719,7 @@ def _finish(
             "cpu": round(time.process_time() - clocks[1], 4),
         },
         fallbacks=dict(sorted(fallbacks.items())),
+        compile_warnings=tuple(compile_warnings),
         worker={"host": socket.gethostname(), "pid": os.getpid()},
         started=started,
         finished=_now(),

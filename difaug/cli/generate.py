@@ -60,10 +60,22 @@ def generate(
     device: str | None = _opt("--device", "auto, cpu, cuda, cuda:1 …", _EXECUTION),
     dtype: str | None = _opt("--dtype", "auto, float32, float16, bfloat16.", _EXECUTION),
     compile: bool | None = _opt(
-        "--compile/--no-compile", "torch.compile the UNet and ControlNet (CUDA).", _EXECUTION
+        "--compile/--no-compile",
+        "torch.compile UNet, ControlNet, VAE decoder (default auto: CUDA jobs of >= 1000 images).",
+        _EXECUTION,
     ),
     compile_mode: str | None = _opt(
-        "--compile-mode", "reduce-overhead (CUDA graphs) or max-autotune.", _EXECUTION
+        "--compile-mode", "default, reduce-overhead (CUDA graphs) or max-autotune.", _EXECUTION
+    ),
+    compile_cache: str | None = _opt(
+        "--compile-cache", "Compile cache folder (default OUT/.difaug-compile-cache).", _EXECUTION
+    ),
+    vae_batch: int | None = _opt("--vae-batch", "Latents per VAE decode call.", _EXECUTION),
+    encode_threads: int | None = _opt(
+        "--encode-threads", "PNG/JPEG encoder threads per worker (0 = from the cores).", _EXECUTION
+    ),
+    cache_interval: int | None = _opt(
+        "--cache-interval", "DeepCache: deep UNet features every k-th step (1 = off; changes images)."
     ),
     offload: bool | None = _opt("--offload/--no-offload", "CPU offload (small GPUs).", _EXECUTION),
     progress: bool | None = _opt("--progress/--no-progress", "Show the progress bar.", _EXECUTION),
@@ -104,6 +116,7 @@ def generate(
     flags = dict(locals())  # first statement: exactly the parameters
     config_file = flags.pop("config")
     flags.pop("force_unlock")
+    flags["compile_cache_dir"] = flags.pop("compile_cache")
     import shlex
     import sys
 
