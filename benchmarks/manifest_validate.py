@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from difaug.manifest import read_manifest, validate_manifest, write_manifest
+from difaug.parallel import WORKERS_HELP
 
 VARIANTS = 16  # distinct contents, copied under many names (decode cost is per file, not per content)
 
@@ -90,7 +91,7 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--size", default="500x375", help="image width x height")
-    parser.add_argument("--workers", type=int, default=None, help="reader threads (default: 4 per core)")
+    parser.add_argument("--workers", type=int, default=None, help=WORKERS_HELP)
     parser.add_argument("--deep", action="store_true", help="also time --deep (full image decode)")
     parser.add_argument("--quick", action="store_true", help="2,000 rows instead of --rows")
     args = parser.parse_args()

@@ -9,8 +9,9 @@ from importlib import resources
 
 import numpy as np
 
-# palette[0] is also the ControlNet-seg "background" colour (120, 120, 120).
-BACKGROUND_ADE_INDEX = 0
+# The mask value meaning "ignore" (VOC borders, unlabelled pixels) in every mask difaug reads or
+# writes: never a class id, never foreground, never background.
+IGNORE_VALUE = 255
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import string
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -312,7 +312,3 @@ def resolve_job(config_file: str | Path | None = None, **overrides: Any) -> Job:
         overwrite=bool(values.get("overwrite", False)),
         limit=int(values.get("limit", 0) or 0),
     )
-
-
-def with_changes(cfg: JobConfig, **changes: Any) -> JobConfig:
-    return replace(cfg, **changes).validate()

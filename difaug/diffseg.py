@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from difaug.classes import IGNORE_VALUE  # mask value that is neither object nor background
+
 if TYPE_CHECKING:
     import torch
 
@@ -73,7 +75,6 @@ MOSTLY_INSIDE = 0.5
 QUERY_CHUNK = 1024
 # Merged maps upsampled per chunk in the NMS (each chunk is chunk × image H × W floats).
 NMS_CHUNK = 16
-IGNORE = 255  # mask value that is neither object nor background
 
 
 # ----------------------------------------------------------------------------- attention capture
@@ -480,10 +481,10 @@ class DriftScore:
 
 def object_segments(labels: np.ndarray, mask: np.ndarray, class_id: int) -> np.ndarray:
     """Boolean map of the union of segments lying mostly (> `MOSTLY_INSIDE` of their valid area)
-    inside the mask's `class_id` pixels; pixels with value `IGNORE` count for neither side."""
+    inside the mask's `class_id` pixels; pixels with value `IGNORE_VALUE` count for neither side."""
     if labels.shape != mask.shape:
         raise ValueError(f"label map {labels.shape} and mask {mask.shape} differ in size")
-    valid = mask != IGNORE
+    valid = mask != IGNORE_VALUE
     inside = (mask == class_id) & valid
     n = int(labels.max()) + 1 if labels.size else 0
     area = np.bincount(labels[valid].ravel(), minlength=n)
@@ -494,7 +495,7 @@ def object_segments(labels: np.ndarray, mask: np.ndarray, class_id: int) -> np.n
 
 def drift_score(labels: np.ndarray, mask: np.ndarray, class_id: int) -> DriftScore:
     """IoU between the mask's `class_id` pixels and the segments mostly inside them (ignore 255)."""
-    valid = mask != IGNORE
+    valid = mask != IGNORE_VALUE
     target = (mask == class_id) & valid
     pred = object_segments(labels, mask, class_id)
     union = int((pred | target).sum())
@@ -532,10 +533,10 @@ class MatchCounts:
     pixels: int = 0
 
     def add(self, labels: np.ndarray, truth: np.ndarray) -> None:
-        """One image: `labels` (segment ids) against `truth` (class ids; `IGNORE` = unlabelled)."""
+        """One image: `labels` (segment ids) against `truth` (class ids; `IGNORE_VALUE` = unlabelled)."""
         from scipy.optimize import linear_sum_assignment
 
-        valid = truth != IGNORE
+        valid = truth != IGNORE_VALUE
         gt = truth[valid].astype(np.int64).ravel()
         pred = labels[valid].astype(np.int64).ravel()
         n_class = max(len(self.tp), int(gt.max()) + 1 if gt.size else 0)

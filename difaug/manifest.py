@@ -11,21 +11,22 @@ import hashlib
 import io
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from difaug import imageio
+from difaug.classes import IGNORE_VALUE
 from difaug.config import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+from difaug.parallel import parallel_map
 
 if TYPE_CHECKING:
     from difaug.config import Job
 
 REQUIRED_COLUMNS = ("image", "mask", "class_id", "class_name")
 OPTIONAL_COLUMNS = ("sample_id", "dataset", "split", "fold", "prompt")
-IGNORE_VALUE = 255
 
 
 class ManifestError(ValueError):
@@ -50,11 +51,6 @@ class Sample:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Sample:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclass(frozen=True)
@@ -458,8 +454,6 @@ def validate_manifest(
     working size; default `SizeLimits()`); the mask holds at least one pixel == class_id. Images are checked at
     header cost plus an end-marker test that finds truncated files (`deep=True`: full decode);
     masks are always decoded. Each distinct file is read once, on a thread pool."""
-    from difaug.datasets.common import parallel_map  # here: datasets imports this module
-
     limits = limits or SizeLimits()
     problems = list(manifest.problems)
     samples = manifest.samples

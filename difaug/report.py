@@ -39,6 +39,7 @@ from difaug.adapters.run import (
     open_run,
     plan_shards,
 )
+from difaug.classes import IGNORE_VALUE
 from difaug.config import DEFAULT_CONTROLNETS
 from difaug.text import display_text
 
@@ -258,7 +259,7 @@ def column_labels(num_aux: int) -> list[str]:
 
 def mask_preview(mask: np.ndarray, class_id: int) -> np.ndarray:
     out = np.zeros((*mask.shape, 3), dtype=np.uint8)
-    out[mask == 255] = 128
+    out[mask == IGNORE_VALUE] = 128
     out[mask == class_id] = 255
     return out
 
@@ -608,7 +609,9 @@ def write_segment_sheet(
         draw.text((PAD + c * (thumb + PAD), 3), label, fill=TEXT, font=font)
     for r, (image, truth, labels) in enumerate(previews):
         top = HEADER + r * (thumb + PAD)
-        truth_rgb = None if truth is None else colourise(np.where(truth == 255, 0, truth).astype(np.int64))
+        truth_rgb = (
+            None if truth is None else colourise(np.where(truth == IGNORE_VALUE, 0, truth).astype(np.int64))
+        )
         for c, (arr, nearest) in enumerate(((image, False), (truth_rgb, True), (colourise(labels), True))):
             sheet.paste(_thumbnail(arr, thumb, nearest), (PAD + c * (thumb + PAD), top))
     out = Path(out)

@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from difaug.cli._common import console, err_console, fail
 from difaug.config import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+from difaug.parallel import WORKERS_HELP
 from difaug.text import display_text
 
 if TYPE_CHECKING:
@@ -45,9 +46,7 @@ def validate(
         "--deep",
         help="Decode every image fully (default: header + end-marker check; masks are always decoded).",
     ),
-    workers: int | None = typer.Option(
-        None, "--workers", min=1, help="Reader threads (default: 2 per core)."
-    ),
+    workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
     resolution: int = typer.Option(512, "--resolution", help="The job's working short side (size limits)."),
     max_side: int = typer.Option(
         DEFAULT_MAX_SIDE, "--max-side", help="Longest side at the working size, px."
@@ -218,7 +217,6 @@ ABSOLUTE_HELP = (
     "Write absolute paths (default: relative when the manifest sits inside --root or beside the files)."
 )
 SKIPPED_HELP = "Also write every skip (file, reason, detail, class_id) to this CSV."
-WORKERS_HELP = "Reader threads (default: 4 per core)."
 
 
 def _run(build, out: Path, root: Path, absolute: bool, skipped_out: Path | None, name: str, **kwargs) -> None:

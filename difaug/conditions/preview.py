@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from difaug import imageio
+from difaug.classes import IGNORE_VALUE
 from difaug.conditions import Condition, ConditionError, ConditionInput, SampleLoadError, load_input
 from difaug.manifest import RowProblem, Sample, repeated_ids
 from difaug.text import ascii_text
@@ -72,7 +73,7 @@ def mask_overlay(image: np.ndarray, mask: np.ndarray, class_id: int) -> np.ndarr
     """The image with the foreground tinted red and 255 ("ignore") pixels tinted white."""
     out = image.astype(np.float32)
     fg = mask == class_id
-    ignore = (mask == 255) & ~fg
+    ignore = (mask == IGNORE_VALUE) & ~fg
     out[fg] = out[fg] * 0.45 + np.array([255, 0, 0], np.float32) * 0.55
     out[ignore] = out[ignore] * 0.4 + 255 * 0.6
     return out.round().clip(0, 255).astype(np.uint8)

@@ -22,8 +22,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from difaug.classes import class_table
+from difaug.datasets.class_id_masks import ListFiles, build_class_id_masks
 from difaug.datasets.common import DEFAULT_MIN_AREA, BuildError, BuildResult, select_classes
-from difaug.datasets.pascal5i import ListFiles, build_class_id_masks
 
 N_CLASSES = 80
 SPLIT_DIRS = {"train": "train2014", "trn": "train2014", "val": "val2014", "test": "val2014"}

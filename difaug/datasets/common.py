@@ -11,25 +11,21 @@ import os
 import pickle
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 
 from difaug import imageio
-from difaug.manifest import IGNORE_VALUE, write_manifest
+from difaug.classes import IGNORE_VALUE
+from difaug.manifest import write_manifest
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 # PFENet/BAM only ever sample a support whose class covers >= 2·32·32 pixels (Shaban's rule): a row
 # below that would cost GPU time for an image no trainer picks.
 DEFAULT_MIN_AREA = 2 * 32 * 32
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 class BuildError(ValueError):
@@ -363,44 +359,6 @@ def scan_pair(
     if keep_mask:
         scan.mask_array = arr
     return scan
-
-
-def default_workers() -> int:
-    # Decoding releases the GIL, so threads beyond the cores add only contention on local disks;
-    # on a network file system pass more (`--workers`) to hide the latency.
-    return max(2, min(32, 2 * (os.cpu_count() or 1)))
-
-
-def parallel_map(
-    fn: Callable[[T], R],
-    items: Sequence[T],
-    *,
-    workers: int | None = None,
-    progress: bool = False,
-    label: str = "reading",
-) -> Iterator[R]:
-    """`map(fn, items)` on a thread pool, results in input order (so output is deterministic).
-
-    Items go to the pool in chunks: one future per file costs about as much as checking a small
-    file's header."""
-    workers = workers or default_workers()
-    size = max(1, min(64, len(items) // (workers * 8)))
-    chunks = [items[i : i + size] for i in range(0, len(items), size)]
-
-    def run(chunk: Sequence[T]) -> list[R]:
-        return [fn(x) for x in chunk]
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results: Iterable[list[R]] = pool.map(run, chunks)
-        if progress:
-            from rich.console import Console
-            from rich.progress import track
-
-            results = track(
-                results, total=len(chunks), description=label, transient=True, console=Console(stderr=True)
-            )
-        for chunk_result in results:
-            yield from chunk_result
 
 
 def class_pixels(counts: dict[int, int]) -> dict[int, int]:

@@ -17,6 +17,7 @@ import csv
 import io
 from pathlib import Path
 
+from difaug.classes import IGNORE_VALUE
 from difaug.datasets.common import (
     BuildError,
     BuildResult,
@@ -26,14 +27,13 @@ from difaug.datasets.common import (
     class_pixels,
     dedupe,
     find_by_stem,
-    parallel_map,
     read_utf8,
     require_dir,
     rows_for_scan,
     scan_pair,
 )
 from difaug.datasets.fss1000 import read_luma_mask, write_binary_mask
-from difaug.manifest import IGNORE_VALUE
+from difaug.parallel import parallel_map
 
 NO_CLASS = "no class given"
 

@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from difaug import imageio
-from difaug.classes import class_table
+from difaug.classes import IGNORE_VALUE, class_table
 from difaug.datasets.common import (
     IMAGE_EXTENSIONS,
     BuildError,
@@ -43,11 +43,11 @@ from difaug.datasets.common import (
     Skip,
     SkipReason,
     dedupe,
-    parallel_map,
     read_utf8,
     require_dir,
     scan_pair,
 )
+from difaug.parallel import parallel_map
 
 DEFAULT_THRESHOLD = 128
 MISSING_CLASS_DIR = "missing class folder"
@@ -68,14 +68,13 @@ def read_luma_mask(path: Path) -> np.ndarray:
         raise imageio.decode_error(str(path), e) from e
 
 
-IGNORE_VALUE = 255
 RESERVED_ID_REMAP = 1000 + IGNORE_VALUE
 
 
 def write_binary_mask(path: Path, foreground: np.ndarray, class_id: int) -> None:
     """Write `0 / class_id` as a PNG (8-bit if the id fits below 255, else 16-bit). Same bytes each run."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if class_id < 255:
+    if class_id < IGNORE_VALUE:
         img = Image.fromarray(np.where(foreground, class_id, 0).astype(np.uint8))
     else:
         img = Image.fromarray(np.where(foreground, class_id, 0).astype(np.uint16))

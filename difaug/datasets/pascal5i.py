@@ -10,29 +10,13 @@ Palette PNGs (VOC's own `SegmentationClass`) hold the class ids as palette indic
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 from difaug.classes import class_table
-from difaug.datasets.common import (
-    DEFAULT_MIN_AREA,
-    BuildError,
-    BuildResult,
-    PairScan,
-    Skip,
-    SkipReason,
-    dedupe,
-    find_by_stem,
-    parallel_map,
-    read_split_file,
-    require_dir,
-    rows_for_scan,
-    scan_pair,
-    select_classes,
-)
+from difaug.datasets.class_id_masks import ListFiles, build_class_id_masks
+from difaug.datasets.common import DEFAULT_MIN_AREA, BuildResult, select_classes
 
 N_CLASSES = 20
-ListFiles = str | Path | Sequence[str | Path] | None
 
 
 def build_pascal5i(
@@ -78,140 +62,3 @@ def build_pascal5i(
         workers=workers,
         progress=progress,
     )
-
-
-def build_class_id_masks(
-    dataset: str,
-    root: str | Path,
-    *,
-    names: dict[int, str],
-    selected: set[int] | None,
-    split: str,
-    fold: int | None,
-    list_file: ListFiles,
-    min_area: int,
-    image_dirs: list[str],
-    mask_dirs: list[str] | None,
-    default_mask_dirs: list[str],
-    deep: bool,
-    workers: int | None,
-    progress: bool,
-    list_format: str = "auto",
-    filter_intersection: bool = False,
-) -> BuildResult:
-    """The shared PASCAL/COCO builder: masks whose pixel values are class ids.
-
-    `image_dirs[i]` pairs with `mask_dirs[i]` (both relative to root) when no list is given."""
-    root = require_dir(Path(root).resolve(), "dataset root")
-    if filter_intersection and (selected is None or split not in ("train", "trn")):
-        raise BuildError(
-            "filter_intersection needs --fold and --split train (it drops training images "
-            "that show a test class)"
-        )
-    skipped: list[Skip] = []
-    # Classes named per pair by HSNet split files (an image on several lines: the union). Pairs of
-    # plain lists stay one per line, so a repeated line is reported as a duplicate.
-    listed: dict[tuple[Path, Path], frozenset[int]] = {}
-    if list_file is not None:
-        files = [list_file] if isinstance(list_file, (str, Path)) else list(list_file)
-        pairs = []
-        for f in files:
-            found, bad = _pairs_from_list(root, f, list_format, image_dirs, mask_dirs or default_mask_dirs)
-            skipped += bad
-            for pair, classes in found:
-                if classes is None:
-                    pairs.append(pair)
-                elif pair in listed:
-                    listed[pair] |= classes
-                else:
-                    listed[pair] = classes
-                    pairs.append(pair)
-    else:
-        pairs = _pairs_from_tree(root, image_dirs, mask_dirs, default_mask_dirs, skipped)
-
-    def scan(pair: tuple[Path, Path]) -> PairScan:
-        return scan_pair(pair[0], pair[1], deep=deep)
-
-    rows: list[dict] = []
-    for result in parallel_map(scan, pairs, workers=workers, progress=progress, label=f"{dataset} masks"):
-        if result.reason:
-            skipped.append(Skip(result.bad_file, result.reason, result.detail))
-            continue
-        stem = Path(result.image).stem
-        new_rows, skips = rows_for_scan(
-            result,
-            dataset=dataset,
-            names=names,
-            selected=selected,
-            min_area=min_area,
-            split=split,
-            fold=fold,
-            sample_id=lambda cid, stem=stem: f"{stem}_{cid}",
-            listed=listed.get((Path(result.image), Path(result.mask))),
-            filter_intersection=filter_intersection,
-        )
-        rows += new_rows
-        skipped += skips
-    rows = dedupe(rows, skipped)
-    return BuildResult(dataset=dataset, rows=rows, skipped=skipped, images_read=len(pairs))
-
-
-def _pairs_from_list(
-    root: Path, list_file: str | Path, list_format: str, image_dirs: list[str], mask_dirs: list[str]
-) -> tuple[list[tuple[tuple[Path, Path], frozenset[int] | None]], list[Skip]]:
-    """(image, mask) pairs of a list, each with the classes it names (None: every class)."""
-    entries, skipped = read_split_file(list_file, list_format, image_dir=image_dirs[0])
-    pairs = []
-    for e in entries:
-        image = _under_root(root, e.image) if e.image else root / image_dirs[0] / f"{e.stem}.jpg"
-        if e.mask:
-            mask = _under_root(root, e.mask)
-        else:
-            mask_dir = next((d for d in mask_dirs if (root / d).is_dir()), mask_dirs[0])
-            mask = root / mask_dir / f"{e.stem}.png"
-        pairs.append(((image, mask), None if e.class_id is None else frozenset({e.class_id})))
-    return pairs, skipped
-
-
-def _under_root(root: Path, rel: str) -> Path:
-    # Lists are relative to the root even when written with a leading slash; an absolute path that
-    # exists while the root-relative one does not is taken as meant.
-    p = root / rel
-    if not p.exists() and Path("/" + rel).exists():
-        return Path("/" + rel)
-    return p
-
-
-def _pairs_from_tree(
-    root: Path,
-    image_dirs: list[str],
-    mask_dirs: list[str] | None,
-    default_mask_dirs: list[str],
-    skipped: list[Skip],
-) -> list[tuple[Path, Path]]:
-    """Every mask in each mask dir, paired by stem with the matching image dir.
-
-    Masks drive the scan: VOC has ~17k JPEGs but masks for ~12k, and an unlabelled image is not a
-    problem, while a mask without its image is (reported as `missing image`)."""
-    if mask_dirs is None:
-        found = next((d for d in default_mask_dirs if (root / d).is_dir()), None)
-        if found is None:
-            raise BuildError(
-                f"no mask folder under {root} (looked for {', '.join(default_mask_dirs)}); "
-                "pass --mask-dir or --list"
-            )
-        mask_dirs = [found] * len(image_dirs)
-    pairs: list[tuple[Path, Path]] = []
-    for image_dir, mask_dir in zip(image_dirs, mask_dirs, strict=True):
-        require_dir(root / mask_dir, "mask folder", "pass --mask-dir or --list")
-        images = find_by_stem(require_dir(root / image_dir, "image folder", "pass --image-dir or --list"))
-        masks = find_by_stem(root / mask_dir, (".png",))
-        for stem in sorted(masks):
-            image = images.get(stem)
-            if image is None:
-                skipped.append(
-                    Skip(str(masks[stem]), SkipReason.MISSING_IMAGE, f"no {stem}.* in {root / image_dir}")
-                )
-                continue
-            pairs.append((image, masks[stem]))
-    return pairs
