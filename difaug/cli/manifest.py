@@ -33,6 +33,56 @@ app.add_typer(build_app, name="build")
 
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet")
 
+ROOT_HELP = "Dataset root (list paths are relative to it)."
+OUT_HELP = "Manifest to write: .csv, .tsv, .jsonl or .parquet."
+LIST_HELP = (
+    "Data list, [SPLIT=]PATH, repeatable: PFENet/BAM lines 'JPEGImages/x.jpg SegmentationClassAug/x.png' "
+    "(relative to --root) or HSNet split files (PASCAL 'stem__NN' .txt, COCO .pkl). SPLIT= tells which "
+    "split a list is for when several are built (e.g. --list train=lists/pascal/train.txt --list val=lists/pascal/val.txt)."
+)
+LIST_FORMAT_HELP = (
+    "auto (detected), pfenet (PFENet/BAM/HDMNet lists) or hsnet (HSNet/Matcher/DiffewS split files)."
+)
+TRAINER_HELP = (
+    "Build what this trainer samples supports from: bam, hdmnet (DifFSS-BAM too), pfenet, hsnet, matcher, "
+    "diffews. Sets --min-area, --filter-intersection, the list format, the COCO fold rule and the splits "
+    "(all the trainer draws supports from, into one manifest). See docs/adapters.md."
+)
+SPLITS_DIR_HELP = (
+    "HSNet's split folder (hsnet/data/splits/pascal, …/coco or …/fss; Matcher: VOC2012/splits, COCO2014/splits, "
+    "FSS-1000/splits): picks the files each split reads for --fold."
+)
+FILTER_HELP = (
+    "Drop training images that show any test class of the fold (BAM/HDMNet's filter_intersection; train split "
+    "only). Default: the --trainer's rule, else off."
+)
+FOLD_HELP = "Fold 0-3; needs --split (val: the fold's test classes, train: the others). None: all classes."
+SPLIT_HELP = "train or val (with --fold: which classes); recorded in the split column."
+MIN_AREA_HELP = (
+    "Skip (image, class) pairs with fewer foreground pixels (PFENet/BAM/HDMNet's 2·32·32); 0 keeps all "
+    "(HSNet, Matcher, DiffewS have no such rule). Default: the --trainer's, else 2048."
+)
+DEEP_HELP = "Decode every image fully (default: header + end-marker check, which finds truncated files)."
+ABSOLUTE_HELP = (
+    "Write absolute paths (default: relative when the manifest sits inside --root or beside the files)."
+)
+SKIPPED_HELP = "Also write every skip (file, reason, detail, class_id) to this CSV."
+
+
+# The options several builders share, declared once (typer reads a parameter's default as its
+# declaration, so one object serves every command).
+OUT_OPTION = typer.Option(..., "--out", "-o", help=OUT_HELP)
+LISTS_OPTION = typer.Option([], "--list", help=LIST_HELP + " Default: every mask found.")
+LIST_FORMAT_OPTION = typer.Option(None, "--list-format", help=LIST_FORMAT_HELP)
+TRAINER_OPTION = typer.Option(None, "--trainer", help=TRAINER_HELP)
+SPLITS_DIR_OPTION = typer.Option(None, "--splits-dir", help=SPLITS_DIR_HELP)
+MIN_AREA_OPTION = typer.Option(None, "--min-area", min=0, help=MIN_AREA_HELP)
+DEEP_OPTION = typer.Option(False, "--deep", help=DEEP_HELP)
+ABSOLUTE_OPTION = typer.Option(False, "--absolute", help=ABSOLUTE_HELP)
+SKIPPED_OPTION = typer.Option(None, "--skipped", help=SKIPPED_HELP)
+WORKERS_OPTION = typer.Option(None, "--workers", min=1, help=WORKERS_HELP)
+FILTER_OPTION = typer.Option(None, "--filter-intersection/--no-filter-intersection", help=FILTER_HELP)
+
 
 # --------------------------------------------------------------------------------------------------
 # validate
@@ -46,7 +96,7 @@ def validate(
         "--deep",
         help="Decode every image fully (default: header + end-marker check; masks are always decoded).",
     ),
-    workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
+    workers: int | None = WORKERS_OPTION,
     resolution: int = typer.Option(512, "--resolution", help="The job's working short side (size limits)."),
     max_side: int = typer.Option(
         DEFAULT_MAX_SIDE, "--max-side", help="Longest side at the working size, px."
@@ -183,42 +233,6 @@ def _write_skips(result: BuildResult, path: Path) -> None:
             writer.writerow([s.file, s.reason, s.detail, "" if s.class_id is None else s.class_id])
 
 
-ROOT_HELP = "Dataset root (list paths are relative to it)."
-OUT_HELP = "Manifest to write: .csv, .tsv, .jsonl or .parquet."
-LIST_HELP = (
-    "Data list, [SPLIT=]PATH, repeatable: PFENet/BAM lines 'JPEGImages/x.jpg SegmentationClassAug/x.png' "
-    "(relative to --root) or HSNet split files (PASCAL 'stem__NN' .txt, COCO .pkl). SPLIT= tells which "
-    "split a list is for when several are built (e.g. --list train=lists/pascal/train.txt --list val=lists/pascal/val.txt)."
-)
-LIST_FORMAT_HELP = (
-    "auto (detected), pfenet (PFENet/BAM/HDMNet lists) or hsnet (HSNet/Matcher/DiffewS split files)."
-)
-TRAINER_HELP = (
-    "Build what this trainer samples supports from: bam, hdmnet (DifFSS-BAM too), pfenet, hsnet, matcher, "
-    "diffews. Sets --min-area, --filter-intersection, the list format, the COCO fold rule and the splits "
-    "(all the trainer draws supports from, into one manifest). See docs/adapters.md."
-)
-SPLITS_DIR_HELP = (
-    "HSNet's split folder (hsnet/data/splits/pascal, …/coco or …/fss; Matcher: VOC2012/splits, COCO2014/splits, "
-    "FSS-1000/splits): picks the files each split reads for --fold."
-)
-FILTER_HELP = (
-    "Drop training images that show any test class of the fold (BAM/HDMNet's filter_intersection; train split "
-    "only). Default: the --trainer's rule, else off."
-)
-FOLD_HELP = "Fold 0-3; needs --split (val: the fold's test classes, train: the others). None: all classes."
-SPLIT_HELP = "train or val (with --fold: which classes); recorded in the split column."
-MIN_AREA_HELP = (
-    "Skip (image, class) pairs with fewer foreground pixels (PFENet/BAM/HDMNet's 2·32·32); 0 keeps all "
-    "(HSNet, Matcher, DiffewS have no such rule). Default: the --trainer's, else 2048."
-)
-DEEP_HELP = "Decode every image fully (default: header + end-marker check, which finds truncated files)."
-ABSOLUTE_HELP = (
-    "Write absolute paths (default: relative when the manifest sits inside --root or beside the files)."
-)
-SKIPPED_HELP = "Also write every skip (file, reason, detail, class_id) to this CSV."
-
-
 def _run(build, out: Path, root: Path, absolute: bool, skipped_out: Path | None, name: str, **kwargs) -> None:
     from difaug.datasets import BuildError
 
@@ -292,29 +306,27 @@ def build_pascal5i(
     root: Path = typer.Option(
         ..., "--root", help=ROOT_HELP + " Holds JPEGImages/ and SegmentationClassAug/."
     ),
-    out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
-    lists: list[str] = typer.Option([], "--list", help=LIST_HELP + " Default: every mask found."),
-    list_format: str | None = typer.Option(None, "--list-format", help=LIST_FORMAT_HELP),
-    trainer: str | None = typer.Option(None, "--trainer", help=TRAINER_HELP),
-    splits_dir: Path | None = typer.Option(None, "--splits-dir", help=SPLITS_DIR_HELP),
+    out: Path = OUT_OPTION,
+    lists: list[str] = LISTS_OPTION,
+    list_format: str | None = LIST_FORMAT_OPTION,
+    trainer: str | None = TRAINER_OPTION,
+    splits_dir: Path | None = SPLITS_DIR_OPTION,
     fold: int | None = typer.Option(
         None, "--fold", min=0, max=3, help=FOLD_HELP + " Fold i = classes 5i+1..5i+5."
     ),
     split: str | None = typer.Option(None, "--split", help=SPLIT_HELP),
-    min_area: int | None = typer.Option(None, "--min-area", min=0, help=MIN_AREA_HELP),
-    filter_intersection: bool | None = typer.Option(
-        None, "--filter-intersection/--no-filter-intersection", help=FILTER_HELP
-    ),
+    min_area: int | None = MIN_AREA_OPTION,
+    filter_intersection: bool | None = FILTER_OPTION,
     image_dir: str = typer.Option("JPEGImages", "--image-dir", help="Image folder under --root."),
     mask_dir: str | None = typer.Option(
         None,
         "--mask-dir",
         help="Mask folder under --root (default: SegmentationClassAug, else SegmentationClass).",
     ),
-    deep: bool = typer.Option(False, "--deep", help=DEEP_HELP),
-    absolute: bool = typer.Option(False, "--absolute", help=ABSOLUTE_HELP),
-    skipped_out: Path | None = typer.Option(None, "--skipped", help=SKIPPED_HELP),
-    workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
+    deep: bool = DEEP_OPTION,
+    absolute: bool = ABSOLUTE_OPTION,
+    skipped_out: Path | None = SKIPPED_OPTION,
+    workers: int | None = WORKERS_OPTION,
 ) -> None:
     """PASCAL-5i (VOC2012 + SBD masks): one row per (image, class present), class ids 1..20.
 
@@ -342,11 +354,11 @@ def build_coco20i(
     root: Path = typer.Option(
         ..., "--root", help=ROOT_HELP + " Holds train2014/, val2014/ and annotations/{train2014,val2014}/."
     ),
-    out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
-    lists: list[str] = typer.Option([], "--list", help=LIST_HELP + " Default: every mask found."),
-    list_format: str | None = typer.Option(None, "--list-format", help=LIST_FORMAT_HELP),
-    trainer: str | None = typer.Option(None, "--trainer", help=TRAINER_HELP),
-    splits_dir: Path | None = typer.Option(None, "--splits-dir", help=SPLITS_DIR_HELP),
+    out: Path = OUT_OPTION,
+    lists: list[str] = LISTS_OPTION,
+    list_format: str | None = LIST_FORMAT_OPTION,
+    trainer: str | None = TRAINER_OPTION,
+    splits_dir: Path | None = SPLITS_DIR_OPTION,
     fold: int | None = typer.Option(None, "--fold", min=0, max=3, help=FOLD_HELP),
     split: str | None = typer.Option(
         None, "--split", help=SPLIT_HELP + " Without --list also picks the image folder (train2014/val2014)."
@@ -358,20 +370,18 @@ def build_coco20i(
         "use_split_coco: True, as all their shipped COCO configs set); contiguous: fold i = 20i+1..20i+20 "
         "(PANet; use_split_coco: False).",
     ),
-    min_area: int | None = typer.Option(None, "--min-area", min=0, help=MIN_AREA_HELP),
-    filter_intersection: bool | None = typer.Option(
-        None, "--filter-intersection/--no-filter-intersection", help=FILTER_HELP
-    ),
+    min_area: int | None = MIN_AREA_OPTION,
+    filter_intersection: bool | None = FILTER_OPTION,
     image_dir: str | None = typer.Option(
         None, "--image-dir", help="Image folder under --root (default by --split)."
     ),
     mask_dir: str | None = typer.Option(
         None, "--mask-dir", help="Mask folder under --root (default: annotations/<image folder>)."
     ),
-    deep: bool = typer.Option(False, "--deep", help=DEEP_HELP),
-    absolute: bool = typer.Option(False, "--absolute", help=ABSOLUTE_HELP),
-    skipped_out: Path | None = typer.Option(None, "--skipped", help=SKIPPED_HELP),
-    workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
+    deep: bool = DEEP_OPTION,
+    absolute: bool = ABSOLUTE_OPTION,
+    skipped_out: Path | None = SKIPPED_OPTION,
+    workers: int | None = WORKERS_OPTION,
 ) -> None:
     """COCO-20i (COCO 2014 with class-id annotation PNGs, ids 1..80): one row per (image, class).
 
@@ -396,7 +406,7 @@ def build_coco20i(
 @build_app.command("fss1000")
 def build_fss1000(
     root: Path = typer.Option(..., "--root", help="FSS-1000 root: <class>/<n>.jpg + <n>.png."),
-    out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
+    out: Path = OUT_OPTION,
     mask_out: Path | None = typer.Option(
         None, "--mask-out", help="Where the binarised masks go (default: <out folder>/<out stem>_masks/)."
     ),
@@ -428,10 +438,10 @@ def build_fss1000(
     threshold: int = typer.Option(
         128, "--threshold", min=1, max=255, help="Mask luminance >= this is foreground (HSNet's rule)."
     ),
-    deep: bool = typer.Option(False, "--deep", help=DEEP_HELP),
-    absolute: bool = typer.Option(False, "--absolute", help=ABSOLUTE_HELP),
-    skipped_out: Path | None = typer.Option(None, "--skipped", help=SKIPPED_HELP),
-    workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
+    deep: bool = DEEP_OPTION,
+    absolute: bool = ABSOLUTE_OPTION,
+    skipped_out: Path | None = SKIPPED_OPTION,
+    workers: int | None = WORKERS_OPTION,
 ) -> None:
     """FSS-1000: one row per image, with binarised mask copies.
 
@@ -461,7 +471,7 @@ def build_folder(
     root: Path = typer.Option(
         ..., "--root", help="Folder holding images/ and masks/ (matched by file stem)."
     ),
-    out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
+    out: Path = OUT_OPTION,
     class_name: str | None = typer.Option(None, "--class-name", help="The one class every mask shows."),
     class_id: int | None = typer.Option(
         None, "--class-id", min=1, max=65535, help="Its foreground pixel value (default 1; never 255)."
@@ -486,10 +496,10 @@ def build_folder(
     dataset: str = typer.Option("folder", "--dataset", help="Value of the dataset column."),
     split: str | None = typer.Option(None, "--split", help="Value of the split column."),
     min_area: int = typer.Option(0, "--min-area", min=0, help="Skip classes with fewer foreground pixels."),
-    deep: bool = typer.Option(False, "--deep", help=DEEP_HELP),
-    absolute: bool = typer.Option(False, "--absolute", help=ABSOLUTE_HELP),
-    skipped_out: Path | None = typer.Option(None, "--skipped", help=SKIPPED_HELP),
-    workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
+    deep: bool = DEEP_OPTION,
+    absolute: bool = ABSOLUTE_OPTION,
+    skipped_out: Path | None = SKIPPED_OPTION,
+    workers: int | None = WORKERS_OPTION,
 ) -> None:
     """Your own images/ + masks/ folder, matched by stem.
 
