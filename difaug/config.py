@@ -129,7 +129,11 @@ class RuntimeConfig:
     retries: int = 2
     device: str = "auto"
     dtype: str = "auto"
+    # Images per generator call (the SD batch). Also what the shard task's queues and prepare chunk
+    # are sized from (difaug.worker.stage_sizes) and, unless `hed_batch` is set, the HED batch.
     batch_size: int = 8
+    # Images per HED network forward pass (hed/scribble conditions); 0 = `batch_size`.
+    hed_batch: int = 0
     # torch.compile of UNet, ControlNet and VAE decoder: "auto" (on for CUDA jobs of at least
     # `compile_min_images` planned images), "on"/True, "off"/False; see difaug.models.decide_compile.
     compile: bool | str = "auto"
@@ -176,7 +180,7 @@ class RuntimeConfig:
             _int_at_least(name, getattr(self, name), 1)
         _int_at_least("retries", self.retries, 0)
         _int_at_least("vae_batch", self.vae_batch, 1)
-        for name in ("compile_min_images", "encode_threads", "prepare_threads"):
+        for name in ("compile_min_images", "encode_threads", "prepare_threads", "hed_batch"):
             _int_at_least(name, getattr(self, name), 0)
         if (
             isinstance(self.max_aspect, bool)
@@ -187,6 +191,11 @@ class RuntimeConfig:
         if not isinstance(self.slurm, dict):
             raise ConfigError(f"slurm must be a mapping of SLURMCluster arguments, got {self.slurm!r}")
         return self
+
+    @property
+    def hed_batch_size(self) -> int:
+        """Images per HED forward pass: `hed_batch`, or `batch_size` when it is 0."""
+        return self.hed_batch or self.batch_size
 
 
 @dataclass(frozen=True)

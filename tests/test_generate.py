@@ -8,6 +8,7 @@ settings are asserted bit for bit.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -297,7 +298,14 @@ def test_derive_seed_is_the_same_in_another_process() -> None:
         capture_output=True,
         text=True,
         check=True,
-        env={"PYTHONHASHSEED": "12345", "PATH": ""},
+        # A bare environment (another hash seed, nothing inherited) that writes no __pycache__ into
+        # the checkout; PYTHONPATH kept, so the process imports the difaug under test.
+        env={
+            "PYTHONHASHSEED": "12345",
+            "PATH": "",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            **({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}),
+        },
     )
     assert int(out.stdout) == PINNED_SEEDS[(0, "2008_000123_5", 0)]
 

@@ -25,6 +25,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from difaug.config import CONDITION_STYLES, CONDITIONS
+from difaug.contracts import ConditionMaker
 from difaug.manifest import Sample
 
 DEFAULT_HED_WEIGHTS = "lllyasviel/Annotators"
@@ -67,7 +68,10 @@ class ConditionInput:
 
 
 @runtime_checkable
-class Condition(Protocol):
+class Condition(ConditionMaker, Protocol):
+    """A named condition of this package: a `difaug.contracts.ConditionMaker` (a batch of inputs →
+    condition images at `working_size`, `fallbacks` counted) with its name, style and resolution."""
+
     name: str
     style: str
     resolution: int
@@ -76,6 +80,30 @@ class Condition(Protocol):
     def __call__(self, batch: Sequence[ConditionInput]) -> list[np.ndarray]:
         """Condition images (H×W×3 uint8) at `working_size` of each input, same order."""
         ...
+
+
+def conditions_or_errors(
+    condition: ConditionMaker,
+    batch: Sequence[ConditionInput],
+    errors: tuple[type[BaseException], ...] = (ValueError,),
+) -> list[np.ndarray | BaseException]:
+    """The condition of each input, or the error (one of `errors`) that input raised.
+
+    The batch goes through in one call; one bad input fails that whole call, so on an error the
+    inputs are redone one by one and only the culprit gets its error. Anything not in `errors`
+    propagates. Used by the shard task and `difaug conditions`."""
+    try:
+        return list(condition(batch))
+    except errors as e:
+        if len(batch) == 1:
+            return [e]
+    results: list[np.ndarray | BaseException] = []
+    for item in batch:
+        try:
+            results.append(condition([item])[0])
+        except errors as e:
+            results.append(e)
+    return results
 
 
 def foreground(mask: np.ndarray, class_id: int) -> np.ndarray:
@@ -197,6 +225,7 @@ __all__ = [
     "ConditionError",
     "ConditionInput",
     "SampleLoadError",
+    "conditions_or_errors",
     "foreground",
     "load_input",
     "make_condition",
