@@ -14,7 +14,8 @@ a recorded failure and the rest of the shard continues; any other error (the gen
 of memory, …) fails the task, so Dask retries it and no marker records a half-done shard.
 
 Models are loaded once per worker process (`_MODEL_CACHE`) from picklable factories and never
-travel through the task graph.
+travel through the task graph. The task uses them only through `difaug.contracts` (`Generator`,
+`ConditionMaker`); stand-ins for tests and benchmarks are in `difaug.testing`.
 """
 
 from __future__ import annotations
