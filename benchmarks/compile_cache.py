@@ -55,7 +55,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if not model:
-            from difaug.models import make_tiny
+            from difaug.tiny import make_tiny
 
             model = str(make_tiny(Path(tmp) / "tiny"))
         cache = str(Path(tmp) / "cache")

@@ -79,7 +79,8 @@ def tiny_seconds_per_image(n_images: int) -> float:
     import torch
 
     from difaug import diffseg
-    from difaug.models import ModelSpec, load_pipeline, make_tiny
+    from difaug.models import ModelSpec, load_pipeline
+    from difaug.tiny import make_tiny
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:

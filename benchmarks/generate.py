@@ -44,7 +44,7 @@ def main() -> None:
     from difaug.generate import AuxGenerator, make_work_items
     from difaug.imageio import resize
     from difaug.manifest import Sample
-    from difaug.models import make_tiny
+    from difaug.tiny import make_tiny
 
     if args.threads:
         torch.set_num_threads(args.threads)

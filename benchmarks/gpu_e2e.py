@@ -46,7 +46,6 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
 
 from gpu_throughput import SD15_TEXT, build_models, count_flops, flops_per_image, peak_tflops  # noqa: E402
 
@@ -57,7 +56,8 @@ def write_bundle(folder: Path, tiny: bool, device: str) -> Path:
     import torch
     from transformers import CLIPTokenizer
 
-    from difaug.models import BASE_DIRNAME, make_tiny
+    from difaug.models import BASE_DIRNAME
+    from difaug.tiny import make_tiny
 
     make_tiny(folder)
     if tiny:
@@ -203,11 +203,10 @@ def run_job(
     bundle: Path, cfg: Any, rt: Any, n: int, size: int, work: Path, rerun_check: bool = False
 ) -> dict[str, float]:
     """The whole `difaug generate` on a local cluster; rates from the shards' own stats."""
-    from _runner_helpers import make_bench_set
-
     from difaug import shards
     from difaug.config import Job
     from difaug.runner import run
+    from difaug.testing import make_bench_set
 
     manifest = make_bench_set(work / "data", n, size)
     out = work / "job"

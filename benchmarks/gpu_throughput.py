@@ -187,7 +187,7 @@ def random_pipeline_parts(device: str) -> dict[str, Any]:
     import torch
     from transformers import CLIPTokenizer
 
-    from difaug.models import make_tiny
+    from difaug.tiny import make_tiny
 
     with tempfile.TemporaryDirectory() as tmp:
         tok = CLIPTokenizer.from_pretrained(make_tiny(Path(tmp)) / "stable-diffusion-v1-5" / "tokenizer")
@@ -202,7 +202,8 @@ def build_generator(
 
     from difaug.config import JobConfig, RuntimeConfig
     from difaug.generate import AuxGenerator
-    from difaug.models import SD15_SCHEDULER, prepare_pipeline
+    from difaug.models import prepare_pipeline
+    from difaug.tiny import SD15_SCHEDULER
 
     steps, guidance = (args.lcm_steps, 1.0) if lcm else (args.steps, 9.0)
     cfg = JobConfig(

@@ -22,19 +22,14 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import sys
 import tempfile
 import time
 import zlib
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from _runner_helpers import job, make_bench_set
-
 from difaug import shards
 from difaug.runner import run
-from difaug.worker import sleep_generator_factory
+from difaug.testing import make_bench_set, sleep_generator_factory, small_job
 
 
 def zlib_mb_per_s() -> float:
@@ -48,7 +43,7 @@ def zlib_mb_per_s() -> float:
 def measure(
     manifest: Path, out: Path, image_format: str, num_aux: int
 ) -> tuple[float, dict[str, float], int]:
-    j = job(
+    j = small_job(
         manifest, out, condition="seg", num_aux=num_aux, resolution=512, shard_size=16,
         image_format=image_format, runtime={"cluster": "sync", "batch_size": 8},
     )  # fmt: skip

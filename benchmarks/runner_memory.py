@@ -25,9 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from _runner_helpers import job, make_bench_set
+from difaug.testing import make_bench_set, small_job
 
 
 def peak_rss_mb() -> float:
@@ -38,7 +36,7 @@ def one_case(rows: int) -> dict:
     from distributed import Client, LocalCluster
 
     from difaug.runner import run
-    from difaug.worker import sleep_generator_factory
+    from difaug.testing import sleep_generator_factory
 
     with tempfile.TemporaryDirectory() as tmp:
         manifest = make_bench_set(Path(tmp) / "data", rows, size=128)
@@ -49,7 +47,7 @@ def one_case(rows: int) -> dict:
             Client(cluster) as client,
         ):
             rt = {"cluster": "local", "scheduler_address": cluster.scheduler_address, "batch_size": 8}
-            j = job(manifest, Path(tmp) / "out", num_aux=1, resolution=128, shard_size=64, runtime=rt)
+            j = small_job(manifest, Path(tmp) / "out", num_aux=1, resolution=128, shard_size=64, runtime=rt)
             summary = run(j, generator_factory=functools.partial(sleep_generator_factory, ms_per_image=0.0))
             worker = max(client.run(peak_rss_mb).values())
     return {"rows": rows, "images": summary.images, "driver_mb": peak_rss_mb(), "worker_mb": worker}

@@ -1,6 +1,6 @@
 """Overlap efficiency of the shard task: does host work hide behind device work?
 
-A stand-in generator (`difaug.worker.SleepGenerator`) sleeps T ms per image with the GIL released,
+A stand-in generator (`difaug.testing.SleepGenerator`) sleeps T ms per image with the GIL released,
 as a GPU kernel would; everything else is real: reading + decoding the 512² demo-like photos, the
 `seg` condition (host work; HED would add its network), resize-back, PNG encoding, Parquet writes.
 If the three stages overlap, throughput approaches the device bound 1000/T images/s:
@@ -23,19 +23,14 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import sys
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from _runner_helpers import job, make_bench_set
-
 from difaug import shards
 from difaug.runner import run
-from difaug.worker import sleep_generator_factory
+from difaug.testing import make_bench_set, sleep_generator_factory, small_job
 
 
 def span(out: Path) -> tuple[float, list[dict]]:
@@ -61,7 +56,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         manifest = make_bench_set(Path(tmp) / "data", n)
         out = Path(tmp) / "out"
-        j = job(
+        j = small_job(
             manifest, out, condition=args.condition, num_aux=args.num_aux, resolution=512,
             shard_size=shard_size, runtime={"cluster": args.cluster, "batch_size": args.batch_size},
         )  # fmt: skip

@@ -22,14 +22,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _runner_helpers import job, make_bench_set
 from runner_overlap import span
 
 from difaug.runner import run
-from difaug.worker import sleep_generator_factory
+from difaug.testing import make_bench_set, sleep_generator_factory, small_job
 
 
 def throughput(folder: Path, workers: int, args: argparse.Namespace) -> float:
@@ -49,10 +47,13 @@ def throughput(folder: Path, workers: int, args: argparse.Namespace) -> float:
         }
         settings = {"condition": "seg", "num_aux": args.num_aux, "resolution": 512, "runtime": rt}
         run(
-            job(manifest, folder / "warm", shard_size=1, limit=workers, **settings), generator_factory=factory
+            small_job(manifest, folder / "warm", shard_size=1, limit=workers, **settings),
+            generator_factory=factory,
         )
         out = folder / "out"
-        summary = run(job(manifest, out, shard_size=args.shard_size, **settings), generator_factory=factory)
+        summary = run(
+            small_job(manifest, out, shard_size=args.shard_size, **settings), generator_factory=factory
+        )
     seconds, _ = span(out)
     return summary.images / seconds
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import string
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -129,7 +130,11 @@ class RuntimeConfig:
     retries: int = 2
     device: str = "auto"
     dtype: str = "auto"
+    # Images per generator call (the SD batch). Also what the shard task's queues and prepare chunk
+    # are sized from (difaug.worker.stage_sizes) and, unless `hed_batch` is set, the HED batch.
     batch_size: int = 8
+    # Images per HED network forward pass (hed/scribble conditions); 0 = `batch_size`.
+    hed_batch: int = 0
     # torch.compile of UNet, ControlNet and VAE decoder: "auto" (on for CUDA jobs of at least
     # `compile_min_images` planned images), "on"/True, "off"/False; see difaug.models.decide_compile.
     compile: bool | str = "auto"
@@ -161,8 +166,6 @@ class RuntimeConfig:
 
     def validate(self) -> RuntimeConfig:
         """Every value this config holds, checked before any plan is written or worker started."""
-        from difaug.device import check_device_name, dtype_name
-
         _choice("cluster", self.cluster, CLUSTERS)
         _choice("dtype", self.dtype, DTYPES)
         dtype_name(self.dtype)
@@ -176,7 +179,7 @@ class RuntimeConfig:
             _int_at_least(name, getattr(self, name), 1)
         _int_at_least("retries", self.retries, 0)
         _int_at_least("vae_batch", self.vae_batch, 1)
-        for name in ("compile_min_images", "encode_threads", "prepare_threads"):
+        for name in ("compile_min_images", "encode_threads", "prepare_threads", "hed_batch"):
             _int_at_least(name, getattr(self, name), 0)
         if (
             isinstance(self.max_aspect, bool)
@@ -187,6 +190,11 @@ class RuntimeConfig:
         if not isinstance(self.slurm, dict):
             raise ConfigError(f"slurm must be a mapping of SLURMCluster arguments, got {self.slurm!r}")
         return self
+
+    @property
+    def hed_batch_size(self) -> int:
+        """Images per HED forward pass: `hed_batch`, or `batch_size` when it is 0."""
+        return self.hed_batch or self.batch_size
 
 
 @dataclass(frozen=True)
@@ -207,6 +215,26 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
             f"{name}={value!r} is not one of: {', '.join(allowed)}; set --{name.replace('_', '-')} "
             f"(or `{name}:` in the config file) to one of them"
         )
+
+
+# Spellings of a dtype accepted on top of DTYPES (the HED API used to take these).
+_DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
+_DEVICE_NAME = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def check_device_name(device: str) -> None:
+    """Refuse a device string of the wrong form (without importing torch; `difaug.device` resolves it)."""
+    if not _DEVICE_NAME.match(device or "auto"):
+        raise ConfigError(f"device={device!r} is not a device; use auto, cpu, cuda or cuda:N")
+
+
+def dtype_name(dtype: str) -> str:
+    """`dtype` spelled canonically (`float32`, `float16`, `bfloat16`, or `auto`), or ConfigError."""
+    name = str(dtype or "auto").lower().removeprefix("torch.")
+    name = _DTYPE_ALIASES.get(name, name)
+    if name not in DTYPES:
+        raise ConfigError(f"dtype={dtype!r} is not one of: {', '.join(DTYPES)}")
+    return name
 
 
 def compile_setting(setting: bool | str) -> str:

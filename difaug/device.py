@@ -8,33 +8,15 @@ the HED network (`difaug.conditions.hed`) both use them, so they can never disag
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
-from difaug.config import ConfigError
+from difaug.config import ConfigError, check_device_name, dtype_name
 
 if TYPE_CHECKING:
     import torch
 
-DTYPES = ("float32", "float16", "bfloat16")
-# Spellings accepted on top of DTYPES (the HED API used to take these).
-_DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-
-
-def check_device_name(device: str) -> None:
-    """Refuse a device string of the wrong form (without importing torch)."""
-    if not _DEVICE.match(device or "auto"):
-        raise ConfigError(f"device={device!r} is not a device; use auto, cpu, cuda or cuda:N")
-
-
-def dtype_name(dtype: str) -> str:
-    """`dtype` spelled canonically (`float32`, `float16`, `bfloat16`, or `auto`), or ConfigError."""
-    name = str(dtype or "auto").lower().removeprefix("torch.")
-    name = _DTYPE_ALIASES.get(name, name)
-    if name != "auto" and name not in DTYPES:
-        raise ConfigError(f"dtype={dtype!r} is not one of: auto, {', '.join(DTYPES)}")
-    return name
+# The form checks (no torch needed) live in config, the lowest layer, which validates with them.
+__all__ = ["check_device_name", "dtype_name", "resolve_device", "resolve_dtype", "torch_dtype"]
 
 
 def resolve_device(device: str | None = "auto") -> str:

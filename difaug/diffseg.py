@@ -381,11 +381,13 @@ class DiffSeg:
         """Text embeddings of `PROMPT`, computed once."""
         import torch
 
+        from difaug.models import execution_device
+
         if self._context is None:
             with torch.no_grad():
                 self._context, _ = self.pipe.encode_prompt(
                     PROMPT,
-                    self.pipe._execution_device,
+                    execution_device(self.pipe),
                     num_images_per_prompt=1,
                     do_classifier_free_guidance=False,
                 )
@@ -395,7 +397,9 @@ class DiffSeg:
         """`B×H×W×3` uint8 → the VAE posterior's mean × scaling factor (the reference's encoder)."""
         import torch
 
-        device = self.pipe._execution_device
+        from difaug.models import execution_device
+
+        device = execution_device(self.pipe)
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(device, torch.float32)
         x = (x / 127.5 - 1.0).to(self.vae.dtype)
         with torch.no_grad():

@@ -31,7 +31,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 
@@ -118,15 +118,50 @@ def make_work_items(
     ]
 
 
+T = TypeVar("T")
+Shape = tuple[int, ...]
+
+
+class ShapeBuckets(Generic[T]):
+    """Entries grouped by condition shape into batches of at most `batch_size`: the one place
+    batches are formed, for the shard task (a stream, `difaug.worker`) and for `generate` (a list).
+
+    `add` puts an entry in its shape's bucket and returns the bucket as a batch once it holds
+    `batch_size` entries; `drain` returns the partial buckets left, in order of their first entry.
+    So a batch holds consecutive entries of one shape, and which entries share a batch depends
+    only on the entries' order and `batch_size`, never on timing."""
+
+    def __init__(self, batch_size: int) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self._open: dict[Shape, list[T]] = {}
+
+    def add(self, shape: Shape, entry: T) -> list[T] | None:
+        bucket = self._open.setdefault(shape, [])
+        bucket.append(entry)
+        return self._open.pop(shape) if len(bucket) >= self.batch_size else None
+
+    def drain(self) -> list[list[T]]:
+        batches = list(self._open.values())
+        self._open.clear()
+        return batches
+
+
 def _batch_plan(items: Sequence[WorkItem], batch_size: int) -> list[list[int]]:
-    """Indices of `items` bucketed by condition shape (buckets in order of first appearance,
-    input order inside a bucket), cut into runs of at most `batch_size`."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    buckets: dict[tuple[int, ...], list[int]] = {}
+    """Indices of `items` in `ShapeBuckets` batches, listed shape by shape (in order of the
+    shape's first appearance), each shape's batches in input order."""
+    buckets: ShapeBuckets[int] = ShapeBuckets(batch_size)
+    shape_order: dict[Shape, int] = {}
+    batches: list[list[int]] = []
     for i, item in enumerate(items):
-        buckets.setdefault(tuple(item.condition.shape), []).append(i)
-    return [idx[j : j + batch_size] for idx in buckets.values() for j in range(0, len(idx), batch_size)]
+        shape = tuple(item.condition.shape)
+        shape_order.setdefault(shape, len(shape_order))
+        full = buckets.add(shape, i)
+        if full is not None:
+            batches.append(full)
+    batches += buckets.drain()
+    return sorted(batches, key=lambda b: (shape_order[tuple(items[b[0]].condition.shape)], b[0]))
 
 
 def group_batches(items: Sequence[WorkItem], batch_size: int) -> list[list[WorkItem]]:
@@ -140,8 +175,9 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 class AuxGenerator:
-    """Loaded models + the batching, seeding and prompt cache around them. Not thread-safe: one
-    generator per worker thread (the pipeline's scheduler holds per-call state)."""
+    """Loaded models + the batching, seeding and prompt cache around them: a
+    `difaug.contracts.Generator` that also reports its warm-up (`ReportsWarmup`). Not
+    thread-safe: one generator per worker thread (the pipeline's scheduler holds per-call state)."""
 
     def __init__(
         self,
@@ -235,6 +271,8 @@ class AuxGenerator:
         """`(1, 77, D)` text embeddings of `prompt`, computed once and cached (LRU)."""
         import torch
 
+        from difaug.models import execution_device
+
         cached = self._embeds.get(prompt)
         if cached is not None:
             self._embeds.move_to_end(prompt)
@@ -244,7 +282,7 @@ class AuxGenerator:
         with torch.no_grad():
             embeds, _ = self.pipe.encode_prompt(
                 prompt,
-                self.pipe._execution_device,
+                execution_device(self.pipe),
                 num_images_per_prompt=1,
                 do_classifier_free_guidance=False,
             )

@@ -372,7 +372,7 @@ class SizeLimits:
 
     def problem(self, width: int, height: int) -> str:
         """Why a `width`×`height` image cannot be generated with these limits, or ''."""
-        from difaug.conditions import working_size  # conditions imports this module
+        from difaug.geometry import working_size
 
         if width <= 0 or height <= 0:
             return f"image is {width}×{height}: empty"

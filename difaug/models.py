@@ -1,9 +1,9 @@
-"""Model specs, pipeline loading, and the tiny offline model builder.
+"""Model specs and pipeline loading.
 
 A `ModelSpec` names the three weights a job needs: the Stable Diffusion 1.5 base pipeline, the
 ControlNet for the job's condition, and the HED annotator weights. Each is a Hugging Face hub id or
 a local folder. `JobConfig.model` may name a *bundle*: a folder holding `difaug-models.json`
-(written by `make_tiny` / `difaug models make-tiny`, or by hand for a set of downloaded weights),
+(written by `difaug.tiny.make_tiny` / `difaug models make-tiny`, or by hand for a set of downloaded weights),
 whose entries are paths relative to the bundle folder:
 
     {"base_model": "stable-diffusion-v1-5",
@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import itertools
 import json
 import os
 import re
 import warnings
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +37,10 @@ from typing import TYPE_CHECKING, Any
 
 from difaug.config import (
     COMPILE_MODES,
-    CONDITIONS,
     DEFAULT_BASE_MODEL,
     DEFAULT_COMPILE_MIN_IMAGES,
     DEFAULT_CONTROLNETS,
     DEFAULT_HED_WEIGHTS,
-    DEFAULT_NEGATIVE_PROMPT,
-    DEFAULT_PROMPT,
     DEFAULT_VAE_BATCH,
     ConfigError,
     JobConfig,
@@ -260,7 +255,7 @@ def load_pipeline(
         raise ConfigError("compile and offload cannot be combined; choose one")
     tdtype = torch_dtype(dtype_name)
 
-    with _quiet():
+    with quiet_loading():
         controlnet = _from_pretrained(
             ControlNetModel.from_pretrained, spec.controlnet, "ControlNet", "config.json", torch_dtype=tdtype
         )
@@ -318,7 +313,7 @@ def prepare_pipeline(
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = make_scheduler("lcm" if lcm_lora else scheduler, pipe.scheduler.config)
     if lcm_lora:
-        with _quiet():
+        with quiet_loading():
             _fuse_lora(pipe, lcm_lora)
     if cuda if fuse_qkv is None else fuse_qkv:
         fuse_qkv_projections(pipe)
@@ -330,9 +325,18 @@ def prepare_pipeline(
         pipe.enable_model_cpu_offload(device=device)
     else:
         pipe.to(device)
+    # Where the pipeline computes, for `execution_device` (with offload its weights rest on the CPU).
+    pipe.difaug_device = torch.device(device)
     if compile:
         compile_pipeline(pipe, compile_mode, compile_cache_dir)
     return pipe
+
+
+def execution_device(pipe: Any) -> Any:
+    """The `torch.device` a pipeline computes on: where `prepare_pipeline` placed it (also with
+    CPU offload, whose weights rest on the CPU), else diffusers' public `pipe.device`."""
+    recorded = getattr(pipe, "difaug_device", None)
+    return recorded if recorded is not None else pipe.device
 
 
 # --------------------------------------------------------------------------------------------
@@ -548,98 +552,8 @@ def _fuse_lora(pipe: Any, ref: str) -> None:
     pipe.unload_lora_weights()
 
 
-# --------------------------------------------------------------------------------------------
-# Tiny random models in the real on-disk layout
-# --------------------------------------------------------------------------------------------
-
-# Sizes of the tiny pipeline. The VAE has 2 blocks, so it scales by 2; the ControlNet's
-# conditioning embedding has 2 channel stages (one stride-2 conv), so it scales by 2 as well —
-# the two must agree or the control residuals do not fit the latents.
-TINY_CHANNELS = (16, 32)
-TINY_CROSS_DIM = 32
-TINY_NORM_GROUPS = 8
-TINY_VOCAB = 1000
-TINY_COND_CHANNELS = (8, 16)
-
-# Stable Diffusion 1.5's scheduler/scheduler_config.json (PNDM), as the hub repo ships it.
-SD15_SCHEDULER = {
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-}
-# feature_extractor/preprocessor_config.json of the hub repo (only the safety checker reads it).
-SD15_FEATURE_EXTRACTOR = {
-    "crop_size": 224,
-    "do_center_crop": True,
-    "do_convert_rgb": True,
-    "do_normalize": True,
-    "do_resize": True,
-    "feature_extractor_type": "CLIPFeatureExtractor",
-    "image_mean": [0.48145466, 0.4578275, 0.40821073],
-    "image_std": [0.26862954, 0.26130258, 0.27577711],
-    "resample": 3,
-    "size": 224,
-}
-
-
-def make_tiny(out_dir: Path, seed: int = 0) -> Path:
-    """Write a tiny random SD1.5 + ControlNet (hed, seg, scribble) + HED bundle into `out_dir`.
-
-    Layout (the hub repos' own):
-        out_dir/difaug-models.json
-        out_dir/stable-diffusion-v1-5/{model_index.json, unet/, vae/, text_encoder/, tokenizer/,
-                                       scheduler/, feature_extractor/}
-        out_dir/sd-controlnet-{hed,seg,scribble}/{config.json, diffusion_pytorch_model.safetensors}
-        out_dir/Annotators/ControlNetHED.pth
-    Sizes: UNet/ControlNet channels (16, 32), one layer per block, cross-attention dim 32; VAE
-    with 2 blocks (scale factor 2, so a 64×64 condition has 32×32 latents; conditions must be
-    multiples of 4); CLIP text encoder with 2 layers of width 32 and a ~900-token BPE vocabulary
-    trained on the class names and default prompts. About 3 MB, plus the HED file (the real
-    architecture with random weights, 29 MB). A 64×64 image at 20 steps takes ~0.7 s on one
-    CPU core in batches of 8 (~1.2 s alone). Same `seed` → the same bytes. Returns `out_dir`."""
-    import torch
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    base = out_dir / BASE_DIRNAME
-    with torch.random.fork_rng(devices=[]), _quiet():
-        vocab_size = _write_tokenizer(base / "tokenizer")
-        unet = _tiny_unet(seed)
-        unet.save_pretrained(base / "unet", safe_serialization=True)
-        _tiny_vae(seed).save_pretrained(base / "vae", safe_serialization=True)
-        _tiny_text_encoder(seed, vocab_size).save_pretrained(base / "text_encoder", safe_serialization=True)
-        for i, cond in enumerate(CONDITIONS):
-            _tiny_controlnet(unet, seed, 10 + i).save_pretrained(
-                out_dir / f"sd-controlnet-{cond}", safe_serialization=True
-            )
-    _write_json(
-        base / "scheduler" / "scheduler_config.json",
-        {"_class_name": "PNDMScheduler", **_versions(), **SD15_SCHEDULER},
-    )
-    _write_json(base / "feature_extractor" / "preprocessor_config.json", SD15_FEATURE_EXTRACTOR)
-    _write_json(base / "model_index.json", _model_index())
-    _write_hed(out_dir / HED_DIRNAME / HED_FILENAME, seed)
-    _write_json(
-        out_dir / BUNDLE_INDEX,
-        {
-            "format": "difaug-models/1",
-            "base_model": BASE_DIRNAME,
-            "controlnets": {c: f"sd-controlnet-{c}" for c in CONDITIONS},
-            "hed_weights": HED_DIRNAME,
-            "note": f"tiny random weights (seed {seed}) for tests and demos; images are noise",
-        },
-    )
-    return out_dir
-
-
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_loading() -> Iterator[None]:
     """No per-component progress bars while loading or saving (a worker log is not a terminal),
     and no warning that `torch_dtype` was renamed (we keep it: older diffusers releases know no `dtype`)."""
     from diffusers.utils import logging as dlog
@@ -657,207 +571,3 @@ def _quiet() -> Iterator[None]:
         for m, enabled in states:
             if enabled:
                 m.enable_progress_bar()
-
-
-def _versions() -> dict[str, str]:
-    import diffusers
-
-    return {"_diffusers_version": diffusers.__version__}
-
-
-def _model_index() -> dict[str, Any]:
-    return {
-        "_class_name": "StableDiffusionPipeline",
-        **_versions(),
-        "feature_extractor": ["transformers", "CLIPImageProcessor"],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
-        "scheduler": ["diffusers", "PNDMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def _seed(seed: int, part: int) -> None:
-    import torch
-
-    torch.manual_seed(seed * 1009 + part)
-
-
-def _tiny_unet(seed: int) -> Any:
-    from diffusers import UNet2DConditionModel
-
-    _seed(seed, 1)
-    return UNet2DConditionModel(
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=TINY_CHANNELS,
-        # The attention at the low-resolution level only, as diffusers' own tiny test models: cheap.
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=TINY_CROSS_DIM,
-        attention_head_dim=4,
-        norm_num_groups=TINY_NORM_GROUPS,
-    )
-
-
-def _tiny_controlnet(unet: Any, seed: int, part: int) -> Any:
-    import torch
-    from diffusers import ControlNetModel
-
-    _seed(seed, part)
-    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=TINY_COND_CHANNELS)
-    # A real ControlNet starts from zero convolutions and learns them; zeros here would make the
-    # condition invisible in the output, and tests could not tell conditions apart.
-    zero_convs = [
-        *net.controlnet_down_blocks,
-        net.controlnet_mid_block,
-        net.controlnet_cond_embedding.conv_out,
-    ]
-    with torch.no_grad():
-        for conv in zero_convs:
-            for p in conv.parameters():
-                p.normal_(0.0, 0.2)
-    return net
-
-
-def _tiny_vae(seed: int) -> Any:
-    from diffusers import AutoencoderKL
-
-    _seed(seed, 2)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * len(TINY_CHANNELS),
-        up_block_types=("UpDecoderBlock2D",) * len(TINY_CHANNELS),
-        block_out_channels=TINY_CHANNELS,
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=TINY_NORM_GROUPS,
-        sample_size=64,
-    )
-
-
-def _tiny_text_encoder(seed: int, vocab_size: int) -> Any:
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    _seed(seed, 3)
-    config = CLIPTextConfig(
-        vocab_size=TINY_VOCAB,
-        hidden_size=TINY_CROSS_DIM,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        projection_dim=TINY_CROSS_DIM,
-        hidden_act="quick_gelu",
-        # The tokenizer puts its two special tokens last, as CLIP's does (49406, 49407).
-        bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
-    )
-    return CLIPTextModel(config).eval()
-
-
-def _write_hed(path: Path, seed: int) -> None:
-    from difaug.conditions.hed import make_random_hed_weights
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    make_random_hed_weights(path, seed)
-
-
-# --- tokenizer: CLIP's byte-level BPE files, trained on a small fixed corpus -----------------
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """CLIP's (GPT-2's) reversible byte → printable character table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
-
-
-def _corpus_words() -> Counter[tuple[str, ...]]:
-    from difaug.classes import class_table
-
-    text = " ".join([DEFAULT_PROMPT, DEFAULT_NEGATIVE_PROMPT])
-    for dataset in ("pascal", "coco"):
-        text += " " + " ".join(c.class_name for c in class_table(dataset).values())
-    words = Counter(re.findall(r"[a-z]+", text.lower().replace("{class_name}", "")))
-    return Counter({(*w[:-1], w[-1] + "</w>"): n for w, n in words.items()})
-
-
-def _train_bpe(words: Counter[tuple[str, ...]], max_merges: int) -> list[tuple[str, str]]:
-    """Plain BPE: merge the most frequent adjacent pair (ties: the smallest pair), repeat."""
-    merges: list[tuple[str, str]] = []
-    while len(merges) < max_merges:
-        pairs: Counter[tuple[str, str]] = Counter()
-        for word, n in words.items():
-            for pair in itertools.pairwise(word):
-                pairs[pair] += n
-        if not pairs:
-            break
-        best = min(pairs, key=lambda p: (-pairs[p], p))
-        merges.append(best)
-        merged: Counter[tuple[str, ...]] = Counter()
-        for word, n in words.items():
-            out: list[str] = []
-            i = 0
-            while i < len(word):
-                if i + 1 < len(word) and (word[i], word[i + 1]) == best:
-                    out.append(word[i] + word[i + 1])
-                    i += 2
-                else:
-                    out.append(word[i])
-                    i += 1
-            merged[tuple(out)] += n
-        words = merged
-    return merges
-
-
-def _write_tokenizer(folder: Path) -> int:
-    """vocab.json + merges.txt + the two config files, as in the SD1.5 repo; returns the vocab size."""
-    base = list(_bytes_to_unicode().values())
-    vocab_list = base + [c + "</w>" for c in base]
-    merges = _train_bpe(_corpus_words(), TINY_VOCAB - len(vocab_list) - 2)
-    vocab_list += ["".join(m) for m in merges]
-    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    lines = ["#version: 0.2", *(f"{a} {b}" for a, b in merges)]
-    (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    special = {
-        "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>",
-    }
-    _write_json(folder / "special_tokens_map.json", special)
-    _write_json(
-        folder / "tokenizer_config.json",
-        {
-            **special,
-            "add_prefix_space": False,
-            "do_lower_case": True,
-            "errors": "replace",
-            "model_max_length": 77,
-            "tokenizer_class": "CLIPTokenizer",
-        },
-    )
-    return len(vocab)

@@ -14,13 +14,13 @@ a recorded failure and the rest of the shard continues; any other error (the gen
 of memory, …) fails the task, so Dask retries it and no marker records a half-done shard.
 
 Models are loaded once per worker process (`_MODEL_CACHE`) from picklable factories and never
-travel through the task graph.
+travel through the task graph. The task uses them only through `difaug.contracts` (`Generator`,
+`ConditionMaker`); stand-ins for tests and benchmarks are in `difaug.testing`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import math
 import os
@@ -39,12 +39,13 @@ from typing import Any
 import numpy as np
 
 from difaug import imageio, rundir, shards
-from difaug.config import Job, JobConfig, RuntimeConfig
+from difaug.config import Job, JobConfig, RuntimeConfig, compile_setting
+from difaug.contracts import ConditionMaker, Generator, ReportsWarmup, check_contract
 from difaug.manifest import Sample
 from difaug.rundir import Failure, ShardRange, ShardStats
 
-GeneratorFactory = Callable[[JobConfig, RuntimeConfig], Any]
-ConditionFactory = Callable[[JobConfig, RuntimeConfig], Any]
+GeneratorFactory = Callable[[JobConfig, RuntimeConfig], Generator]
+ConditionFactory = Callable[[JobConfig, RuntimeConfig], ConditionMaker]
 ProgressHook = Callable[[int, int], None]  # (shard index, images generated so far in this attempt)
 
 PROGRESS_TOPIC = "difaug-progress"
@@ -113,46 +114,61 @@ def failure(sample: Sample | None, stage: str, reason: str, row: int | None = No
 # ----------------------------------------------------------------------------- model factories
 
 
-def default_generator_factory(cfg: JobConfig, runtime: RuntimeConfig) -> Any:
+def default_generator_factory(cfg: JobConfig, runtime: RuntimeConfig) -> Generator:
     from difaug.generate import AuxGenerator
 
     return AuxGenerator.from_config(cfg, runtime)
 
 
-def resolve_hed_weights(cfg: JobConfig) -> str:
-    """The HED weights for this job (the `model` bundle's, unless `hed_weights` overrides them)."""
-    from difaug.models import ModelSpec
-
-    return ModelSpec.from_config(cfg).hed_weights
-
-
-def default_condition_factory(cfg: JobConfig, runtime: RuntimeConfig) -> Any:
+def default_condition_factory(cfg: JobConfig, runtime: RuntimeConfig) -> ConditionMaker:
     from difaug.conditions import make_condition
+    from difaug.models import ModelSpec
 
     return make_condition(
         cfg.condition,
         style=cfg.condition_style,
         resolution=cfg.resolution,
-        hed_weights=resolve_hed_weights(cfg),
+        # The job's HED weights as named (the `model` bundle's unless `hed_weights` overrides
+        # them); difaug.conditions.hed.resolve_hed_weights turns the name into a local file.
+        hed_weights=ModelSpec.from_config(cfg).hed_weights,
         device=None if runtime.device == "auto" else runtime.device,
         dtype=None if runtime.dtype == "auto" else runtime.dtype,
-        batch_size=runtime.batch_size,
+        batch_size=runtime.hed_batch_size,
         detect_resolution=cfg.detect_resolution,
     )
 
 
-_MODEL_CACHE: dict[str, tuple[Any, Any]] = {}
+def model_settings(runtime: RuntimeConfig) -> tuple[tuple[str, Any], ...]:
+    """The runtime settings the default factories build models with: device and dtype, the
+    generator's batch (a compiled pipeline pads to it), the HED batch, compile and its mode and
+    cache folder (the cache only when compiling can happen), offload and the VAE decode batch.
+    Part of the model-cache key, so changing any of them between runs of one process reloads;
+    the others (threads, retries, cluster, …) reuse the loaded models."""
+    compiling = compile_setting(runtime.compile) != "off"
+    return (
+        ("device", runtime.device),
+        ("dtype", runtime.dtype),
+        ("batch_size", runtime.batch_size),
+        ("hed_batch", runtime.hed_batch_size),
+        ("compile", compile_setting(runtime.compile)),
+        ("compile_mode", runtime.compile_mode),
+        ("compile_cache_dir", runtime.compile_cache_dir if compiling else ""),
+        ("offload", runtime.offload),
+        ("vae_batch", runtime.vae_batch),
+    )
+
+
+_MODEL_CACHE: dict[str, tuple[Generator, ConditionMaker]] = {}
 _RUN_LOCK = threading.Lock()
 _MODEL_LOCK = threading.Lock()
 
 
 def factory_key(generator_factory: GeneratorFactory, condition_factory: ConditionFactory, job: Job) -> str:
     """What identifies a loaded model set: the factories (by value), the job config and the
-    runtime settings that change how models load. Raises TypeError for unpicklable factories."""
-    rt = job.runtime
+    runtime settings that change how models load (`model_settings`). Raises TypeError for
+    unpicklable factories."""
     try:
-        loading = (rt.device, rt.dtype, rt.batch_size, rt.compile, rt.compile_mode, rt.offload, rt.vae_batch)
-        blob = pickle.dumps((generator_factory, condition_factory, job.config, loading))
+        blob = pickle.dumps((generator_factory, condition_factory, job.config, model_settings(job.runtime)))
     except (pickle.PicklingError, TypeError, AttributeError) as e:
         raise TypeError(
             "generator_factory and condition_factory must be picklable (a module-level function or "
@@ -163,7 +179,7 @@ def factory_key(generator_factory: GeneratorFactory, condition_factory: Conditio
 
 def load_models(
     job: Job, generator_factory: GeneratorFactory, condition_factory: ConditionFactory
-) -> tuple[Any, Any, float]:
+) -> tuple[Generator, ConditionMaker, float]:
     """`(generator, condition, seconds spent loading)`; loads once per process and key."""
     key = factory_key(generator_factory, condition_factory, job)
     with _MODEL_LOCK:
@@ -174,12 +190,14 @@ def load_models(
         _free_device_memory()
         t0 = time.perf_counter()
         gen = generator_factory(job.config, job.runtime)
+        check_contract(gen, Generator, "the generator factory")
         cond = condition_factory(job.config, job.runtime)
+        check_contract(cond, ConditionMaker, "the condition factory")
         _MODEL_CACHE[key] = (gen, cond)
         return gen, cond, time.perf_counter() - t0
 
 
-def _drift_scorer(generator: Any, cfg: JobConfig) -> Callable[..., list] | None:
+def _drift_scorer(generator: Generator, cfg: JobConfig) -> Callable[..., list] | None:
     """`(images, masks, class_ids) -> [DriftScore]` on the generator's loaded UNet (built once per
     process), or None when the job does not score or the generator is a stand-in."""
     from difaug import diffseg
@@ -211,84 +229,6 @@ def cpu_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-# ----------------------------------------------------------------------------- stand-in generator
-
-
-@dataclass(frozen=True)
-class _SleepResult:
-    item: Any
-    image: np.ndarray
-
-
-class SleepGenerator:
-    """A stand-in for the diffusion model: sleeps `ms_per_image` per image with the GIL released,
-    as a GPU kernel would, and returns a deterministic image at `item.out_size`: the condition
-    resized back and tinted by the seed, so it encodes like a real picture rather than flat colour.
-
-    Used by tests and benchmarks to exercise the real runner around a model of known speed."""
-
-    def __init__(self, ms_per_image: float = 125.0, batch_size: int = 8, device: str = "cpu"):
-        self.ms_per_image = float(ms_per_image)
-        self.batch_size = batch_size
-        self.provenance = {
-            "base_model": "sleep",
-            "controlnet_model": "sleep",
-            "scheduler": "none",
-            "steps": 0,
-            "guidance_scale": 0.0,
-            "controlnet_scale": 0.0,
-            "dtype": "uint8",
-            "device": device,
-        }
-        self.calls = 0
-        self._last_key: tuple | None = None
-        self._last = np.zeros((1, 1, 3), np.uint8)
-
-    def run_batch(self, items: Sequence[Any]) -> list[Any]:
-        self.calls += 1
-        t0 = time.perf_counter()
-        images = [self._image(item) for item in items]
-        # The batch takes T ms per image in all, output included, as a GPU call would.
-        time.sleep(max(0.0, self.ms_per_image * len(items) / 1000.0 - (time.perf_counter() - t0)))
-        return [_SleepResult(item, img) for item, img in zip(items, images, strict=True)]
-
-    def generate(self, items: Sequence[Any]) -> list[Any]:
-        out: list[Any] = []
-        for i in range(0, len(items), self.batch_size):
-            out.extend(self.run_batch(items[i : i + self.batch_size]))
-        return out
-
-    def _image(self, item: Any) -> np.ndarray:
-        # Cheap per image (the stand-in must not add host work of its own): the resized condition
-        # is cached per sample, the photo-like texture per size; only the seed's tint is new.
-        key = (id(item.condition), item.out_size)
-        if self._last_key != key:
-            w, h = item.out_size
-            self._last = imageio.resize(item.condition, item.out_size) // 2 + _texture(w, h)
-            self._last_key = key
-        tint = np.frombuffer(hashlib.sha256(str(item.seed).encode()).digest()[:3], np.uint8) // 8
-        return self._last + tint
-
-
-@functools.lru_cache(maxsize=8)
-def _texture(width: int, height: int) -> np.ndarray:
-    """Deterministic smooth colour field + fine grain: compresses (PNG) about like a photo."""
-    import cv2
-
-    rng = np.random.default_rng(width * 100_003 + height)
-    field = cv2.GaussianBlur(rng.normal(0, 1, (height, width, 3)).astype(np.float32), (0, 0), 6)
-    field = (field - field.min()) / max(float(np.ptp(field)), 1e-6) * 64
-    grain = rng.integers(0, 8, (height, width, 3))
-    return (field + grain).astype(np.uint8)
-
-
-def sleep_generator_factory(
-    cfg: JobConfig, runtime: RuntimeConfig, ms_per_image: float = 125.0
-) -> SleepGenerator:
-    """Picklable factory for `SleepGenerator`: `functools.partial(sleep_generator_factory, ms_per_image=T)`."""
-    return SleepGenerator(ms_per_image, runtime.batch_size)
 
 
 # ----------------------------------------------------------------------------- the shard task
@@ -376,23 +316,20 @@ def _decode(sample: Sample, state: _ShardState) -> Any | None:
         state.add_time("read", time.perf_counter() - t0)
 
 
-def _conditions(condition: Any, inputs: list[Any], state: _ShardState) -> list[tuple[Any, np.ndarray]]:
-    """Conditions for a batch. One bad input fails the whole call, so on an input error the batch
-    is redone one by one and only the culprit is recorded."""
+def _conditions(
+    condition: ConditionMaker, inputs: list[Any], state: _ShardState
+) -> list[tuple[Any, np.ndarray]]:
+    """Conditions for a batch; an input error is recorded against its own row only."""
+    from difaug.conditions import conditions_or_errors
+
     t0 = time.perf_counter()
     try:
-        try:
-            return list(zip(inputs, condition(inputs), strict=True))
-        except INPUT_ERRORS as e:
-            if len(inputs) == 1:
-                state.fail(inputs[0].sample, "condition", _short(e))
-                return []
         out = []
-        for inp in inputs:
-            try:
-                out.append((inp, condition([inp])[0]))
-            except INPUT_ERRORS as e:
-                state.fail(inp.sample, "condition", _short(e))
+        for inp, cond in zip(inputs, conditions_or_errors(condition, inputs, INPUT_ERRORS), strict=True):
+            if isinstance(cond, BaseException):
+                state.fail(inp.sample, "condition", _short(cond))
+            else:
+                out.append((inp, cond))
         return out
     finally:
         state.add_time("condition", time.perf_counter() - t0)
@@ -400,7 +337,7 @@ def _conditions(condition: Any, inputs: list[Any], state: _ShardState) -> list[t
 
 def _prepare_stage(
     samples: Sequence[Sample],
-    condition: Any,
+    condition: ConditionMaker,
     cfg: JobConfig,
     chunk: int,
     items_q: queue.Queue,
@@ -448,7 +385,7 @@ def _prepare_stage(
 
 
 def _generate_stage(
-    generator: Any,
+    generator: Generator,
     batch_size: int,
     items_q: queue.Queue,
     results_q: queue.Queue,
@@ -457,16 +394,18 @@ def _generate_stage(
     score: Callable[..., list] | None = None,
     encoders: int = ENCODE_THREADS,
 ) -> None:
-    """Bucket items by condition shape; run a batch when a bucket fills, the rest at the end.
+    """Bucket items by condition shape (`ShapeBuckets`); run a batch when a bucket fills, the
+    rest at the end.
 
     Batches depend only on the shard's contents and `batch_size`, never on timing, so a shard's
     images are the same on every run, worker and retry."""
-    buckets: dict[tuple[int, ...], list[tuple[Sample, Any]]] = {}
+    from difaug.generate import ShapeBuckets
+
+    buckets: ShapeBuckets[tuple[Sample, Any]] = ShapeBuckets(batch_size)
     done = 0
 
-    def flush(key: tuple[int, ...]) -> None:
+    def flush(batch: list[tuple[Sample, Any]]) -> None:
         nonlocal done
-        batch = buckets.pop(key)
         t0 = time.perf_counter()
         # generate() rather than run_batch(): the generator may pad short batches (torch.compile).
         results = generator.generate([item for _, item in batch])
@@ -491,12 +430,11 @@ def _generate_stage(
         got = _get(items_q, state)
         if got is _DONE:
             break
-        key = tuple(got[1].condition.shape)
-        buckets.setdefault(key, []).append(got)
-        if len(buckets[key]) >= batch_size:
-            flush(key)
-    for key in list(buckets):
-        flush(key)
+        full = buckets.add(tuple(got[1].condition.shape), got)
+        if full is not None:
+            flush(full)
+    for batch in buckets.drain():
+        flush(batch)
     for _ in range(encoders):
         _put(results_q, _DONE, state)
 
@@ -587,6 +525,24 @@ def _progress_reporter(index: int, hook: ProgressHook | None) -> Callable[[int],
     return lambda n: worker.log_event(PROGRESS_TOPIC, {"shard": index, "images": n})
 
 
+@dataclass(frozen=True)
+class StageSizes:
+    """How much the stages of one shard task hold, all derived from the generator's batch size."""
+
+    prepare_chunk: int  # samples decoded and conditioned per step of the prepare stage
+    queue_depth: int  # items (and results) each queue between two stages holds at most
+
+
+def stage_sizes(batch_size: int, num_aux: int) -> StageSizes:
+    """The prepare chunk and the queue depth for a generator batch of `batch_size`.
+
+    One chunk of samples makes about one device batch of items (`num_aux` items per sample; at
+    least 2 samples, so a large `num_aux` still overlaps decoding); each queue holds two device
+    batches, so the device always finds its next batch ready while memory stays bounded by the
+    batch size rather than the shard size."""
+    return StageSizes(prepare_chunk=max(2, math.ceil(batch_size / num_aux)), queue_depth=2 * batch_size)
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -621,25 +577,24 @@ def _run_shard(
     cfg, rt = job.config, job.runtime
     generator, condition, load_s = load_models(job, gen_f, cond_f)
     cpu0 = time.process_time()  # after loading: the shard's own host work
-    fallbacks_before = Counter(getattr(condition, "fallbacks", None) or {})
-    batch_size = int(getattr(generator, "batch_size", 0) or rt.batch_size)
-    chunk = max(2, math.ceil(batch_size / cfg.num_aux))
+    fallbacks_before = Counter(condition.fallbacks)
+    batch_size = generator.batch_size
+    sizes = stage_sizes(batch_size, cfg.num_aux)
     state = _ShardState(failures=list(spec.failures))
     score = _drift_scorer(generator, cfg)
     state.masks = {} if score is not None else None
-    items_q: queue.Queue = queue.Queue(maxsize=2 * batch_size)
-    results_q: queue.Queue = queue.Queue(maxsize=2 * batch_size)
+    items_q: queue.Queue = queue.Queue(maxsize=sizes.queue_depth)
+    results_q: queue.Queue = queue.Queue(maxsize=sizes.queue_depth)
     encode = _encode_stage(cfg, generator.provenance, results_q, state)
     encoders = stage_threads(rt.encode_threads, minimum=ENCODE_THREADS)
     prepare = _prepare_stage(
-        spec.samples, condition, cfg, chunk, items_q, state, stage_threads(rt.prepare_threads)
+        spec.samples, condition, cfg, sizes.prepare_chunk, items_q, state, stage_threads(rt.prepare_threads)
     )
     threads = [
         _stage_thread("prepare", prepare, state),
         *(_stage_thread(f"encode-{i}", encode, state) for i in range(encoders)),
     ]
-    warmup_before = float(getattr(generator, "warmup_seconds", 0.0))
-    warnings_before = len(getattr(generator, "warnings", ()))
+    warmup_before, warnings_before = _warmup_so_far(generator)
     with cpu_threads(rt.threads_per_worker):
         for t in threads:
             t.start()
@@ -663,12 +618,23 @@ def _run_shard(
             t.join()
     if state.error is not None:
         raise state.error
-    fallbacks = Counter(getattr(condition, "fallbacks", None) or {}) - fallbacks_before
+    fallbacks = Counter(condition.fallbacks) - fallbacks_before
     # The generator's first call per batch shape (torch.compile's warm-up, part of "generate"):
     # seconds.warmup, which `difaug inspect` lists with the other stages; and its compile warnings.
-    state.add_time("warmup", float(getattr(generator, "warmup_seconds", 0.0)) - warmup_before)
-    compile_warnings = list(getattr(generator, "warnings", ())[warnings_before:])
+    warmup_after, _ = _warmup_so_far(generator)
+    state.add_time("warmup", warmup_after - warmup_before)
+    compile_warnings = (
+        list(generator.warnings[warnings_before:]) if isinstance(generator, ReportsWarmup) else []
+    )
     return _finish(spec, cfg, state, dict(fallbacks), started, (t0, cpu0), load_s, compile_warnings)
+
+
+def _warmup_so_far(generator: Generator) -> tuple[float, int]:
+    """(warm-up seconds, number of warnings) the generator has reported so far; (0.0, 0) for a
+    generator that reports neither (`ReportsWarmup` is optional)."""
+    if isinstance(generator, ReportsWarmup):
+        return float(generator.warmup_seconds), len(generator.warnings)
+    return 0.0, 0
 
 
 def _finish(
@@ -726,3 +692,16 @@ def _finish(
     )
     rundir.write_marker(spec.out, stats)  # the marker: written last
     return stats
+
+
+# The stand-in generator moved to difaug.testing; these names stay importable from here (lazily:
+# a real worker never imports the test module).
+_MOVED_TO_TESTING = ("SleepGenerator", "sleep_generator_factory")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_TESTING:
+        from difaug import testing
+
+        return getattr(testing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

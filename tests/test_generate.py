@@ -8,6 +8,7 @@ settings are asserted bit for bit.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from difaug.config import JobConfig, RuntimeConfig
 from difaug.generate import (
     AuxGenerator,
     AuxResult,
+    ShapeBuckets,
     WorkItem,
     derive_seed,
     group_batches,
@@ -297,7 +299,14 @@ def test_derive_seed_is_the_same_in_another_process() -> None:
         capture_output=True,
         text=True,
         check=True,
-        env={"PYTHONHASHSEED": "12345", "PATH": ""},
+        # A bare environment (another hash seed, nothing inherited) that writes no __pycache__ into
+        # the checkout; PYTHONPATH kept, so the process imports the difaug under test.
+        env={
+            "PYTHONHASHSEED": "12345",
+            "PATH": "",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            **({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}),
+        },
     )
     assert int(out.stdout) == PINNED_SEEDS[(0, "2008_000123_5", 0)]
 
@@ -332,6 +341,27 @@ def test_group_batches_buckets_by_shape_in_order() -> None:
     ]
     assert all(len({it.condition.shape for it in batch}) == 1 for batch in batches)
     assert group_batches([], 4) == []
+
+
+def test_shape_buckets_stream_the_batches_group_batches_lists() -> None:
+    """The shard task's streaming batches (`ShapeBuckets.add` / `drain`) hold exactly the items
+    of `group_batches`' batches: only the order of the calls differs."""
+    cfg = JobConfig(num_aux=3)
+    sizes = [(64, 64), (128, 64), (64, 64), (64, 128), (128, 64), (64, 64)]
+    items = [
+        it
+        for i, (w, h) in enumerate(sizes)
+        for it in make_work_items(_sample(i, "x"), _cond(i, w, h), (w, h), cfg)
+    ]
+    buckets: ShapeBuckets[WorkItem] = ShapeBuckets(4)
+    streamed = [full for it in items if (full := buckets.add(tuple(it.condition.shape), it)) is not None]
+    assert [len(b) for b in streamed] == [4, 4, 4]  # each returned the moment its bucket filled
+    streamed += buckets.drain()
+    assert buckets.drain() == []
+    as_keys = sorted([it.key for it in batch] for batch in streamed)
+    assert as_keys == sorted([it.key for it in batch] for batch in group_batches(items, 4))
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        ShapeBuckets(0)
 
 
 def test_run_batch_refuses_mixed_or_odd_shapes(gen: AuxGenerator, cfg: JobConfig) -> None:

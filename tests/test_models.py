@@ -25,11 +25,11 @@ from difaug.models import (
     fuse_qkv_projections,
     load_pipeline,
     make_scheduler,
-    make_tiny,
     resolve_device,
     resolve_dtype,
     runtime_for_plan,
 )
+from difaug.tiny import make_tiny
 
 
 def _hashes(root: Path) -> dict[str, str]:

@@ -284,7 +284,7 @@ _SLOW_RUN = textwrap.dedent(
     sys.path.insert(0, sys.argv[3])
     from _runner_helpers import job
     from difaug.runner import run
-    from difaug.worker import sleep_generator_factory
+    from difaug.testing import sleep_generator_factory
     s = run(job(sys.argv[1], sys.argv[2]), generator_factory=functools.partial(sleep_generator_factory, ms_per_image=150))
     sys.exit(0 if s.ok else 1)
     """
@@ -457,7 +457,7 @@ class _Saboteur:
     OUT/stats should be: the marker write then fails with a real not-a-directory error."""
 
     def __init__(self, out: str, at: str, batch_size: int) -> None:
-        from difaug.worker import SleepGenerator
+        from difaug.testing import SleepGenerator
 
         self.inner = SleepGenerator(1.0, batch_size)
         self.batch_size, self.provenance, self.out, self.at = batch_size, self.inner.provenance, Path(out), at

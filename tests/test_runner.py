@@ -60,7 +60,7 @@ def test_plan_cuts_rows_into_shards(tmp_path: Path) -> None:
 def _plan_must_exist(cfg: JobConfig, runtime: RuntimeConfig, *, out: str, ms: float = 1.0) -> Any:
     # The plan is on disk before any model loads.
     assert (Path(out) / shards.PLAN_FILE).is_file()
-    from difaug.worker import SleepGenerator
+    from difaug.testing import SleepGenerator
 
     return SleepGenerator(ms, runtime.batch_size)
 
@@ -224,7 +224,7 @@ class _Flaky:
     """A generator that fails every batch holding sample `bad` (a broken shard)."""
 
     def __init__(self, bad: str, batch_size: int):
-        from difaug.worker import SleepGenerator
+        from difaug.testing import SleepGenerator
 
         self.inner = SleepGenerator(1.0, batch_size)
         self.batch_size, self.provenance, self.bad = batch_size, self.inner.provenance, bad

@@ -30,7 +30,7 @@ def make_tiny(
     """
     if out_dir.exists() and not out_dir.is_dir():
         fail(f"{out_dir} exists and is not a folder; pass a folder path")
-    from difaug.models import make_tiny as build
+    from difaug.tiny import make_tiny as build
 
     try:
         path = build(out_dir, seed=seed)

@@ -25,36 +25,18 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from difaug.config import CONDITION_STYLES, CONDITIONS
+from difaug.contracts import ConditionMaker
+from difaug.geometry import DEFAULT_RESOLUTION, ConditionError, working_size
 from difaug.manifest import Sample
 
 DEFAULT_HED_WEIGHTS = "lllyasviel/Annotators"
 HED_FILENAME = "ControlNetHED.pth"
-DEFAULT_RESOLUTION = 512
 # HED always sees the image at this short side (DifFSS / ControlNet's detect_resolution); its map
 # is then resized to the working size, so `resolution` changes the output size, not the edges.
 DEFAULT_DETECT_RESOLUTION = 512
 # Defined once, in difaug.config (which validates them); the names here are the API of this package.
 CONDITION_NAMES = CONDITIONS
 STYLES = CONDITION_STYLES
-
-
-class ConditionError(ValueError):
-    """A condition cannot be built or computed (bad option, missing weights); the message says why."""
-
-
-def working_size(width: int, height: int, resolution: int = DEFAULT_RESOLUTION) -> tuple[int, int]:
-    """ControlNet's `resize_image` geometry: short side → `resolution`, both sides rounded to 64.
-
-    Returns `(w, h)`. Restates `controlnet_aux.util.resize_image` exactly (float64 scale, numpy
-    round-half-to-even of `side / 64`), so our sizes agree with the annotators pixel for pixel."""
-    if width <= 0 or height <= 0:
-        raise ConditionError(f"image size {width}×{height} is empty")
-    if resolution < 64:
-        raise ConditionError(f"resolution {resolution} is too small; use at least 64")
-    k = float(resolution) / min(float(height), float(width))
-    h = int(np.round(float(height) * k / 64.0)) * 64
-    w = int(np.round(float(width) * k / 64.0)) * 64
-    return w, h
 
 
 @dataclass
@@ -67,7 +49,10 @@ class ConditionInput:
 
 
 @runtime_checkable
-class Condition(Protocol):
+class Condition(ConditionMaker, Protocol):
+    """A named condition of this package: a `difaug.contracts.ConditionMaker` (a batch of inputs →
+    condition images at `working_size`, `fallbacks` counted) with its name, style and resolution."""
+
     name: str
     style: str
     resolution: int
@@ -76,6 +61,30 @@ class Condition(Protocol):
     def __call__(self, batch: Sequence[ConditionInput]) -> list[np.ndarray]:
         """Condition images (H×W×3 uint8) at `working_size` of each input, same order."""
         ...
+
+
+def conditions_or_errors(
+    condition: ConditionMaker,
+    batch: Sequence[ConditionInput],
+    errors: tuple[type[BaseException], ...] = (ValueError,),
+) -> list[np.ndarray | BaseException]:
+    """The condition of each input, or the error (one of `errors`) that input raised.
+
+    The batch goes through in one call; one bad input fails that whole call, so on an error the
+    inputs are redone one by one and only the culprit gets its error. Anything not in `errors`
+    propagates. Used by the shard task and `difaug conditions`."""
+    try:
+        return list(condition(batch))
+    except errors as e:
+        if len(batch) == 1:
+            return [e]
+    results: list[np.ndarray | BaseException] = []
+    for item in batch:
+        try:
+            results.append(condition([item])[0])
+        except errors as e:
+            results.append(e)
+    return results
 
 
 def foreground(mask: np.ndarray, class_id: int) -> np.ndarray:
@@ -197,6 +206,7 @@ __all__ = [
     "ConditionError",
     "ConditionInput",
     "SampleLoadError",
+    "conditions_or_errors",
     "foreground",
     "load_input",
     "make_condition",

@@ -356,7 +356,9 @@ def upstream_scribble(edge: np.ndarray) -> np.ndarray:
 
 
 class HedCondition:
-    """`hed` and `scribble` conditions (see the module docstring for the exact steps)."""
+    """`hed` and `scribble` conditions (see the module docstring for the exact steps); a
+    `difaug.contracts.ConditionMaker`. `batch_size`: images per HED forward pass (the job's
+    `RuntimeConfig.hed_batch_size`)."""
 
     def __init__(
         self,

@@ -18,7 +18,14 @@ import numpy as np
 
 from difaug import imageio
 from difaug.classes import IGNORE_VALUE
-from difaug.conditions import Condition, ConditionError, ConditionInput, SampleLoadError, load_input
+from difaug.conditions import (
+    Condition,
+    ConditionError,
+    ConditionInput,
+    SampleLoadError,
+    conditions_or_errors,
+    load_input,
+)
 from difaug.manifest import RowProblem, Sample, repeated_ids
 from difaug.text import ascii_text
 
@@ -124,20 +131,11 @@ def _problem(sample: Sample, error: Exception) -> RowProblem:
     return RowProblem(sample.row, "condition", sample.image, reason, sample.sample_id)
 
 
-def _run_batch(condition: Condition, batch: list[ConditionInput]) -> list[np.ndarray | Exception]:
-    """Conditions for a batch; if the batch fails, each item alone, so one bad sample costs one row."""
-    try:
-        return list(condition(batch))
-    except (ConditionError, ValueError, RuntimeError) as e:
-        if len(batch) == 1:
-            return [e]
-    results: list[np.ndarray | Exception] = []
-    for item in batch:
-        try:
-            results.append(condition([item])[0])
-        except (ConditionError, ValueError, RuntimeError) as e:
-            results.append(e)
-    return results
+def _run_batch(condition: Condition, batch: list[ConditionInput]) -> list[np.ndarray | BaseException]:
+    """Conditions for a batch; one bad sample costs one row (`conditions_or_errors`). Unlike in
+    the shard task, a RuntimeError (from the HED network) is a row problem too: a preview has no
+    task retry that could fix it."""
+    return conditions_or_errors(condition, batch, (ConditionError, ValueError, RuntimeError))
 
 
 def write_conditions(
