@@ -181,8 +181,10 @@ def test_broken_shard_is_named_then_redone(tmp_path: Path, case: str) -> None:
     # generate redoes exactly that shard and says so; the others are not touched.
     from rich.console import Console
 
+    from difaug.cli._progress import GenerateView
+
     console = Console(record=True, width=300)
-    s = run(j, generator_factory=sleep_factory(), console=console)
+    s = run(j, generator_factory=sleep_factory(), on_event=GenerateView(console, bar=False))
     assert "1 shard(s) were invalid and are redone: 00001" in console.export_text()
     assert (s.done, s.skipped, s.shards_done, list(s.redone_shards)) == (2, 3, 1, ["00001"])
     assert {i: rundir.shard_path(out, i).read_bytes() for i in (0, 2)} == before
@@ -259,8 +261,10 @@ def test_live_lock_refuses_dead_lock_is_taken_over(tmp_path: Path) -> None:
     assert rundir.lock_owner(out).pid == holder.pid  # the dead process's record stays…
     from rich.console import Console
 
+    from difaug.cli._progress import GenerateView
+
     console = Console(record=True, width=300)
-    assert run(job(m, out), generator_factory=sleep_factory(), console=console).ok
+    assert run(job(m, out), generator_factory=sleep_factory(), on_event=GenerateView(console, bar=False)).ok
     assert f"took over the lock of {out} left by pid {holder.pid}" in console.export_text()
     assert rundir.lock_owner(out) is None  # …a clean exit leaves none
     _reconciled(out)

@@ -8,7 +8,6 @@ conditioned becomes a `RowProblem` (row, file, reason); the others go on.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,12 +18,12 @@ import numpy as np
 from difaug import imageio
 from difaug.conditions import Condition, ConditionError, ConditionInput, SampleLoadError, load_input
 from difaug.manifest import RowProblem, Sample, repeated_ids
+from difaug.safe_names import plain_stem
 from difaug.text import ascii_text
 
 SHEET_NAME = "contact_sheet"
 THUMB_HEIGHT = 128
 DEFAULT_SHEET_ROWS = 64
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass
@@ -35,11 +34,7 @@ class PreviewResult:
     sheet: Path | None = None
 
 
-def safe_name(sample_id: str) -> str:
-    """A file stem from a sample id: no path separators, no `..`, no leading dot, never empty."""
-    stem = _UNSAFE.sub("_", sample_id)
-    stem = re.sub(r"\.{2,}", "_", stem).strip(". ")[:200]
-    return stem if stem.strip("_") else "sample"
+safe_name = plain_stem  # a preview file's stem (difaug.safe_names)
 
 
 def output_names(samples: Iterable[Sample]) -> dict[str, str]:
