@@ -9,7 +9,8 @@ shards yet stable across reruns and resumes). `write_html(...)` writes a self-co
 
 Only verified shards count (`difaug.adapters.run.open_run`); the others are reported as invalid
 with the reason and the command that redoes them. Marker fields used: `shard`, `images`,
-`failures[{row, sample_id, stage, reason}]`, `seconds{generate, total, <stage>…}`,
+`failures[{row, sample_id, stage, reason}]`, `seconds{generate, <stage>…}` (stages only),
+`load_seconds`/`wall_seconds`/`cpu_seconds` (the task's totals),
 `started`/`finished` (ISO timestamps).
 """
 
@@ -59,8 +60,22 @@ CONFIG_KEYS = (
     "image_format",
     "shard_size",
 )
-PROVENANCE_COLUMNS = ("base_model", "controlnet_model", "scheduler", "dtype", "device")
+# The provenance columns (`shards.PROVENANCE_COLUMNS`) that say *which* models and hardware made
+# the images: listed with the config. The numeric ones (steps, guidance, …) repeat the config.
+MODEL_PROVENANCE_COLUMNS = tuple(
+    c
+    for c in shards.PROVENANCE_COLUMNS
+    if c in ("base_model", "controlnet_model", "scheduler", "dtype", "device")
+)
+# A task's totals (marker fields, `rundir.ShardStats`): they overlap the stages, never summed with them.
+TASK_TOTALS = {"load": "load_seconds", "wall": "wall_seconds", "cpu": "cpu_seconds"}
 DEVICE_STAGE = "generate"  # the stage that holds the GPU (conditions may too; listed separately)
+
+TASK_TOTAL_LABELS = {
+    "load": "model loading",
+    "wall": "task wall time",
+    "cpu": "worker CPU (all threads)",
+}
 
 # Contact sheet geometry (pixels).
 PAD = 4
@@ -76,7 +91,7 @@ MASK_COLUMN = 1  # label maps are thumbnailed with nearest neighbour, so edges s
 class ShardTiming:
     shard: str
     images: int
-    seconds: float | None  # the task's own wall time (seconds.total)
+    seconds: float | None  # the task's own wall time (marker `wall_seconds`)
     device_seconds: float | None  # seconds.generate
     images_per_s: float | None
 
@@ -98,7 +113,10 @@ class RunReport:
     wall_seconds: float | None  # first shard start → last shard finish
     images_per_s: float | None  # rows / wall_seconds
     device_seconds: float  # sum of seconds.generate: the GPU-seconds the images cost
-    stage_seconds: dict[str, float]  # every stage's seconds summed over shards
+    stage_seconds: dict[str, float]  # every stage's seconds summed over shards (stages only)
+    # The tasks' totals summed over shards, apart from the stages they overlap: "load" (models),
+    # "wall" (task start → marker), "cpu" (worker process CPU during the tasks)
+    task_seconds: dict[str, float]
     per_shard: list[ShardTiming]
     disk_bytes: int  # everything in the run dir
     shard_bytes: int  # the Parquet shards alone
@@ -158,10 +176,10 @@ def _config_summary(view: RunView) -> dict[str, Any]:
 
 
 def _provenance(view: RunView) -> dict[str, list[str]]:
-    values: dict[str, set[str]] = {c: set() for c in PROVENANCE_COLUMNS}
+    values: dict[str, set[str]] = {c: set() for c in MODEL_PROVENANCE_COLUMNS}
     for path in view.shard_paths:
-        table = shards.read_shard(path, PROVENANCE_COLUMNS)  # dictionary-encoded: tiny
-        for c in PROVENANCE_COLUMNS:
+        table = shards.read_shard(path, MODEL_PROVENANCE_COLUMNS)  # dictionary-encoded: tiny
+        for c in MODEL_PROVENANCE_COLUMNS:
             values[c].update(str(v) for v in table.column(c).unique().to_pylist())
     return {c: sorted(v) for c, v in values.items() if v}
 
@@ -176,17 +194,22 @@ def summarise(run_dir: str | Path) -> RunReport:
     ):
         per_class.setdefault(name, set()).add(sid)
 
-    per_shard, stage_seconds, fallbacks = [], Counter[str](), Counter[str]()
+    per_shard, fallbacks = [], Counter[str]()
+    stage_seconds, task_seconds = Counter[str](), Counter[str]()
     for i, marker in enumerate(view.stats):
         if isinstance(marker.get("fallbacks"), dict):
             fallbacks.update({str(k): int(v) for k, v in marker["fallbacks"].items()})
         images = marker_number(marker, "images")
-        seconds = marker_number(marker, "total")
+        seconds = marker_number(marker, "wall_seconds")
         device = marker_number(marker, DEVICE_STAGE)
         if isinstance(marker.get("seconds"), dict):
             for stage, value in marker["seconds"].items():
                 if isinstance(value, (int, float)):
                     stage_seconds[stage] += float(value)
+        for name, field_name in TASK_TOTALS.items():
+            value = marker_number(marker, field_name)
+            if value is not None:
+                task_seconds[name] += value
         per_shard.append(
             ShardTiming(
                 marker_shard(marker, i),
@@ -216,6 +239,7 @@ def summarise(run_dir: str | Path) -> RunReport:
         images_per_s=(keys.num_rows / wall) if wall else None,
         device_seconds=sum(t.device_seconds or 0.0 for t in per_shard),
         stage_seconds={k: round(v, 4) for k, v in sorted(stage_seconds.items())},
+        task_seconds={k: round(task_seconds[k], 4) for k in TASK_TOTALS if k in task_seconds},
         per_shard=per_shard,
         disk_bytes=_dir_bytes(view.run_dir),
         shard_bytes=sum(p.stat().st_size for p in view.shard_paths),
@@ -435,6 +459,16 @@ def render_html(report: RunReport, rows: Sequence[SheetRow], thumb: int = 192, e
             [(f.row, f.sample_id, f.stage, f.reason, f.shard) for f in report.failures],
         )
         if report.failures
+        else "<p>none</p>",
+        "<h2>Seconds by stage</h2>",
+        _table(("stage", "seconds"), [(k, _fmt(v)) for k, v in report.stage_seconds.items()])
+        if report.stage_seconds
+        else "<p>none</p>",
+        "<h2>Task totals (overlap the stages)</h2>",
+        _table(
+            ("total", "seconds"), [(TASK_TOTAL_LABELS[k], _fmt(v)) for k, v in report.task_seconds.items()]
+        )
+        if report.task_seconds
         else "<p>none</p>",
         "<h2>Per shard</h2>",
         _table(

@@ -83,6 +83,15 @@ def test_records_round_trip_through_json(tmp_path: Path) -> None:
     assert "as written" in plan.manifest.fingerprinted
     stats = rundir.read_marker(out, 1)
     assert rundir.ShardStats.from_dict(stats.to_dict()) == stats
+    # Stage seconds only in `seconds`; the task's totals in their own fields, also when a marker
+    # (or a writer) still puts them among the stages.
+    assert not {"load", "total", "cpu"} & set(stats.seconds) and stats.wall_seconds and stats.cpu_seconds
+    old = stats.to_dict() | {"seconds": {"generate": 1.0, "load": 2.0, "total": 3.0, "cpu": 4.0}}
+    for k in ("load_seconds", "wall_seconds", "cpu_seconds"):
+        del old[k]
+    moved = rundir.ShardStats.from_dict(old)
+    assert moved.seconds == {"generate": 1.0}
+    assert (moved.load_seconds, moved.wall_seconds, moved.cpu_seconds) == (2.0, 3.0, 4.0)
     assert (stats.rows, stats.done, stats.images, stats.file.rows) == ((3, 5), 2, 4, 4)
     assert stats.file.bytes == rundir.shard_path(out, 1).stat().st_size
     f = Failure(3, "s", "read", "bad", "00001")
