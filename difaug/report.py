@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from difaug import imageio, shards
+from difaug import fsio, imageio, shards, sheet
 from difaug.adapters.index import AuxIndex
 from difaug.adapters.run import (
     Failure,
@@ -77,13 +77,6 @@ TASK_TOTAL_LABELS = {
     "cpu": "worker CPU (all threads)",
 }
 
-# Contact sheet geometry (pixels).
-PAD = 4
-HEADER = 18
-CAPTION = 14
-BACKGROUND = (24, 24, 24)
-CELL = (48, 48, 48)
-TEXT = (230, 230, 230)
 MASK_COLUMN = 1  # label maps are thumbnailed with nearest neighbour, so edges stay hard
 
 
@@ -317,63 +310,33 @@ def sheet_rows(run_dir: str | Path, max_samples: int = 8, index: AuxIndex | None
 
 def sheet_size(num_rows: int, num_aux: int, thumb: int) -> tuple[int, int]:
     """(width, height) of a contact sheet with `num_rows` samples and X = `num_aux`."""
-    cols = 3 + num_aux
-    return PAD + cols * (thumb + PAD), HEADER + num_rows * (CAPTION + thumb + PAD) + PAD
-
-
-def _thumbnail(arr: np.ndarray | None, thumb: int, nearest: bool = False) -> Image.Image:
-    cell = Image.new("RGB", (thumb, thumb), CELL)
-    if arr is None:
-        ImageDraw.Draw(cell).line([(0, 0), (thumb, thumb)], fill=(90, 90, 90))
-        return cell
-    h, w = arr.shape[:2]
-    scale = thumb / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    img = Image.fromarray(imageio.resize(arr, size, nearest=nearest))
-    cell.paste(img, ((thumb - size[0]) // 2, (thumb - size[1]) // 2))
-    return cell
-
-
-def _fit_text(draw: ImageDraw.ImageDraw, text: str, width: int, font: Any) -> str:
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength(text + "…", font=font) > width:
-        text = text[:-1]
-    return text + "…"
+    return sheet.sheet_size(num_rows, 3 + num_aux, thumb)
 
 
 def contact_sheet(rows: Sequence[SheetRow], num_aux: int, thumb: int = 128) -> np.ndarray:
-    """Draw the sheet: a header of column labels, then per sample a caption and its cells."""
-    width, height = sheet_size(len(rows), num_aux, thumb)
-    sheet = Image.new("RGB", (width, height), BACKGROUND)
-    draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default(size=11)
-    for c, label in enumerate(column_labels(num_aux)):
-        draw.text((PAD + c * (thumb + PAD), 3), _fit_text(draw, label, thumb, font), fill=TEXT, font=font)
-    for r, row in enumerate(rows):
-        top = HEADER + r * (CAPTION + thumb + PAD)
-        # manifest text: one line, no control or direction marks (difaug.text)
-        caption = f"{display_text(row.sample_id)}  ·  {display_text(row.class_name)} ({row.class_id})"
-        draw.text((PAD, top), _fit_text(draw, caption, width - 2 * PAD, font), fill=TEXT, font=font)
-        for c, arr in enumerate(row.cells(num_aux)):
-            cell = _thumbnail(arr, thumb, nearest=c == MASK_COLUMN)
-            sheet.paste(cell, (PAD + c * (thumb + PAD), top + CAPTION))
-    return np.asarray(sheet)
+    """Draw the sheet (`difaug.sheet`): a header of column labels, then per sample a caption and
+    its cells."""
+    lines = [
+        sheet.SheetLine(
+            row.cells(num_aux),
+            f"{display_text(row.sample_id)}  ·  {display_text(row.class_name)} ({row.class_id})",
+            nearest={MASK_COLUMN},
+        )
+        for row in rows
+    ]
+    return sheet.draw_sheet(lines, thumb, labels=column_labels(num_aux))
 
 
 def write_sheet(out: str | Path, rows: Sequence[SheetRow], num_aux: int, thumb: int = 128) -> Path:
     """Write the contact sheet as a PNG of `sheet_size(len(rows), num_aux, thumb)`."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(imageio.encode_png(contact_sheet(rows, num_aux, thumb)))
-    return out
+    return fsio.write_bytes(out, imageio.encode_png(contact_sheet(rows, num_aux, thumb)))
 
 
 # --- HTML --------------------------------------------------------------------------------------
 
 
 def _data_uri(arr: np.ndarray | None, thumb: int, nearest: bool = False) -> str:
-    png = imageio.encode_png(np.asarray(_thumbnail(arr, thumb, nearest)))
+    png = imageio.encode_png(np.asarray(sheet.thumbnail(arr, thumb, nearest)))
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
@@ -492,10 +455,7 @@ def write_html(
     out: str | Path, report: RunReport, rows: Sequence[SheetRow], thumb: int = 192, extra: str = ""
 ) -> Path:
     """Write the browsable page; images are embedded, so the file can be moved or mailed alone."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_html(report, rows, thumb, extra), encoding="utf-8")
-    return out
+    return fsio.write_text(out, render_html(report, rows, thumb, extra))
 
 
 # --- drift scores (difaug.diffseg) ---------------------------------------------------------------
@@ -632,20 +592,16 @@ def write_segment_sheet(
     """`difaug segment`'s sheet: image | ground-truth mask | DiffSeg segments, one row per image."""
     from difaug.diffseg import colourise
 
-    cols = 3
-    width = PAD + cols * (thumb + PAD)
-    height = HEADER + len(previews) * (thumb + PAD) + PAD
-    sheet = Image.new("RGB", (width, height), BACKGROUND)
-    draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default(size=11)
-    for c, label in enumerate(("image", "mask", "DiffSeg segments")):
-        draw.text((PAD + c * (thumb + PAD), 3), label, fill=TEXT, font=font)
-    for r, (image, truth, labels) in enumerate(previews):
-        top = HEADER + r * (thumb + PAD)
-        truth_rgb = None if truth is None else colourise(np.where(truth == 255, 0, truth).astype(np.int64))
-        for c, (arr, nearest) in enumerate(((image, False), (truth_rgb, True), (colourise(labels), True))):
-            sheet.paste(_thumbnail(arr, thumb, nearest), (PAD + c * (thumb + PAD), top))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(imageio.encode_png(np.asarray(sheet)))
-    return out
+    lines = [
+        sheet.SheetLine(
+            (
+                image,
+                None if truth is None else colourise(np.where(truth == 255, 0, truth).astype(np.int64)),
+                colourise(labels),
+            ),
+            nearest={1, 2},
+        )
+        for image, truth, labels in previews
+    ]
+    drawn = sheet.draw_sheet(lines, thumb, labels=("image", "mask", "DiffSeg segments"), captions=False)
+    return fsio.write_bytes(out, imageio.encode_png(drawn))
