@@ -2,13 +2,16 @@
 
     from difaug.config import resolve_job
     from difaug.runner import run
-    summary = run(resolve_job("pipelines/demo.yaml", model="models/tiny"))
+    summary = run(resolve_job("pipelines/demo.yaml", model="models/tiny"), on_event=print)
 
 The driver never touches images: it reads the manifest, writes the plan (`difaug.plan`), checks the
-rows of the shards still to do (`difaug.manifest.validate_manifest` when present), then hands each
-shard to `difaug.worker.run_shard` on the cluster (`difaug.cluster`) and keeps at most a few shards
-in flight, so its memory does not grow with the manifest. Every manifest row ends in a shard or as
-a recorded failure; the summary reconciles the counts with the plan.
+rows of the shards still to do (`difaug.manifest.validate_manifest`), then hands each shard to
+`difaug.worker.run_shard` on the cluster (`difaug.cluster`) and keeps at most a few shards in
+flight, so its memory does not grow with the manifest. Every manifest row ends in a shard or as a
+recorded failure; the summary reconciles the counts with the plan.
+
+It prints nothing: what happens is sent as typed events (`RunEvent`) to the caller's sink, and the
+CLI draws them (`difaug.cli._progress`); without a sink they go to `logging`.
 """
 
 from __future__ import annotations
