@@ -77,6 +77,7 @@ TASK_TOTAL_LABELS = {
     "cpu": "worker CPU (all threads)",
 }
 
+INSPECT_BOTTOM = 2 * sheet.PAD  # below the last line of inspect's and segment's sheets (their size as before)
 MASK_COLUMN = 1  # label maps are thumbnailed with nearest neighbour, so edges stay hard
 
 
@@ -310,7 +311,7 @@ def sheet_rows(run_dir: str | Path, max_samples: int = 8, index: AuxIndex | None
 
 def sheet_size(num_rows: int, num_aux: int, thumb: int) -> tuple[int, int]:
     """(width, height) of a contact sheet with `num_rows` samples and X = `num_aux`."""
-    return sheet.sheet_size(num_rows, 3 + num_aux, thumb)
+    return sheet.sheet_size(num_rows, 3 + num_aux, thumb, bottom=INSPECT_BOTTOM)
 
 
 def contact_sheet(rows: Sequence[SheetRow], num_aux: int, thumb: int = 128) -> np.ndarray:
@@ -324,7 +325,7 @@ def contact_sheet(rows: Sequence[SheetRow], num_aux: int, thumb: int = 128) -> n
         )
         for row in rows
     ]
-    return sheet.draw_sheet(lines, thumb, labels=column_labels(num_aux))
+    return sheet.draw_sheet(lines, thumb, labels=column_labels(num_aux), bottom=INSPECT_BOTTOM)
 
 
 def write_sheet(out: str | Path, rows: Sequence[SheetRow], num_aux: int, thumb: int = 128) -> Path:
@@ -603,5 +604,7 @@ def write_segment_sheet(
         )
         for image, truth, labels in previews
     ]
-    drawn = sheet.draw_sheet(lines, thumb, labels=("image", "mask", "DiffSeg segments"), captions=False)
+    drawn = sheet.draw_sheet(
+        lines, thumb, labels=("image", "mask", "DiffSeg segments"), captions=False, bottom=INSPECT_BOTTOM
+    )
     return fsio.write_bytes(out, imageio.encode_png(drawn))

@@ -73,12 +73,14 @@ def sheet_size(
     header: bool = True,
     captions: bool = True,
     margin: int = PAD,
+    bottom: int | None = None,
 ) -> tuple[int, int]:
-    """(width, height) of a sheet of `lines` × `columns` cells."""
+    """(width, height) of a sheet of `lines` × `columns` cells. `margin` around the sheet (the
+    header strip holds its own top margin), `bottom` below the last line (default `margin`)."""
     width = 2 * margin + columns * thumb + (columns - 1) * PAD
     line_h = (CAPTION if captions else 0) + thumb
-    # The header strip holds its own top margin; lines are PAD apart.
-    height = (HEADER if header else margin) + lines * line_h + max(0, lines - 1) * PAD + margin
+    bottom = margin if bottom is None else bottom
+    height = (HEADER if header else margin) + lines * line_h + max(0, lines - 1) * PAD + bottom
     return width, max(1, height)
 
 
@@ -90,6 +92,7 @@ def draw_sheet(
     columns: int | None = None,
     captions: bool = True,
     margin: int = PAD,
+    bottom: int | None = None,
     background: tuple[int, int, int] = BACKGROUND,
 ) -> np.ndarray:
     """The sheet as an RGB array of `sheet_size(...)`. `labels`: column labels in a header strip
@@ -97,7 +100,7 @@ def draw_sheet(
     False: drawn over its first cell on a dark box (the sheet stays `thumb`-high per line)."""
     columns = columns or max([len(labels), *(len(line.cells) for line in lines)], default=1)
     width, height = sheet_size(
-        len(lines), columns, thumb, header=bool(labels), captions=captions, margin=margin
+        len(lines), columns, thumb, header=bool(labels), captions=captions, margin=margin, bottom=bottom
     )
     sheet = Image.new("RGB", (width, height), background)
     draw = ImageDraw.Draw(sheet)

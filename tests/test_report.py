@@ -136,3 +136,8 @@ def test_seg_fallback_classes_counted_by_a_real_run(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["inspect", str(out)], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "'flux capacitor' has no ADE20K mapping: 1 sample(s)" in result.output
+
+
+def test_sheet_size_formula_unchanged() -> None:
+    """The inspect sheet keeps its geometry: header, per sample caption + cells + PAD, then PAD."""
+    assert report.sheet_size(3, 2, 40) == (4 + 5 * (40 + 4), 18 + 3 * (14 + 40 + 4) + 4)
