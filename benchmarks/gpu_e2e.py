@@ -221,7 +221,7 @@ def run_job(
     start = min(datetime.fromisoformat(s["started"]) for s in stats)
     end = max(datetime.fromisoformat(s["finished"]) for s in stats)
     span = (end - start).total_seconds()
-    load = sum(s["seconds"]["load"] for s in stats)
+    load = sum(s["load_seconds"] or 0.0 for s in stats)
     warm = sum(s["seconds"].get("warmup", 0.0) for s in stats)
     images = summary.images
     result = {

@@ -22,13 +22,12 @@ from difaug import rundir
 
 def make_run(out: Path, shards: int, mb: int) -> rundir.Plan:
     plan = rundir.Plan(
-        config={},
+        config={"num_aux": 1},
         config_fingerprint="bench",
         manifest=rundir.ManifestRef("manifest.csv", str(out), "bench", shards),
         limit=0,
         rows=shards,
         shard_size=1,
-        num_aux=1,
         shards=tuple(rundir.cut(shards, 1)),
     )
     rundir.write_plan(out, plan)

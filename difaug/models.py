@@ -472,11 +472,9 @@ def save_compile_cache(cache_dir: str) -> int:
     if not saved:
         return 0
     data = saved[0]
-    folder = Path(cache_dir).expanduser()
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{MEGA_CACHE_FILE}.{os.getpid()}.tmp"
-    tmp.write_bytes(data)
-    os.replace(tmp, folder / MEGA_CACHE_FILE)
+    from difaug import fsio
+
+    fsio.write_bytes(Path(cache_dir).expanduser() / MEGA_CACHE_FILE, data)
     return len(data)
 
 

@@ -15,22 +15,18 @@ import os
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from difaug import __version__, rundir
 from difaug.config import Job
 from difaug.manifest import Manifest
-from difaug.rundir import PLAN_VERSION, SUMMARY_FILE, Plan, RunCheck, RunDirError, ShardRange, cut
+from difaug.rundir import Plan, RunCheck, RunDirError, cut
 
 __all__ = [
-    "PLAN_VERSION",
-    "SUMMARY_FILE",
-    "Plan",
     "PlanError",
-    "ShardRange",
     "build_plan",
-    "cut",
     "differences",
+    "manifest_fingerprint",
+    "manifest_rows",
     "prepare_run_dir",
 ]
 
@@ -75,21 +71,11 @@ def build_plan(job: Job, manifest: Manifest, *, command: str = "", cwd: str = ""
         limit=job.limit,
         rows=rows,
         shard_size=job.config.shard_size,
-        num_aux=job.config.num_aux,
         shards=tuple(cut(rows, job.config.shard_size)),
         created_by=f"difaug {__version__}",
         command=command,
         cwd=cwd or (os.getcwd() if command else ""),
     )
-
-
-def plan_hash(plan: Plan | dict[str, Any]) -> str:
-    """What must match for a resume (kept for callers of the dict API)."""
-    return (plan if isinstance(plan, Plan) else Plan.from_dict(plan)).compute_hash()
-
-
-def shard_ranges(plan: Plan | dict[str, Any]) -> list[ShardRange]:
-    return list((plan if isinstance(plan, Plan) else Plan.from_dict(plan)).shards)
 
 
 def differences(old: Plan, new: Plan) -> list[str]:
@@ -116,11 +102,6 @@ def differences(old: Plan, new: Plan) -> list[str]:
     if not out and old.plan_hash != new.plan_hash:
         out.append("shard list differs")
     return out
-
-
-def clear_run(out: Path) -> None:
-    """Delete what difaug wrote (plan, shards, markers, summary, temp files); other files stay."""
-    rundir.clear_run(out)
 
 
 def prepare_run_dir(job: Job, plan: Plan) -> RunCheck:
@@ -170,8 +151,3 @@ def prepare_run_dir(job: Job, plan: Plan) -> RunCheck:
     for c in check.invalid:  # redone by this run; no stale marker may outlive the new shard
         rundir.marker_path(out, c.shard.index).unlink(missing_ok=True)
     return check
-
-
-def finished_shards(out: Path, plan: Plan) -> set[int]:
-    """Indices of the shards that verify for `plan`."""
-    return {c.shard.index for c in rundir.verify_run(out, plan).done}

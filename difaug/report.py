@@ -9,7 +9,8 @@ shards yet stable across reruns and resumes). `write_html(...)` writes a self-co
 
 Only verified shards count (`difaug.adapters.run.open_run`); the others are reported as invalid
 with the reason and the command that redoes them. Marker fields used: `shard`, `images`,
-`failures[{row, sample_id, stage, reason}]`, `seconds{generate, total, <stage>…}`,
+`failures[{row, sample_id, stage, reason}]`, `seconds{generate, <stage>…}` (stages only),
+`load_seconds`/`wall_seconds`/`cpu_seconds` (the task's totals),
 `started`/`finished` (ISO timestamps).
 """
 
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from difaug import imageio, shards
+from difaug import fsio, imageio, shards, sheet
 from difaug.adapters.index import AuxIndex
 from difaug.adapters.run import (
     Failure,
@@ -60,16 +61,24 @@ CONFIG_KEYS = (
     "image_format",
     "shard_size",
 )
-PROVENANCE_COLUMNS = ("base_model", "controlnet_model", "scheduler", "dtype", "device")
+# The provenance columns (`shards.PROVENANCE_COLUMNS`) that say *which* models and hardware made
+# the images: listed with the config. The numeric ones (steps, guidance, …) repeat the config.
+MODEL_PROVENANCE_COLUMNS = tuple(
+    c
+    for c in shards.PROVENANCE_COLUMNS
+    if c in ("base_model", "controlnet_model", "scheduler", "dtype", "device")
+)
+# A task's totals (marker fields, `rundir.ShardStats`): they overlap the stages, never summed with them.
+TASK_TOTALS = {"load": "load_seconds", "wall": "wall_seconds", "cpu": "cpu_seconds"}
 DEVICE_STAGE = "generate"  # the stage that holds the GPU (conditions may too; listed separately)
 
-# Contact sheet geometry (pixels).
-PAD = 4
-HEADER = 18
-CAPTION = 14
-BACKGROUND = (24, 24, 24)
-CELL = (48, 48, 48)
-TEXT = (230, 230, 230)
+TASK_TOTAL_LABELS = {
+    "load": "model loading",
+    "wall": "task wall time",
+    "cpu": "worker CPU (all threads)",
+}
+
+INSPECT_BOTTOM = 2 * sheet.PAD  # below the last line of inspect's and segment's sheets (their size as before)
 MASK_COLUMN = 1  # label maps are thumbnailed with nearest neighbour, so edges stay hard
 
 
@@ -77,7 +86,7 @@ MASK_COLUMN = 1  # label maps are thumbnailed with nearest neighbour, so edges s
 class ShardTiming:
     shard: str
     images: int
-    seconds: float | None  # the task's own wall time (seconds.total)
+    seconds: float | None  # the task's own wall time (marker `wall_seconds`)
     device_seconds: float | None  # seconds.generate
     images_per_s: float | None
 
@@ -99,7 +108,10 @@ class RunReport:
     wall_seconds: float | None  # first shard start → last shard finish
     images_per_s: float | None  # rows / wall_seconds
     device_seconds: float  # sum of seconds.generate: the GPU-seconds the images cost
-    stage_seconds: dict[str, float]  # every stage's seconds summed over shards
+    stage_seconds: dict[str, float]  # every stage's seconds summed over shards (stages only)
+    # The tasks' totals summed over shards, apart from the stages they overlap: "load" (models),
+    # "wall" (task start → marker), "cpu" (worker process CPU during the tasks)
+    task_seconds: dict[str, float]
     per_shard: list[ShardTiming]
     disk_bytes: int  # everything in the run dir
     shard_bytes: int  # the Parquet shards alone
@@ -159,10 +171,10 @@ def _config_summary(view: RunView) -> dict[str, Any]:
 
 
 def _provenance(view: RunView) -> dict[str, list[str]]:
-    values: dict[str, set[str]] = {c: set() for c in PROVENANCE_COLUMNS}
+    values: dict[str, set[str]] = {c: set() for c in MODEL_PROVENANCE_COLUMNS}
     for path in view.shard_paths:
-        table = shards.read_shard(path, PROVENANCE_COLUMNS)  # dictionary-encoded: tiny
-        for c in PROVENANCE_COLUMNS:
+        table = shards.read_shard(path, MODEL_PROVENANCE_COLUMNS)  # dictionary-encoded: tiny
+        for c in MODEL_PROVENANCE_COLUMNS:
             values[c].update(str(v) for v in table.column(c).unique().to_pylist())
     return {c: sorted(v) for c, v in values.items() if v}
 
@@ -177,17 +189,22 @@ def summarise(run_dir: str | Path) -> RunReport:
     ):
         per_class.setdefault(name, set()).add(sid)
 
-    per_shard, stage_seconds, fallbacks = [], Counter[str](), Counter[str]()
+    per_shard, fallbacks = [], Counter[str]()
+    stage_seconds, task_seconds = Counter[str](), Counter[str]()
     for i, marker in enumerate(view.stats):
         if isinstance(marker.get("fallbacks"), dict):
             fallbacks.update({str(k): int(v) for k, v in marker["fallbacks"].items()})
         images = marker_number(marker, "images")
-        seconds = marker_number(marker, "total")
+        seconds = marker_number(marker, "wall_seconds")
         device = marker_number(marker, DEVICE_STAGE)
         if isinstance(marker.get("seconds"), dict):
             for stage, value in marker["seconds"].items():
                 if isinstance(value, (int, float)):
                     stage_seconds[stage] += float(value)
+        for name, field_name in TASK_TOTALS.items():
+            value = marker_number(marker, field_name)
+            if value is not None:
+                task_seconds[name] += value
         per_shard.append(
             ShardTiming(
                 marker_shard(marker, i),
@@ -217,6 +234,7 @@ def summarise(run_dir: str | Path) -> RunReport:
         images_per_s=(keys.num_rows / wall) if wall else None,
         device_seconds=sum(t.device_seconds or 0.0 for t in per_shard),
         stage_seconds={k: round(v, 4) for k, v in sorted(stage_seconds.items())},
+        task_seconds={k: round(task_seconds[k], 4) for k in TASK_TOTALS if k in task_seconds},
         per_shard=per_shard,
         disk_bytes=_dir_bytes(view.run_dir),
         shard_bytes=sum(p.stat().st_size for p in view.shard_paths),
@@ -294,63 +312,33 @@ def sheet_rows(run_dir: str | Path, max_samples: int = 8, index: AuxIndex | None
 
 def sheet_size(num_rows: int, num_aux: int, thumb: int) -> tuple[int, int]:
     """(width, height) of a contact sheet with `num_rows` samples and X = `num_aux`."""
-    cols = 3 + num_aux
-    return PAD + cols * (thumb + PAD), HEADER + num_rows * (CAPTION + thumb + PAD) + PAD
-
-
-def _thumbnail(arr: np.ndarray | None, thumb: int, nearest: bool = False) -> Image.Image:
-    cell = Image.new("RGB", (thumb, thumb), CELL)
-    if arr is None:
-        ImageDraw.Draw(cell).line([(0, 0), (thumb, thumb)], fill=(90, 90, 90))
-        return cell
-    h, w = arr.shape[:2]
-    scale = thumb / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    img = Image.fromarray(imageio.resize(arr, size, nearest=nearest))
-    cell.paste(img, ((thumb - size[0]) // 2, (thumb - size[1]) // 2))
-    return cell
-
-
-def _fit_text(draw: ImageDraw.ImageDraw, text: str, width: int, font: Any) -> str:
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength(text + "…", font=font) > width:
-        text = text[:-1]
-    return text + "…"
+    return sheet.sheet_size(num_rows, 3 + num_aux, thumb, bottom=INSPECT_BOTTOM)
 
 
 def contact_sheet(rows: Sequence[SheetRow], num_aux: int, thumb: int = 128) -> np.ndarray:
-    """Draw the sheet: a header of column labels, then per sample a caption and its cells."""
-    width, height = sheet_size(len(rows), num_aux, thumb)
-    sheet = Image.new("RGB", (width, height), BACKGROUND)
-    draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default(size=11)
-    for c, label in enumerate(column_labels(num_aux)):
-        draw.text((PAD + c * (thumb + PAD), 3), _fit_text(draw, label, thumb, font), fill=TEXT, font=font)
-    for r, row in enumerate(rows):
-        top = HEADER + r * (CAPTION + thumb + PAD)
-        # manifest text: one line, no control or direction marks (difaug.text)
-        caption = f"{display_text(row.sample_id)}  ·  {display_text(row.class_name)} ({row.class_id})"
-        draw.text((PAD, top), _fit_text(draw, caption, width - 2 * PAD, font), fill=TEXT, font=font)
-        for c, arr in enumerate(row.cells(num_aux)):
-            cell = _thumbnail(arr, thumb, nearest=c == MASK_COLUMN)
-            sheet.paste(cell, (PAD + c * (thumb + PAD), top + CAPTION))
-    return np.asarray(sheet)
+    """Draw the sheet (`difaug.sheet`): a header of column labels, then per sample a caption and
+    its cells."""
+    lines = [
+        sheet.SheetLine(
+            row.cells(num_aux),
+            f"{display_text(row.sample_id)}  ·  {display_text(row.class_name)} ({row.class_id})",
+            nearest={MASK_COLUMN},
+        )
+        for row in rows
+    ]
+    return sheet.draw_sheet(lines, thumb, labels=column_labels(num_aux), bottom=INSPECT_BOTTOM)
 
 
 def write_sheet(out: str | Path, rows: Sequence[SheetRow], num_aux: int, thumb: int = 128) -> Path:
     """Write the contact sheet as a PNG of `sheet_size(len(rows), num_aux, thumb)`."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(imageio.encode_png(contact_sheet(rows, num_aux, thumb)))
-    return out
+    return fsio.write_bytes(out, imageio.encode_png(contact_sheet(rows, num_aux, thumb)))
 
 
 # --- HTML --------------------------------------------------------------------------------------
 
 
 def _data_uri(arr: np.ndarray | None, thumb: int, nearest: bool = False) -> str:
-    png = imageio.encode_png(np.asarray(_thumbnail(arr, thumb, nearest)))
+    png = imageio.encode_png(np.asarray(sheet.thumbnail(arr, thumb, nearest)))
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
@@ -437,6 +425,16 @@ def render_html(report: RunReport, rows: Sequence[SheetRow], thumb: int = 192, e
         )
         if report.failures
         else "<p>none</p>",
+        "<h2>Seconds by stage</h2>",
+        _table(("stage", "seconds"), [(k, _fmt(v)) for k, v in report.stage_seconds.items()])
+        if report.stage_seconds
+        else "<p>none</p>",
+        "<h2>Task totals (overlap the stages)</h2>",
+        _table(
+            ("total", "seconds"), [(TASK_TOTAL_LABELS[k], _fmt(v)) for k, v in report.task_seconds.items()]
+        )
+        if report.task_seconds
+        else "<p>none</p>",
         "<h2>Per shard</h2>",
         _table(
             ("shard", "images", "seconds", "GPU-seconds", "images/s"),
@@ -459,10 +457,7 @@ def write_html(
     out: str | Path, report: RunReport, rows: Sequence[SheetRow], thumb: int = 192, extra: str = ""
 ) -> Path:
     """Write the browsable page; images are embedded, so the file can be moved or mailed alone."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_html(report, rows, thumb, extra), encoding="utf-8")
-    return out
+    return fsio.write_text(out, render_html(report, rows, thumb, extra))
 
 
 # --- drift scores (difaug.diffseg) ---------------------------------------------------------------
@@ -599,22 +594,20 @@ def write_segment_sheet(
     """`difaug segment`'s sheet: image | ground-truth mask | DiffSeg segments, one row per image."""
     from difaug.diffseg import colourise
 
-    cols = 3
-    width = PAD + cols * (thumb + PAD)
-    height = HEADER + len(previews) * (thumb + PAD) + PAD
-    sheet = Image.new("RGB", (width, height), BACKGROUND)
-    draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default(size=11)
-    for c, label in enumerate(("image", "mask", "DiffSeg segments")):
-        draw.text((PAD + c * (thumb + PAD), 3), label, fill=TEXT, font=font)
-    for r, (image, truth, labels) in enumerate(previews):
-        top = HEADER + r * (thumb + PAD)
-        truth_rgb = (
-            None if truth is None else colourise(np.where(truth == IGNORE_VALUE, 0, truth).astype(np.int64))
+    lines = [
+        sheet.SheetLine(
+            (
+                image,
+                None
+                if truth is None
+                else colourise(np.where(truth == IGNORE_VALUE, 0, truth).astype(np.int64)),
+                colourise(labels),
+            ),
+            nearest={1, 2},
         )
-        for c, (arr, nearest) in enumerate(((image, False), (truth_rgb, True), (colourise(labels), True))):
-            sheet.paste(_thumbnail(arr, thumb, nearest), (PAD + c * (thumb + PAD), top))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(imageio.encode_png(np.asarray(sheet)))
-    return out
+        for image, truth, labels in previews
+    ]
+    drawn = sheet.draw_sheet(
+        lines, thumb, labels=("image", "mask", "DiffSeg segments"), captions=False, bottom=INSPECT_BOTTOM
+    )
+    return fsio.write_bytes(out, imageio.encode_png(drawn))

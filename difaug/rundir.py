@@ -27,14 +27,14 @@ import json
 import logging
 import os
 import re
-import socket
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from difaug import fsio
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,8 @@ LOCK_FILE = ".difaug.lock"
 PLAN_VERSION = 2  # 2: manifest fingerprinted over its own text (paths as written), markers verified
 MARKER_VERSION = 2  # 2: the marker records the shard file's size, rows and sha256
 
-_HOST = socket.gethostname().replace("-", "_") or "host"
-_TEMP_TAG = ".difaug-tmp-"
-# ".<target name>.difaug-tmp-<host>-<pid>-<8 hex>": the one pattern of difaug's temp files.
-TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.difaug-tmp-(?P<host>[^-/]+)-(?P<pid>\d+)-(?P<rand>[0-9a-f]{8})$")
+_HOST = fsio.HOST
+TEMP_NAME = fsio.TEMP_NAME  # the one pattern of difaug's temp files (difaug.fsio)
 SHARD_FILE = re.compile(r"^(?P<index>\d{5,})\.parquet$")
 MARKER_FILE = re.compile(r"^(?P<index>\d{5,})\.json$")
 # Errors that no retry can fix: the task stops the run instead of failing again and again.
@@ -209,7 +207,6 @@ class Plan:
     limit: int
     rows: int
     shard_size: int
-    num_aux: int
     shards: tuple[ShardRange, ...]
     version: int = PLAN_VERSION
     created_by: str = ""
@@ -237,6 +234,11 @@ class Plan:
     def shard(self, index: int) -> ShardRange:
         return self.shards[index]
 
+    @property
+    def num_aux(self) -> int:
+        """X, the aux images per sample: held once, in the job config."""
+        return int(self.config.get("num_aux") or 0)
+
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["manifest"] = asdict(self.manifest)
@@ -260,7 +262,6 @@ class Plan:
                 limit=int(d.get("limit") or 0),
                 rows=int(d["rows"]),
                 shard_size=int(d["shard_size"]),
-                num_aux=int(d["num_aux"]),
                 shards=tuple(
                     ShardRange(int(s["index"]), int(s["rows"][0]), int(s["rows"][1])) for s in d["shards"]
                 ),
@@ -294,6 +295,10 @@ class ShardFile:
     sha256: str
 
 
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 @dataclass(frozen=True)
 class ShardStats:
     """A shard's marker. `done + failed == rows`, `images == file.rows`."""
@@ -306,7 +311,12 @@ class ShardStats:
     images: int
     file: ShardFile
     failures: tuple[Failure, ...] = ()
+    # Seconds per stage (read, condition, generate, warmup, encode, write, score, …): stages only,
+    # so they may be summed. The task's totals are apart: they overlap the stages.
     seconds: dict[str, float] = field(default_factory=dict)
+    load_seconds: float | None = None  # building the models (0 when the process had them cached)
+    wall_seconds: float | None = None  # the whole task, start to marker
+    cpu_seconds: float | None = None  # CPU time of the worker process (all threads) during the task
     fallbacks: dict[str, int] = field(default_factory=dict)
     # What went wrong but did not fail the shard: a torch.compile that fell back to eager, …
     compile_warnings: tuple[str, ...] = ()
@@ -349,6 +359,9 @@ class ShardStats:
                 file=ShardFile(int(d["file"]["bytes"]), int(d["file"]["rows"]), str(d["file"]["sha256"])),
                 failures=tuple(Failure.from_dict(f, name) for f in d["failures"]),
                 seconds=dict(d.get("seconds") or {}),
+                load_seconds=_optional_float(d.get("load_seconds")),
+                wall_seconds=_optional_float(d.get("wall_seconds")),
+                cpu_seconds=_optional_float(d.get("cpu_seconds")),
                 fallbacks=dict(d.get("fallbacks") or {}),
                 compile_warnings=tuple(str(w) for w in d.get("compile_warnings") or ()),
                 worker=dict(d.get("worker") or {}),
@@ -442,38 +455,21 @@ def ensure_dir(folder: Path) -> None:
         raise
 
 
-def temp_name(target: Path) -> Path:
-    return target.with_name(f".{target.name}{_TEMP_TAG}{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+temp_name = fsio.temp_name
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` for a temp name beside `path`, fsync it, rename it over `path`.
-
-    A crash leaves at most a temp file (never read; removed by `remove_temp_files`). The temp name
-    carries host, pid and a random part, so two attempts at one shard on a shared file system never
-    write into the same file. A permanent OS error (read-only, no space) becomes OutputError."""
+    """`difaug.fsio.atomic_write` with fsync, for the run directory's files: a crash leaves at most
+    a temp file (never read; removed by `remove_temp_files`), and a permanent OS error (read-only,
+    no space, a file where a folder should be) becomes OutputError naming the folder."""
     path = Path(path)
-    tmp = temp_name(path)
     ensure_dir(path.parent)
     try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        with contextlib.suppress(OSError):  # the rename itself durable, where the OS allows it
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        return fsio.atomic_write(path, write, fsync=True)
     except OSError as e:
         if is_permanent(e):
             raise output_error(path.parent, e) from e
         raise
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-    return path
 
 
 def json_text(data: Any) -> str:

@@ -2,13 +2,16 @@
 
     from difaug.config import resolve_job
     from difaug.runner import run
-    summary = run(resolve_job("pipelines/demo.yaml", model="models/tiny"))
+    summary = run(resolve_job("pipelines/demo.yaml", model="models/tiny"), on_event=print)
 
 The driver never touches images: it reads the manifest, writes the plan (`difaug.plan`), checks the
-rows of the shards still to do (`difaug.manifest.validate_manifest` when present), then hands each
-shard to `difaug.worker.run_shard` on the cluster (`difaug.cluster`) and keeps at most a few shards
-in flight, so its memory does not grow with the manifest. Every manifest row ends in a shard or as
-a recorded failure; the summary reconciles the counts with the plan.
+rows of the shards still to do (`difaug.manifest.validate_manifest`), then hands each shard to
+`difaug.worker.run_shard` on the cluster (`difaug.cluster`) and keeps at most a few shards in
+flight, so its memory does not grow with the manifest. Every manifest row ends in a shard or as a
+recorded failure; the summary reconciles the counts with the plan.
+
+It prints nothing: what happens is sent as typed events (`RunEvent`) to the caller's sink, and the
+CLI draws them (`difaug.cli._progress`); without a sink they go to `logging`.
 """
 
 from __future__ import annotations
@@ -18,32 +21,51 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from difaug import plan as plan_mod
 from difaug import rundir
 from difaug.config import Job
-from difaug.manifest import Manifest, RowProblem, Sample, SizeLimits, read_manifest, repeated_ids
+from difaug.manifest import (
+    Manifest,
+    RowProblem,
+    Sample,
+    SizeLimits,
+    read_manifest,
+    repeated_ids,
+    validate_manifest,
+)
 from difaug.rundir import Failure, Plan, RunLock, ShardRange, ShardStats, Summary
 from difaug.worker import (
     PROGRESS_TOPIC,
     ConditionFactory,
     GeneratorFactory,
     ShardSpec,
-    SleepGenerator,
     default_condition_factory,
     default_generator_factory,
     factory_key,
     failure,
     run_shard,
-    sleep_generator_factory,
 )
 
-__all__ = ["RunSummary", "SleepGenerator", "run", "sleep_generator_factory"]
+__all__ = [
+    "ClusterReady",
+    "EventSink",
+    "LockTakenOver",
+    "PlanMade",
+    "RowsRefused",
+    "RunEvent",
+    "RunSummary",
+    "ShardFailed",
+    "ShardFinished",
+    "ShardProgress",
+    "log_event",
+    "run",
+]
 
-MAX_LISTED_FAILURES = 20
+log = logging.getLogger(__name__)
 
 
 RunSummary = Summary  # the summary record lives with the other run-directory records
@@ -58,10 +80,6 @@ def _validate(
     """Problems of `samples` from `difaug.manifest.validate_manifest` (files exist and decode,
     sizes agree, the mask has foreground, …)."""
     if not samples:
-        return []
-    try:
-        from difaug.manifest import validate_manifest
-    except ImportError:  # an older manifest module: the shard task still catches bad files
         return []
     return validate_manifest(Manifest(path=manifest.path, samples=list(samples), problems=[]), limits=limits)
 
@@ -121,70 +139,94 @@ def iter_specs(
         yield ShardSpec(r, samples, pre, out, plan.plan_hash)
 
 
-# ----------------------------------------------------------------------------- progress
+# ----------------------------------------------------------------------------- events
 
 
-class _Progress:
-    """A rich bar in images, with images/s and ETA; fed per batch (live) and per shard (final)."""
+@dataclass(frozen=True)
+class PlanMade:
+    """The plan is written and checked against OUT: what is done, what is left."""
 
-    def __init__(self, console: Any, total_images: int, enabled: bool):
-        self.finished = 0  # image-equivalents of finished shards (failed rows count X)
-        self.generated = 0  # images actually written in this run
-        self.live: dict[int, int] = {}
-        self.closed: set[int] = set()  # shards whose late progress events are ignored
-        self.lock = threading.Lock()  # events arrive on the Dask client's thread
-        self.t0 = time.perf_counter()
-        self.bar = None
-        if enabled and total_images:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+    out: str
+    rows: int
+    shards: int
+    shard_size: int
+    shards_done: int  # verified before this run
+    shards_todo: int
+    images_todo: int  # the progress bar's total: pending rows × X
+    invalid: dict[str, str]  # shard name → why its marker did not verify (it is redone)
 
-            self.bar = Progress(
-                TextColumn("[bold]generating"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("images · {task.fields[rate]} img/s · ETA"),
-                TimeRemainingColumn(),
-                TextColumn("· elapsed"),
-                TimeElapsedColumn(),
-                console=console,
-            )
-            self.task = self.bar.add_task("generate", total=total_images, rate="-")
-            self.bar.start()
 
-    def _refresh(self) -> None:
-        if self.bar is None:
-            return
-        live = sum(self.live.values())
-        elapsed = max(time.perf_counter() - self.t0, 1e-9)
-        rate = (self.generated + live) / elapsed
-        self.bar.update(self.task, completed=self.finished + live, rate=f"{rate:.2f}")
+@dataclass(frozen=True)
+class LockTakenOver:
+    """OUT's lock was left by a process of this host that is gone; this run took it."""
 
-    def shard_progress(self, index: int, images: int) -> None:
-        with self.lock:
-            if index not in self.closed:
-                self.live[index] = images
-                self._refresh()
+    out: str
+    owner: str
 
-    def shard_finished(self, index: int, images: int, equivalent: int) -> None:
-        with self.lock:
-            self.closed.add(index)
-            self.live.pop(index, None)
-            self.generated += images
-            self.finished += equivalent
-            self._refresh()
 
-    def close(self) -> None:
-        if self.bar is not None:
-            with self.lock:
-                self._refresh()
-            self.bar.stop()
+@dataclass(frozen=True)
+class RowsRefused:
+    """Rows that cannot be generated (manifest or validation problems): recorded as failures."""
+
+    rows: int
+
+
+@dataclass(frozen=True)
+class ClusterReady:
+    """The Dask client is up; `waiting_for_worker`: the run waits for a first worker to join."""
+
+    dashboard: str
+    waiting_for_worker: bool
+
+
+@dataclass(frozen=True)
+class ShardProgress:
+    """Images a running shard has finished so far (per batch; from the Dask client's thread)."""
+
+    index: int
+    images: int
+
+
+@dataclass(frozen=True)
+class ShardFinished:
+    """A shard ended: `images` written; `equivalent` = its rows × X (failed rows count too)."""
+
+    index: int
+    images: int
+    equivalent: int
+
+
+@dataclass(frozen=True)
+class ShardFailed:
+    """A shard task failed after its retries (its rows are failures of stage `task`)."""
+
+    index: int
+    retries: int
+    reason: str
+    stops_run: bool  # OUT cannot be written: the run stops (`Summary.stopped` says why)
+
+
+RunEvent = PlanMade | LockTakenOver | RowsRefused | ClusterReady | ShardProgress | ShardFinished | ShardFailed
+EventSink = Callable[[RunEvent], None]
+
+
+def log_event(event: RunEvent) -> None:
+    """The default sink: the notes to `logging` (per-batch progress is dropped)."""
+    if isinstance(event, PlanMade):
+        log.info(
+            "plan: %d rows in %d shards of %d → %s (%d shards already done, %d to do)",
+            event.rows, event.shards, event.shard_size, event.out, event.shards_done, event.shards_todo,
+        )  # fmt: skip
+        if event.invalid:
+            log.warning("%d shard(s) were invalid and are redone: %s", len(event.invalid), event.invalid)
+    elif isinstance(event, LockTakenOver):
+        log.warning("took over the lock of %s left by %s (not running)", event.out, event.owner)
+    elif isinstance(event, RowsRefused):
+        log.warning("validation: %d row(s) cannot be generated; they are recorded as failures", event.rows)
+    elif isinstance(event, ClusterReady):
+        log.info("%s", event.dashboard)
+    elif isinstance(event, ShardFailed) and not event.stops_run:
+        log.error("shard %d failed after %d retries: %s", event.index, event.retries, event.reason)
 
 
 # ----------------------------------------------------------------------------- execution
@@ -211,13 +253,13 @@ def _run_sync(
     factories: tuple[GeneratorFactory | None, ConditionFactory | None],
     on_done: Callable[[ShardSpec, ShardStats], None],
     on_error: Callable[[ShardSpec, BaseException], None],
-    progress: _Progress,
+    emit: EventSink,
     stop: threading.Event,
 ) -> None:
     for spec in specs:
         for attempt in range(job.runtime.retries + 1):
             try:
-                stats = run_shard(spec, job, *factories, progress=progress.shard_progress)
+                stats = run_shard(spec, job, *factories, progress=lambda i, n: emit(ShardProgress(i, n)))
             except Exception as e:
                 if attempt == job.runtime.retries or rundir.is_permanent(e):  # no retry can fix those
                     on_error(spec, e)
@@ -236,7 +278,7 @@ def _run_dask(
     factories: tuple[GeneratorFactory | None, ConditionFactory | None],
     on_done: Callable[[ShardSpec, ShardStats], None],
     on_error: Callable[[ShardSpec, BaseException], None],
-    progress: _Progress,
+    emit: EventSink,
     resources: dict[str, int] | None,
     stop: threading.Event,
 ) -> None:
@@ -244,7 +286,7 @@ def _run_dask(
 
     def on_event(event: tuple[float, dict]) -> None:
         msg = event[1]
-        progress.shard_progress(msg["shard"], msg["images"])
+        emit(ShardProgress(msg["shard"], msg["images"]))
 
     client.subscribe_topic(PROGRESS_TOPIC, on_event)
     in_flight: dict[str, ShardSpec] = {}
@@ -334,22 +376,25 @@ def run(
     *,
     generator_factory: GeneratorFactory | None = None,
     condition_factory: ConditionFactory | None = None,
-    console: Any = None,
+    on_event: EventSink | None = None,
     force_unlock: bool = False,
     command: str = "",
 ) -> Summary:
-    """Run (or resume) `job`; returns the summary. Raises PlanError / ManifestError / ConfigError /
-    ModelLoadError / RunDirError (LockError, OutputError) before any work starts when the job
-    cannot run.
+    """Run (or resume) `job`; returns the summary (also written to OUT/summary.json). Raises
+    PlanError / ManifestError / ConfigError / ModelLoadError / RunDirError (LockError, OutputError)
+    before any work starts when the job cannot run.
+
+    Nothing is printed: `on_event` receives the typed events (`PlanMade`, `LockTakenOver`,
+    `RowsRefused`, `ClusterReady`, `ShardProgress`, `ShardFinished`, `ShardFailed`) — from this
+    thread, and `ShardProgress` also from the Dask client's — default `log_event` (to `logging`).
+    The CLI draws them (`difaug.cli._progress`).
 
     The whole run holds OUT's lock (`difaug.rundir.RunLock`; `force_unlock` breaks another host's).
     `generator_factory(cfg, runtime)` builds the image generator on each worker (default:
     `AuxGenerator.from_config`); `condition_factory(cfg, runtime)` the condition (default:
     `make_condition`). Both must be picklable: module-level functions or functools.partial.
     `command` (the CLI's command line) is recorded in a new plan, so `inspect` can name it."""
-    from rich.console import Console
-
-    console = console or Console()
+    emit = on_event or log_event
     t0 = time.perf_counter()
     # The worker's model-cache key pickles the factories: an unpicklable one fails here, before
     # the plan is written, rather than in every task.
@@ -363,11 +408,8 @@ def run(
     the_plan = plan_mod.build_plan(job, manifest, command=command)
     with RunLock(job.out, force=force_unlock) as lock:
         if lock.took_over is not None:
-            console.print(
-                f"[yellow]note:[/] took over the lock of {job.out} left by {lock.took_over} (not running)",
-                highlight=False,
-            )
-        return _run_locked(job, manifest, the_plan, (generator_factory, condition_factory), console, t0)
+            emit(LockTakenOver(job.out, str(lock.took_over)))
+        return _run_locked(job, manifest, the_plan, (generator_factory, condition_factory), emit, t0)
 
 
 def _run_locked(
@@ -375,47 +417,42 @@ def _run_locked(
     manifest: Manifest,
     the_plan: Plan,
     factories: tuple[GeneratorFactory | None, ConditionFactory | None],
-    console: Any,
+    emit: EventSink,
     t0: float,
 ) -> Summary:
-    from rich.markup import escape
-
     from difaug.cluster import dashboard_text, gpu_resources, open_client, uses_client
+    from difaug.models import runtime_for_plan
 
     check = plan_mod.prepare_run_dir(job, the_plan)
     the_plan = check.plan
-    ranges = list(the_plan.shards)
     pending = check.unfinished
-    summary = Summary(out=job.out, rows=the_plan.rows, shards=len(ranges))
+    summary = Summary(out=job.out, rows=the_plan.rows, shards=len(the_plan.shards))
     summary.redone_shards = {c.shard.name: c.reason for c in check.invalid}
     for c in check.done:
         assert c.stats is not None
         summary.skipped += c.stats.done + c.stats.failed
         summary.skipped_failed += c.stats.failed
         summary.shards_skipped += 1
+    x = job.config.num_aux
+    planned_images = sum(len(r) for r in pending) * x
     # The speed settings that need the plan: compile "auto" off for short jobs, the compile cache.
-    from difaug.models import runtime_for_plan
-
-    planned_images = sum(len(r) for r in pending) * job.config.num_aux
     job = replace(job, runtime=runtime_for_plan(job.runtime, job.out, planned_images))
-    console.print(
-        f"plan: {the_plan.rows} rows in {len(ranges)} shards of {job.config.shard_size} → {job.out} "
-        f"({len(check.done)} shards already done, {len(pending)} to do)",
-        highlight=False,
-    )
-    if check.invalid:
-        console.print(
-            f"[yellow]{len(check.invalid)} shard(s) were invalid and are redone:[/] "
-            + escape("; ".join(f"{c.shard.name} ({c.reason})" for c in check.invalid)),
-            highlight=False,
+    emit(
+        PlanMade(
+            out=job.out,
+            rows=the_plan.rows,
+            shards=len(the_plan.shards),
+            shard_size=job.config.shard_size,
+            shards_done=len(check.done),
+            shards_todo=len(pending),
+            images_todo=planned_images,
+            invalid=dict(summary.redone_shards),
         )
+    )
     failures = pre_failures(manifest, pending, SizeLimits.for_job(job))
     if failures:
-        console.print(
-            f"validation: {len(failures)} row(s) cannot be generated; they are recorded as failures"
-        )
+        emit(RowsRefused(len(failures)))
     specs = iter_specs(job.out, the_plan, manifest, pending, failures)
-    x = job.config.num_aux
     stop = threading.Event()
 
     def on_done(spec: ShardSpec, stats: ShardStats) -> None:
@@ -424,44 +461,36 @@ def _run_locked(
         summary.images += stats.images
         summary.shards_done += 1
         summary.failures.extend(replace(f, shard=spec.shard.name) for f in stats.failures)
-        progress.shard_finished(spec.index, stats.images, spec.num_rows * x)
+        emit(ShardFinished(spec.index, stats.images, spec.num_rows * x))
 
     def on_error(spec: ShardSpec, error: BaseException) -> None:
         rows = _task_failures(spec, error)
         summary.failed += len(rows)
         summary.failed_shards.append(spec.index)
         summary.failures.extend(rows)
-        progress.shard_finished(spec.index, 0, spec.num_rows * x)
-        if rundir.is_permanent(error):  # OUT cannot be written: stop, say where and what to do
-            if not stop.is_set():
-                summary.stopped = rundir.output_problem(error, job.out)
-                stop.set()
-            return
-        reason = escape(rows[0].reason)
-        console.print(f"[red]shard {spec.index} failed after {job.runtime.retries} retries:[/] {reason}")
+        permanent = rundir.is_permanent(error)
+        if permanent and not stop.is_set():  # OUT cannot be written: stop, say where and what to do
+            summary.stopped = rundir.output_problem(error, job.out)
+            stop.set()
+        emit(ShardFinished(spec.index, 0, spec.num_rows * x))
+        emit(ShardFailed(spec.index, job.runtime.retries, rows[0].reason, stops_run=permanent))
 
-    progress = _Progress(console, sum(len(r) for r in pending) * x, job.runtime.progress)
-    try:
-        if not pending:
-            pass
-        elif uses_client(job.runtime):
-            with open_client(job.runtime) as client:
-                summary.dashboard = dashboard_text(client)
-                console.print(summary.dashboard, highlight=False)
-                if job.runtime.scheduler_address or job.runtime.cluster == "slurm":
-                    console.print("waiting for a worker…")
-                    client.wait_for_workers(1)
-                resources = gpu_resources(client, job.runtime)
-                _run_dask(client, specs, job, factories, on_done, on_error, progress, resources, stop)
-        else:
-            _run_sync(specs, job, factories, on_done, on_error, progress, stop)
-    finally:
-        progress.close()
+    if pending and uses_client(job.runtime):
+        with open_client(job.runtime) as client:
+            summary.dashboard = dashboard_text(client)
+            waits = bool(job.runtime.scheduler_address or job.runtime.cluster == "slurm")
+            emit(ClusterReady(summary.dashboard, waiting_for_worker=waits))
+            if waits:
+                client.wait_for_workers(1)
+            resources = gpu_resources(client, job.runtime)
+            _run_dask(client, specs, job, factories, on_done, on_error, emit, resources, stop)
+    elif pending:
+        _run_sync(specs, job, factories, on_done, on_error, emit, stop)
     summary.not_run = sum(spec.num_rows for spec in specs)  # what a stopped run never started
     try:
         rundir.remove_temp_files(job.out)  # left by workers killed mid-write (never read)
     except OSError as e:
-        logging.getLogger(__name__).warning("%s: temp files not removed (%s)", job.out, e)
+        log.warning("%s: temp files not removed (%s)", job.out, e)
     summary.seconds = time.perf_counter() - t0
     summary.failures.sort(key=lambda f: f.row or 0)
     summary.failed_shards.sort()
@@ -472,7 +501,6 @@ def _run_locked(
     except (OSError, rundir.RunDirError) as e:
         note = f"summary not written: {e}"
         summary.stopped = f"{summary.stopped}; {note}" if summary.stopped else note
-    print_summary(summary, console)
     return summary
 
 
@@ -483,52 +511,3 @@ def _all_failures(summary: Summary, out: str, plan: Plan) -> list[Failure]:
     return sorted(
         summary.failures + [f for f in previous if (f.row, f.stage) not in seen], key=lambda f: f.row or 0
     )
-
-
-def print_summary(summary: Summary, console: Any) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    from difaug.text import display_text
-
-    table = Table(title=f"difaug generate → {summary.out}", show_header=True)
-    table.add_column("")
-    table.add_column("rows", justify="right")
-    table.add_column("shards", justify="right")
-    table.add_row("done now", str(summary.done), str(summary.shards_done))
-    table.add_row("failed now", str(summary.failed), str(len(summary.failed_shards)) + " (task)")
-    table.add_row(
-        "skipped (done before)",
-        f"{summary.skipped} ({summary.skipped_failed} failed then)",
-        str(summary.shards_skipped),
-    )
-    if summary.not_run:
-        table.add_row("not run (stopped)", str(summary.not_run), "")
-    table.add_row("[bold]planned", f"[bold]{summary.rows}", f"[bold]{summary.shards}")
-    console.print(table)
-    rate = summary.images / summary.seconds if summary.seconds else 0.0
-    console.print(
-        f"{summary.images} images in {summary.seconds:.1f} s ({rate:.2f} images/s)", highlight=False
-    )
-    console.print(
-        f"rows: done {summary.done} + failed {summary.failed} + skipped {summary.skipped}"
-        + (f" + not run {summary.not_run}" if summary.not_run else "")
-        + f" = {summary.rows}",
-        highlight=False,
-    )
-    for f in summary.failures[:MAX_LISTED_FAILURES]:
-        sid = f" {f.sample_id}" if f.sample_id else ""
-        # Manifest text reaches the terminal: one visible line; reasons hold brackets ([Errno 2] …).
-        what = escape(display_text(f"{sid} [{f.stage}] {f.reason}", max_chars=300))
-        console.print(f"  [red]row {f.row}[/]{what}", highlight=False)
-    more = len(summary.failures) - MAX_LISTED_FAILURES
-    summary_file = rundir.summary_path(summary.out)
-    if more > 0:
-        console.print(f"  … and {more} more: see {summary_file}")
-    if summary.skipped_failed:
-        console.print(
-            f"{summary.skipped_failed} row(s) failed in an earlier run (their shards are finished); "
-            f"see {summary_file}, fix the inputs and rerun with --overwrite"
-        )
-    if summary.stopped:
-        console.print(f"[red]stopped:[/] {escape(summary.stopped)}", highlight=False)

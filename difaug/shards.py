@@ -205,11 +205,6 @@ def write_shard(path: str | Path, rows: Sequence[Mapping[str, Any]] | pa.Table) 
     return path
 
 
-def write_json(path: str | Path, data: Any) -> Path:
-    """Write JSON atomically (`difaug.rundir.write_json`)."""
-    return rundir.write_json(path, data)
-
-
 def read_shard(path: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
     """Read a shard (or some columns), verifying the Parquet page checksums."""
     cols = list(columns) if columns is not None else None

@@ -676,14 +676,12 @@ def _finish(
         images=len(rows),
         file=file,
         failures=failures,
-        seconds={k: round(v, 4) for k, v in sorted(state.busy.items())}
-        | {
-            "load": round(load_s, 4),
-            "total": round(time.perf_counter() - clocks[0], 4),
-            # CPU of the whole process during the task (all threads): the host cost of the shard
-            # when the worker runs one task at a time, as difaug's clusters do.
-            "cpu": round(time.process_time() - clocks[1], 4),
-        },
+        seconds={k: round(v, 4) for k, v in sorted(state.busy.items())},
+        load_seconds=round(load_s, 4),
+        wall_seconds=round(time.perf_counter() - clocks[0], 4),
+        # CPU of the whole process during the task (all threads): the host cost of the shard when
+        # the worker runs one task at a time, as difaug's clusters do.
+        cpu_seconds=round(time.process_time() - clocks[1], 4),
         fallbacks=dict(sorted(fallbacks.items())),
         compile_warnings=tuple(compile_warnings),
         worker={"host": socket.gethostname(), "pid": os.getpid()},
@@ -692,16 +690,3 @@ def _finish(
     )
     rundir.write_marker(spec.out, stats)  # the marker: written last
     return stats
-
-
-# The stand-in generator moved to difaug.testing; these names stay importable from here (lazily:
-# a real worker never imports the test module).
-_MOVED_TO_TESTING = ("SleepGenerator", "sleep_generator_factory")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED_TO_TESTING:
-        from difaug import testing
-
-        return getattr(testing, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -37,6 +37,9 @@ def test_summarise_counts_failures_and_timings(failed_run: SyntheticRun) -> None
     assert rep.per_shard[0].images_per_s == pytest.approx(4 / 3.1)
     assert rep.wall_seconds == pytest.approx(15.0) and rep.images_per_s == pytest.approx(6 / 15)
     assert rep.stage_seconds["generate"] == pytest.approx(3.0)
+    # The tasks' totals are not stages: kept apart.
+    assert not {"load", "total", "cpu"} & set(rep.stage_seconds)
+    assert rep.task_seconds == {"load": pytest.approx(2.0), "wall": pytest.approx(2.2 + 0.5 * 6)}
     assert 0 < rep.shard_bytes < rep.disk_bytes
     assert rep.config["num_aux"] == 2 and rep.config["controlnet"] == "lllyasviel/sd-controlnet-hed"
     assert rep.provenance["device"] == ["cpu"]
@@ -54,6 +57,7 @@ def test_cli_inspect_shows_failures_and_writes_sheet_and_html(
     assert res.exit_code == 0, res.output
     for text in ("2008_000123_7", "truncated", "failures by reason", "00002", "GPU-seconds"):
         assert text in res.output
+    assert "task totals (overlap the stages)" in res.output and "model loading 2.0" in res.output
     with Image.open(sheet) as img:
         assert img.format == "PNG"
         assert img.size == report.sheet_size(3, 2, 40)  # 3 samples with images, X = 2
@@ -62,6 +66,7 @@ def test_cli_inspect_shows_failures_and_writes_sheet_and_html(
     text = page.read_text()
     assert text.count("data:image/png;base64,") == 3 * (3 + 2)
     assert "2008_000123_7" in text and "truncated" in text and "2007_000039_20" in text
+    assert "<h2>Seconds by stage</h2>" in text and "<td>task wall time</td><td>5.20</td>" in text
 
 
 def test_sheet_size_and_cells(tmp_path: Path) -> None:
@@ -131,3 +136,8 @@ def test_seg_fallback_classes_counted_by_a_real_run(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["inspect", str(out)], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "'flux capacitor' has no ADE20K mapping: 1 sample(s)" in result.output
+
+
+def test_sheet_size_formula_unchanged() -> None:
+    """The inspect sheet keeps its geometry: header, per sample caption + cells + PAD, then PAD."""
+    assert report.sheet_size(3, 2, 40) == (4 + 5 * (40 + 4), 18 + 3 * (14 + 40 + 4) + 4)

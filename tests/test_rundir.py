@@ -83,6 +83,8 @@ def test_records_round_trip_through_json(tmp_path: Path) -> None:
     assert "as written" in plan.manifest.fingerprinted
     stats = rundir.read_marker(out, 1)
     assert rundir.ShardStats.from_dict(stats.to_dict()) == stats
+    # Stage seconds only in `seconds` (they may be summed); the task's totals in their own fields.
+    assert not {"load", "total", "cpu"} & set(stats.seconds) and stats.wall_seconds and stats.cpu_seconds
     assert (stats.rows, stats.done, stats.images, stats.file.rows) == ((3, 5), 2, 4, 4)
     assert stats.file.bytes == rundir.shard_path(out, 1).stat().st_size
     f = Failure(3, "s", "read", "bad", "00001")
@@ -181,8 +183,10 @@ def test_broken_shard_is_named_then_redone(tmp_path: Path, case: str) -> None:
     # generate redoes exactly that shard and says so; the others are not touched.
     from rich.console import Console
 
+    from difaug.cli._progress import GenerateView
+
     console = Console(record=True, width=300)
-    s = run(j, generator_factory=sleep_factory(), console=console)
+    s = run(j, generator_factory=sleep_factory(), on_event=GenerateView(console, bar=False))
     assert "1 shard(s) were invalid and are redone: 00001" in console.export_text()
     assert (s.done, s.skipped, s.shards_done, list(s.redone_shards)) == (2, 3, 1, ["00001"])
     assert {i: rundir.shard_path(out, i).read_bytes() for i in (0, 2)} == before
@@ -259,8 +263,10 @@ def test_live_lock_refuses_dead_lock_is_taken_over(tmp_path: Path) -> None:
     assert rundir.lock_owner(out).pid == holder.pid  # the dead process's record stays…
     from rich.console import Console
 
+    from difaug.cli._progress import GenerateView
+
     console = Console(record=True, width=300)
-    assert run(job(m, out), generator_factory=sleep_factory(), console=console).ok
+    assert run(job(m, out), generator_factory=sleep_factory(), on_event=GenerateView(console, bar=False)).ok
     assert f"took over the lock of {out} left by pid {holder.pid}" in console.export_text()
     assert rundir.lock_owner(out) is None  # …a clean exit leaves none
     _reconciled(out)

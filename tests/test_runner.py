@@ -351,3 +351,31 @@ def test_model_cache_key_follows_every_loading_setting(tmp_path: Path) -> None:
         for rt in ({}, {"compile": True}, {"compile": True, "compile_mode": "max-autotune"})
     }
     assert len(keys) == 3
+
+
+# ----------------------------------------------------------------------------- events
+
+
+def test_run_reports_through_events_and_prints_nothing(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The library draws nothing: progress and notes are typed events; without a sink, logging."""
+    from difaug import runner
+
+    m = make_dataset(tmp_path / "d", 5)
+    events: list[runner.RunEvent] = []
+    s = run(job(m, tmp_path / "out", shard_size=2), generator_factory=sleep_factory(), on_event=events.append)
+    assert s.ok and s.done == 5
+    plan = events[0]
+    assert isinstance(plan, runner.PlanMade)
+    assert (plan.rows, plan.shards, plan.shards_done, plan.shards_todo, plan.images_todo) == (5, 3, 0, 3, 10)
+    finished = [e for e in events if isinstance(e, runner.ShardFinished)]
+    assert sorted(e.index for e in finished) == [0, 1, 2] and sum(e.images for e in finished) == 10
+    assert any(isinstance(e, runner.ShardProgress) for e in events)  # per batch, before the end
+
+    with caplog.at_level("INFO", logger="difaug.runner"):
+        again = run(job(m, tmp_path / "out", shard_size=2), generator_factory=sleep_factory())
+    assert again.skipped == 5
+    assert "3 shards already done, 0 to do" in caplog.text
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""

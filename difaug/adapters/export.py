@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -43,10 +42,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from difaug import imageio, shards
+from difaug import fsio, imageio, shards
 from difaug.adapters.index import DriftScoreError, drift_filter
 from difaug.adapters.run import Failure, RunView, open_run
-from difaug.adapters.safe_names import is_safe_component, safe_component, safe_join
+from difaug.safe_names import is_safe_component, safe_component, safe_join
 
 LAYOUTS = ("diffss-bam", "fss", "folder")
 FORMATS = ("jpg", "png")
@@ -219,7 +218,7 @@ def merge_report(path: Path, result: ExportResult) -> dict[str, Any]:
         "runs": dict(sorted(runs.items())),
     }
     text = json.dumps(report, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
-    _write_if_changed(path, text.encode("utf-8"))
+    fsio.write_if_changed(path, text.encode("utf-8"))
     return report
 
 
@@ -355,23 +354,6 @@ def convert(data: bytes, fmt: str, quality: int = 95, decoded: Any = None) -> by
     return imageio.encode(image, "jpeg" if fmt == "jpg" else "png", quality)
 
 
-def _write_if_changed(path: Path, data: bytes) -> bool:
-    """Atomically write `data` unless the file already holds exactly it. True if written."""
-    try:
-        if path.stat().st_size == len(data) and path.read_bytes() == data:
-            return False
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return True
-
-
 def _write_all(
     view: RunView,
     targets: list[_Target],
@@ -396,7 +378,7 @@ def _write_all(
             encoded = convert(data, fmt, quality, image)
         except (imageio.ImageReadError, OSError, ValueError) as e:
             return f"stored {target.column} does not decode: {e}"
-        return _write_if_changed(target.path, encoded)
+        return fsio.write_if_changed(target.path, encoded)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for shard, groups in sorted(by_shard.items()):

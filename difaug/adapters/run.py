@@ -81,12 +81,6 @@ class RunView:
         aux = self.keys.column("aux_index").to_pylist()
         return max(aux) + 1 if aux else 0
 
-    def failures_by_sample(self) -> dict[str, list[Failure]]:
-        out: dict[str, list[Failure]] = {}
-        for f in self.failures:
-            out.setdefault(f.sample_id, []).append(f)
-        return out
-
     def failure_reasons(self) -> Counter[str]:
         return Counter(f.reason for f in self.failures)
 
@@ -176,7 +170,7 @@ def summary_failures(run_dir: Path, unfinished: Sequence[ShardRange]) -> Iterabl
 
 
 def marker_number(marker: Mapping[str, Any], name: str) -> float | None:
-    """A numeric marker field: `images`, or a stage's seconds (`total`, `generate`, …)."""
+    """A numeric marker field (`images`, `wall_seconds`, …) or a stage's seconds (`generate`, …)."""
     value = marker.get(name, (marker.get("seconds") or {}).get(name))
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 

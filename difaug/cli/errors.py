@@ -46,7 +46,7 @@ def _library_errors() -> tuple[type[BaseException], ...]:
         ("difaug.shards", ("ShardError",)),
         ("difaug.adapters.run", ("RunError",)),
         ("difaug.adapters.export", ("ExportError",)),
-        ("difaug.adapters.safe_names", ("UnsafePathError",)),
+        ("difaug.safe_names", ("UnsafePathError",)),
     ):
         mod = sys.modules.get(module)
         found += [getattr(mod, n) for n in names if mod is not None and hasattr(mod, n)]

@@ -68,7 +68,7 @@ def export(
 
     from difaug.adapters.export import LAYOUTS, ExportError, export_run
     from difaug.adapters.run import RunError
-    from difaug.adapters.safe_names import UnsafePathError
+    from difaug.safe_names import UnsafePathError
 
     if layout not in LAYOUTS:
         fail(f"unknown layout {layout!r}; use one of: {', '.join(LAYOUTS)}")

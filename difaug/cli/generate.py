@@ -128,11 +128,14 @@ def generate(
     command = shlex.join(["difaug", *sys.argv[1:]]) if sys.argv[1:2] == ["generate"] else ""
     try:
         job = resolve_job(config_file, **flags)
+        from difaug.cli._progress import GenerateView, print_summary
         from difaug.runner import run
 
-        summary = run(job, console=console, force_unlock=force_unlock, command=command)
+        with GenerateView(console, bar=job.runtime.progress) as view:
+            summary = run(job, on_event=view, force_unlock=force_unlock, command=command)
     except (ConfigError, ManifestError, RunDirError, ModelLoadError) as e:  # PlanError, LockError, …
         fail(str(e))
+    print_summary(summary, console)
 
     if summary.stopped and summary.failed_shards and not summary.shards_done:
         raise typer.Exit(2)  # OUT could not be written at all: as if the job could not start

@@ -86,6 +86,10 @@ def inspect(
         ("images/s overall", _num(rep.images_per_s)),
         ("GPU-seconds (generate)", _num(rep.device_seconds, 1)),
         ("seconds by stage", ", ".join(f"{k} {v:,.1f}" for k, v in rep.stage_seconds.items()) or "–"),
+        (
+            "task totals (overlap the stages)",
+            ", ".join(f"{rpt.TASK_TOTAL_LABELS[k]} {v:,.1f}" for k, v in rep.task_seconds.items()) or "–",
+        ),
     ):
         totals.add_row(k, "–" if v is None else escape(str(v)))
     console.print(totals)

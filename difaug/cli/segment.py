@@ -34,9 +34,9 @@ def segment(
         difaug segment --manifest manifests/demo/manifest.csv --out runs/demo-seg --sheet runs/demo-seg/sheet.png
     """
     from difaug import diffseg
-    from difaug.adapters.safe_names import safe_component
     from difaug.config import ConfigError, JobConfig, RuntimeConfig
     from difaug.generate import AuxGenerator
+    from difaug.safe_names import safe_component
 
     if (manifest is None) == (images is None):
         fail("give exactly one of --manifest FILE or --images DIR")

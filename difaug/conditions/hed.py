@@ -125,10 +125,9 @@ def make_random_hed_weights(path: Path, seed: int = 0) -> Path:
     # The real file stores every tensor in float16 (14.7 M parameters, 29.4 MB); so do we, so that
     # the loader is exercised on the same dtypes (load_state_dict upcasts into the fp32 module).
     state = {k: v.detach().to(torch.float16).contiguous().clone() for k, v in net.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+    from difaug import fsio
+
+    return fsio.atomic_write(path, lambda tmp: torch.save(state, tmp), fsync=False)
 
 
 def _looks_like_hub_id(weights: str) -> bool:

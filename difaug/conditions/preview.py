@@ -1,14 +1,14 @@
 """Write the conditions of a manifest to PNG files plus a contact sheet (`difaug conditions`).
 
 `write_conditions` loads samples, computes their conditions in batches, writes
-`OUT/{safe sample_id}.png` at the working size and `OUT/contact_sheet.png` (support | mask overlay |
-condition, one row per sample, thumbnails of a fixed height). A row that cannot be loaded or
+`OUT/{safe sample_id}.png` at the working size (`difaug.safe_names.plain_stem`) and
+`OUT/contact_sheet.png` (support | mask overlay | condition, one row per sample, square thumbnails
+of a fixed height, drawn by `difaug.sheet`). A row that cannot be loaded or
 conditioned becomes a `RowProblem` (row, file, reason); the others go on.
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from difaug import imageio
+from difaug import fsio, imageio
 from difaug.classes import IGNORE_VALUE
 from difaug.conditions import (
     Condition,
@@ -27,12 +27,12 @@ from difaug.conditions import (
     load_input,
 )
 from difaug.manifest import RowProblem, Sample, repeated_ids
-from difaug.text import ascii_text
+from difaug.safe_names import plain_stem
+from difaug.sheet import SheetLine, draw_sheet
 
 SHEET_NAME = "contact_sheet"
 THUMB_HEIGHT = 128
 DEFAULT_SHEET_ROWS = 64
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass
@@ -43,11 +43,7 @@ class PreviewResult:
     sheet: Path | None = None
 
 
-def safe_name(sample_id: str) -> str:
-    """A file stem from a sample id: no path separators, no `..`, no leading dot, never empty."""
-    stem = _UNSAFE.sub("_", sample_id)
-    stem = re.sub(r"\.{2,}", "_", stem).strip(". ")[:200]
-    return stem if stem.strip("_") else "sample"
+safe_name = plain_stem  # a preview file's stem (difaug.safe_names)
 
 
 def output_names(samples: Iterable[Sample]) -> dict[str, str]:
@@ -71,11 +67,6 @@ def output_names(samples: Iterable[Sample]) -> dict[str, str]:
     return out
 
 
-def _thumb(arr: np.ndarray, height: int) -> np.ndarray:
-    h, w = arr.shape[:2]
-    return imageio.resize(arr, (max(1, round(w * height / h)), height))
-
-
 def mask_overlay(image: np.ndarray, mask: np.ndarray, class_id: int) -> np.ndarray:
     """The image with the foreground tinted red and 255 ("ignore") pixels tinted white."""
     out = image.astype(np.float32)
@@ -86,42 +77,18 @@ def mask_overlay(image: np.ndarray, mask: np.ndarray, class_id: int) -> np.ndarr
     return out.round().clip(0, 255).astype(np.uint8)
 
 
-def sheet_row(item: ConditionInput, condition: np.ndarray, height: int = THUMB_HEIGHT) -> np.ndarray:
-    """support | mask overlay | condition, each scaled to `height`, separated by 4 px gaps."""
+def sheet_line(item: ConditionInput, condition: np.ndarray) -> SheetLine:
+    """support | mask overlay | condition, captioned with the sample id."""
     overlay = mask_overlay(item.image, item.mask, item.sample.class_id)
-    tiles = [
-        _thumb(item.image, height),
-        _thumb(overlay, height),
-        _thumb(condition, height),
-    ]
-    gap = np.full((height, 4, 3), 255, np.uint8)
-    row = np.concatenate([tiles[0], gap, tiles[1], gap, tiles[2]], axis=1)
-    return _label(row, item.sample.sample_id)
+    return SheetLine((item.image, overlay, condition), item.sample.sample_id)
 
 
-def _label(row: np.ndarray, text: str) -> np.ndarray:
-    import cv2
-
-    row = row.copy()
-    text = ascii_text(text, 40)  # Hershey fonts draw ASCII only; one line, no control characters
-    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
-    cv2.rectangle(row, (0, 0), (tw + 6, th + base + 6), (0, 0, 0), -1)
-    cv2.putText(row, text, (3, th + 3), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
-    return row
-
-
-def contact_sheet(rows: Sequence[np.ndarray]) -> np.ndarray:
-    """Stack sheet rows vertically on white, left-aligned, 4 px apart."""
-    if not rows:
-        return np.full((THUMB_HEIGHT, THUMB_HEIGHT, 3), 255, np.uint8)
-    width = max(r.shape[1] for r in rows)
-    height = sum(r.shape[0] for r in rows) + 4 * (len(rows) - 1)
-    sheet = np.full((height, width, 3), 255, np.uint8)
-    y = 0
-    for r in rows:
-        sheet[y : y + r.shape[0], : r.shape[1]] = r
-        y += r.shape[0] + 4
-    return sheet
+def contact_sheet(lines: Sequence[SheetLine], thumb: int = THUMB_HEIGHT) -> np.ndarray:
+    """The lines on white, `thumb`-high each, 4 px apart, the sample id over the first cell
+    (`difaug.sheet.draw_sheet`)."""
+    if not lines:
+        return np.full((thumb, thumb, 3), 255, np.uint8)
+    return draw_sheet(lines, thumb, captions=False, margin=0, background=(255, 255, 255))
 
 
 def _problem(sample: Sample, error: Exception) -> RowProblem:
@@ -158,7 +125,7 @@ def write_conditions(
     later = {s.row for s, _ in repeated}
     samples = [s for s in samples if s.row not in later]
     names = output_names(samples)
-    rows: list[np.ndarray] = []
+    rows: list[SheetLine] = []
     for start in range(0, len(samples), max(1, batch_size)):
         chunk = samples[start : start + max(1, batch_size)]
         loaded: list[ConditionInput] = []
@@ -171,15 +138,13 @@ def write_conditions(
             if isinstance(cond, Exception):
                 result.problems.append(_problem(item.sample, cond))
                 continue
-            path = out / f"{names[item.sample.sample_id]}.png"
-            path.write_bytes(imageio.encode_png(cond))
+            path = fsio.write_bytes(out / f"{names[item.sample.sample_id]}.png", imageio.encode_png(cond))
             result.written[item.sample.sample_id] = path
             if len(rows) < sheet_rows:
-                rows.append(sheet_row(item, cond))
+                rows.append(sheet_line(item, cond))
         if on_progress is not None:
             on_progress(len(chunk))
-    result.sheet = out / f"{SHEET_NAME}.png"
-    result.sheet.write_bytes(imageio.encode_png(contact_sheet(rows)))
+    result.sheet = fsio.write_bytes(out / f"{SHEET_NAME}.png", imageio.encode_png(contact_sheet(rows)))
     result.fallbacks = Counter(condition.fallbacks)
     result.problems.sort(key=lambda p: p.row)
     return result

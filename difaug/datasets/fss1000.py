@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from difaug import imageio
+from difaug import fsio, imageio
 from difaug.classes import IGNORE_VALUE, class_table
 from difaug.datasets.common import (
     IMAGE_EXTENSIONS,
@@ -78,16 +78,15 @@ def write_binary_mask(path: Path, foreground: np.ndarray, class_id: int) -> None
         img = Image.fromarray(np.where(foreground, class_id, 0).astype(np.uint8))
     else:
         img = Image.fromarray(np.where(foreground, class_id, 0).astype(np.uint16))
-    tmp = path.with_name(path.name + ".tmp")
-    img.save(tmp, format="PNG", compress_level=6)
-    tmp.replace(path)
+    fsio.atomic_write(path, lambda tmp: img.save(tmp, format="PNG", compress_level=6), fsync=False)
 
 
 def stable_class_ids(folders: list[str]) -> dict[str, int]:
     """Folder name → class id: the FSS-1000 table's id, else a stable id derived from the name.
 
-    255 means "ignore" in every mask, so the one table class that has id 255 (gazelle) is moved to
-    `1000 + 255`, outside the table's 1..1000; its seg colour is looked up by name and is unchanged."""
+    255 means "ignore" in every mask, so a table id of 255 would be moved to `1000 + 255`, outside
+    the table's 1..1000 (the shared table itself now gives "gazelle" 1255); its seg colour is looked
+    up by name and is unchanged."""
     table = {
         info.class_name: (RESERVED_ID_REMAP if cid == IGNORE_VALUE else cid)
         for cid, info in class_table("fss1000").items()
