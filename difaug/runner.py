@@ -243,7 +243,7 @@ def _task_failures(spec: ShardSpec, error: BaseException) -> list[Failure]:
     by_row = {s.row: s for s in spec.samples}
     return [
         replace(pre.get(row) or failure(by_row.get(row), "task", reason, row=row), shard=spec.shard.name)
-        for row in range(spec.start, spec.stop)
+        for row in range(spec.shard.start, spec.shard.stop)
     ]
 
 
@@ -303,7 +303,7 @@ def _run_dask(
             spec = next(specs, None)
             if spec is None:
                 return
-            key = f"shard-{spec.index:05d}-{spec.plan_hash[:8]}"
+            key = f"shard-{spec.shard.index:05d}-{spec.plan_hash[:8]}"
             future = client.submit(
                 run_shard,
                 spec,
@@ -461,19 +461,19 @@ def _run_locked(
         summary.images += stats.images
         summary.shards_done += 1
         summary.failures.extend(replace(f, shard=spec.shard.name) for f in stats.failures)
-        emit(ShardFinished(spec.index, stats.images, spec.num_rows * x))
+        emit(ShardFinished(spec.shard.index, stats.images, spec.shard.num_rows * x))
 
     def on_error(spec: ShardSpec, error: BaseException) -> None:
         rows = _task_failures(spec, error)
         summary.failed += len(rows)
-        summary.failed_shards.append(spec.index)
+        summary.failed_shards.append(spec.shard.index)
         summary.failures.extend(rows)
         permanent = rundir.is_permanent(error)
         if permanent and not stop.is_set():  # OUT cannot be written: stop, say where and what to do
             summary.stopped = rundir.output_problem(error, job.out)
             stop.set()
-        emit(ShardFinished(spec.index, 0, spec.num_rows * x))
-        emit(ShardFailed(spec.index, job.runtime.retries, rows[0].reason, stops_run=permanent))
+        emit(ShardFinished(spec.shard.index, 0, spec.shard.num_rows * x))
+        emit(ShardFailed(spec.shard.index, job.runtime.retries, rows[0].reason, stops_run=permanent))
 
     if pending and uses_client(job.runtime):
         with open_client(job.runtime) as client:
@@ -486,7 +486,7 @@ def _run_locked(
             _run_dask(client, specs, job, factories, on_done, on_error, emit, resources, stop)
     elif pending:
         _run_sync(specs, job, factories, on_done, on_error, emit, stop)
-    summary.not_run = sum(spec.num_rows for spec in specs)  # what a stopped run never started
+    summary.not_run = sum(spec.shard.num_rows for spec in specs)  # what a stopped run never started
     try:
         rundir.remove_temp_files(job.out)  # left by workers killed mid-write (never read)
     except OSError as e:

@@ -84,22 +84,6 @@ class ShardSpec:
     out: str
     plan_hash: str
 
-    @property
-    def index(self) -> int:
-        return self.shard.index
-
-    @property
-    def start(self) -> int:
-        return self.shard.start
-
-    @property
-    def stop(self) -> int:
-        return self.shard.stop
-
-    @property
-    def num_rows(self) -> int:
-        return self.shard.num_rows
-
 
 def failure(sample: Sample | None, stage: str, reason: str, row: int | None = None) -> Failure:
     """The failure of `sample` (or of manifest `row` when there is no sample)."""
@@ -605,7 +589,7 @@ def _run_shard(
                 items_q,
                 results_q,
                 state,
-                _progress_reporter(spec.index, progress),
+                _progress_reporter(spec.shard.index, progress),
                 score,
                 encoders,
             )
@@ -655,21 +639,23 @@ def _finish(
     done_ids = set(per_sample)
     short = [sid for sid, n in per_sample.items() if n != cfg.num_aux]
     if short:
-        raise RuntimeError(f"shard {spec.index}: samples {short[:5]} lack some of their {cfg.num_aux} images")
-    failures = tuple(sorted(state.failures, key=lambda f: f.row or 0))
-    if len(done_ids) + len(failures) != spec.num_rows:
         raise RuntimeError(
-            f"shard {spec.index}: {len(done_ids)} done + {len(failures)} failed != {spec.num_rows} rows "
-            f"[{spec.start}, {spec.stop}) — a row went missing"
+            f"shard {spec.shard.index}: samples {short[:5]} lack some of their {cfg.num_aux} images"
+        )
+    failures = tuple(sorted(state.failures, key=lambda f: f.row or 0))
+    if len(done_ids) + len(failures) != spec.shard.num_rows:
+        raise RuntimeError(
+            f"shard {spec.shard.index}: {len(done_ids)} done + {len(failures)} failed != {spec.shard.num_rows} rows "
+            f"[{spec.shard.start}, {spec.shard.stop}) — a row went missing"
         )
     tw = time.perf_counter()
-    path = shards.write_shard(rundir.shard_path(spec.out, spec.index), rows)
+    path = shards.write_shard(rundir.shard_path(spec.out, spec.shard.index), rows)
     # Hashed as it is on disk (once; cached by size and mtime), so the marker vouches for the file.
     file = rundir.file_record(path, len(rows))
     state.add_time("write", time.perf_counter() - tw)
     stats = ShardStats(
-        shard=spec.index,
-        rows=(spec.start, spec.stop),
+        shard=spec.shard.index,
+        rows=(spec.shard.start, spec.shard.stop),
         plan_hash=spec.plan_hash,
         done=len(done_ids),
         failed=len(failures),
