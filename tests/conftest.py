@@ -27,3 +27,16 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def demo_manifest() -> Path:
     return DEMO_MANIFEST
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The tiny model's kernels gain nothing from a second thread, and OpenMP threads slow down
+    ~10× when another process holds a core (measured on the 2-core CI machine). Modules that run the
+    tiny generator use it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
