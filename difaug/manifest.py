@@ -20,7 +20,7 @@ import numpy as np
 from difaug import imageio
 from difaug.classes import IGNORE_VALUE
 from difaug.config import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
-from difaug.parallel import parallel_map
+from difaug.parallel import ProgressFn, parallel_map
 
 if TYPE_CHECKING:
     from difaug.config import Job
@@ -442,7 +442,7 @@ def validate_manifest(
     manifest: Manifest,
     *,
     deep: bool = False,
-    progress: bool = False,
+    progress: ProgressFn | None = None,
     workers: int | None = None,
     limits: SizeLimits | None = None,
 ) -> list[RowProblem]:

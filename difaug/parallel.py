@@ -7,12 +7,15 @@ pickling arrays. It sits below `manifest` and `datasets` so both import it from 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+# Told after each chunk: (label, items done, items in all). The library only reports; the CLI draws
+# a bar from it (`difaug.cli._common.progress_bar`).
+ProgressFn = Callable[[str, int, int], None]
 
 # Threads beyond the cores add only contention on a local disk; on a network file system pass more
 # (`--workers`) to hide the latency.
@@ -34,14 +37,13 @@ def parallel_map(
     items: Sequence[T],
     *,
     workers: int | None = None,
-    progress: bool = False,
+    progress: ProgressFn | None = None,
     label: str = "reading",
 ) -> Iterator[R]:
     """`map(fn, items)` on a thread pool, results in input order (so output is deterministic).
 
     Items go to the pool in chunks: one future per file costs about as much as checking a small
-    file's header. `progress` shows a transient bar on stderr (the CLI passes whether stderr is a
-    terminal)."""
+    file's header. `progress(label, done, total)` is called after each chunk."""
     workers = workers or default_workers()
     size = max(1, min(64, len(items) // (workers * 8)))
     chunks = [items[i : i + size] for i in range(0, len(items), size)]
@@ -50,13 +52,9 @@ def parallel_map(
         return [fn(x) for x in chunk]
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results: Iterable[list[R]] = pool.map(run, chunks)
-        if progress:
-            from rich.console import Console
-            from rich.progress import track
-
-            results = track(
-                results, total=len(chunks), description=label, transient=True, console=Console(stderr=True)
-            )
-        for chunk_result in results:
+        done = 0
+        for chunk, chunk_result in zip(chunks, pool.map(run, chunks), strict=True):
             yield from chunk_result
+            done += len(chunk)
+            if progress is not None:
+                progress(label, done, len(items))

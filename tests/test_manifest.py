@@ -285,7 +285,10 @@ def test_validate_fsspec_urls(tmp_path: Path) -> None:
     )  # fmt: skip
     m = read_manifest(tmp_path / "urls.jsonl")
     assert m.samples[0].image == "memory://difaug-test/a.jpg"
-    problems = validate_manifest(m, progress=True)
+    seen: list[tuple[str, int, int]] = []
+    problems = validate_manifest(m, progress=lambda label, done, total: seen.append((label, done, total)))
+    # The library reports per chunk of files read, up to all of them; the CLI draws (cli._common.progress_bar).
+    assert seen and seen[-1][0] == "validating" and seen[-1][1] == seen[-1][2] == 3  # 2 images + 1 mask
     assert [(p.row, p.column, p.reason) for p in problems] == [(2, "image", "file not found")]
     fs.rm("/difaug-test", recursive=True)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -30,3 +32,23 @@ def fail(message: str, code: int = 2) -> NoReturn:
         f"[bold red]error:[/] {escape(display_text(message, 2000))}", highlight=False, soft_wrap=True
     )
     raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def progress_bar() -> Iterator[Callable[[str, int, int], None] | None]:
+    """A `difaug.parallel.ProgressFn` that draws a transient bar per label on stderr, or None when
+    stderr is not a terminal (logs and pipes get no bar)."""
+    if not err_console.is_terminal:
+        yield None
+        return
+    from rich.progress import Progress
+
+    with Progress(console=err_console, transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(label: str, done: int, total: int) -> None:
+            if label not in tasks:
+                tasks[label] = bar.add_task(label, total=total)
+            bar.update(tasks[label], completed=done, total=total)
+
+        yield update

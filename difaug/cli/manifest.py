@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.markup import escape
 
-from difaug.cli._common import console, err_console, fail
+from difaug.cli._common import console, fail, progress_bar
 from difaug.config import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from difaug.parallel import WORKERS_HELP
 from difaug.text import display_text
@@ -132,9 +132,8 @@ def validate(
     JobConfig(resolution=resolution).validate()  # ConfigError → one line, exit 2 (cli.errors)
     RuntimeConfig(max_side=max_side, max_aspect=max_aspect, max_pixels=max_pixels).validate()
     limits = SizeLimits(resolution, max_side, max_aspect, max_pixels)
-    problems = validate_manifest(
-        manifest, deep=deep, progress=err_console.is_terminal, workers=workers, limits=limits
-    )
+    with progress_bar() as progress:
+        problems = validate_manifest(manifest, deep=deep, progress=progress, workers=workers, limits=limits)
     n_rows = len(manifest.samples) + len({p.row for p in manifest.problems})
     if not problems:
         console.print(f"[green]ok[/] {escape(str(file))}: {n_rows} row(s), no problems", highlight=False)
@@ -238,7 +237,8 @@ def _run(build, out: Path, root: Path, absolute: bool, skipped_out: Path | None,
 
     _check_out(out)
     try:
-        result = build(root, progress=err_console.is_terminal, **kwargs)
+        with progress_bar() as progress:
+            result = build(root, progress=progress, **kwargs)
     except BuildError as e:
         fail(str(e))
     _finish(result, out, root, absolute, skipped_out, name)
@@ -280,20 +280,16 @@ def _run_splits(
             files = plan[None] or []
             if dataset != "fss1000":
                 kwargs["filter_intersection"] = flt
-            result = build(
-                root, progress=err_console.is_terminal, split=split, **kwargs,
-                list_file=(files[0] if len(files) == 1 else files) or None,
-            )  # fmt: skip
+            with progress_bar() as progress:
+                result = build(
+                    root, progress=progress, split=split, **kwargs,
+                    list_file=(files[0] if len(files) == 1 else files) or None,
+                )  # fmt: skip
         else:
-            result = build_splits(
-                build,
-                dataset,
-                root,
-                plan,
-                filter_intersection=flt,
-                progress=err_console.is_terminal,
-                **kwargs,
-            )
+            with progress_bar() as progress:
+                result = build_splits(
+                    build, dataset, root, plan, filter_intersection=flt, progress=progress, **kwargs
+                )
     except BuildError as e:
         fail(str(e))
     if preset is not None:

@@ -22,7 +22,7 @@ from difaug.datasets.common import (
     rows_for_scan,
     scan_pair,
 )
-from difaug.parallel import parallel_map
+from difaug.parallel import ProgressFn, parallel_map
 
 ListFiles = str | Path | Sequence[str | Path] | None
 
@@ -42,7 +42,7 @@ def build_class_id_masks(
     default_mask_dirs: list[str],
     deep: bool,
     workers: int | None,
-    progress: bool,
+    progress: ProgressFn | None,
     list_format: str = "auto",
     filter_intersection: bool = False,
 ) -> BuildResult:

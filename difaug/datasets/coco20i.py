@@ -24,6 +24,7 @@ from pathlib import Path
 from difaug.classes import class_table
 from difaug.datasets.class_id_masks import ListFiles, build_class_id_masks
 from difaug.datasets.common import DEFAULT_MIN_AREA, BuildError, BuildResult, select_classes
+from difaug.parallel import ProgressFn
 
 N_CLASSES = 80
 SPLIT_DIRS = {"train": "train2014", "trn": "train2014", "val": "val2014", "test": "val2014"}
@@ -43,7 +44,7 @@ def build_coco20i(
     mask_dir: str | None = None,
     deep: bool = False,
     workers: int | None = None,
-    progress: bool = False,
+    progress: ProgressFn | None = None,
 ) -> BuildResult:
     """Rows for every (image, class present with >= `min_area` pixels) of a COCO-20i tree.
 

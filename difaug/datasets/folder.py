@@ -33,7 +33,7 @@ from difaug.datasets.common import (
     scan_pair,
 )
 from difaug.datasets.fss1000 import read_luma_mask, write_binary_mask
-from difaug.parallel import parallel_map
+from difaug.parallel import ProgressFn, parallel_map
 
 NO_CLASS = "no class given"
 
@@ -94,7 +94,7 @@ def build_folder(
     dataset: str = "folder",
     deep: bool = False,
     workers: int | None = None,
-    progress: bool = False,
+    progress: ProgressFn | None = None,
 ) -> BuildResult:
     """Rows for a folder of images + masks matched by stem (see the module doc for the class rules)."""
     root = require_dir(Path(root).resolve(), "dataset root")

@@ -47,7 +47,7 @@ from difaug.datasets.common import (
     require_dir,
     scan_pair,
 )
-from difaug.parallel import parallel_map
+from difaug.parallel import ProgressFn, parallel_map
 
 DEFAULT_THRESHOLD = 128
 MISSING_CLASS_DIR = "missing class folder"
@@ -148,7 +148,7 @@ def build_fss1000(
     threshold: int = DEFAULT_THRESHOLD,
     deep: bool = False,
     workers: int | None = None,
-    progress: bool = False,
+    progress: ProgressFn | None = None,
 ) -> BuildResult:
     """One row per FSS-1000 image (binarised masks written under `mask_out`, see the module doc).
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from difaug.classes import class_table
 from difaug.datasets.class_id_masks import ListFiles, build_class_id_masks
 from difaug.datasets.common import DEFAULT_MIN_AREA, BuildResult, select_classes
+from difaug.parallel import ProgressFn
 
 N_CLASSES = 20
 
@@ -32,7 +33,7 @@ def build_pascal5i(
     mask_dir: str | None = None,
     deep: bool = False,
     workers: int | None = None,
-    progress: bool = False,
+    progress: ProgressFn | None = None,
 ) -> BuildResult:
     """Rows for every (image, class present with >= `min_area` pixels) of a VOC-style tree.
 
