@@ -41,7 +41,7 @@ class ScoreSummary:
 
 def run_config(run_dir: str | Path) -> JobConfig:
     """The run's JobConfig from its plan (keys this version does not know are ignored)."""
-    cfg = shards.load_plan(run_dir).get("config") or {}
+    cfg = rundir.read_plan(run_dir).config
     known = {f.name for f in fields(JobConfig)}
     return JobConfig(**{k: v for k, v in cfg.items() if k in known})
 
@@ -115,12 +115,13 @@ def score_run(
                     summary.unverified.append({"shard": index, "reason": check.reason})
                 continue
             path = rundir.shard_path(run_dir, index)
-            table = shards.read_shard(path)
-            if is_scored(table):
+            # The one small column decides; the images are read only for a shard to score.
+            if is_scored(shards.read_shard(path, columns=["drift_segments"])):
                 summary.skipped_shards.append(index)
                 if progress:
                     progress(index, "skipped")
                 continue
+            table = shards.read_shard(path)
             ts = time.perf_counter()
             table, problems = score_table(table, scorer, batch_size, index)
             shards.write_shard(path, table)  # atomic; then the marker vouches for the new file
