@@ -8,7 +8,10 @@ Three stages overlap through bounded queues so the device never waits on the hos
     stage 2 (task thread)  generator batches, bucketed by shape       ◄┘ ──► results queue ─┐
     stage 3 (2 threads)    encode PNG/JPEG + build rows                                    ◄┘
 
-Stage 2 stays on the task's own thread so a CUDA context is used from the thread that made it.
+A process keeps two shard tasks in flight (`MAX_SHARDS_IN_FLIGHT`): the next shard's stage 1 runs
+while this one's last batches generate, and this one's last encodes and its write overlap the next
+one's stage 2. One shard at a time goes through stage 1 (a lock), and stage 2 runs on the
+process's one device thread, one shard after the other.
 A row whose *input* is at fault (missing/undecodable file, empty mask, …: `INPUT_ERRORS`) becomes
 a recorded failure and the rest of the shard continues; any other error (the generator's, CUDA out
 of memory, …) fails the task, so Dask retries it and no marker records a half-done shard.
@@ -32,6 +35,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -143,8 +147,35 @@ def model_settings(runtime: RuntimeConfig) -> tuple[tuple[str, Any], ...]:
 
 
 _MODEL_CACHE: dict[str, tuple[Generator, ConditionMaker]] = {}
-_RUN_LOCK = threading.Lock()
-_MODEL_LOCK = threading.Lock()
+# Guards _MODEL_CACHE and _MODELS_IN_USE; a shard waits on it for another job's shards to finish.
+_MODELS = threading.Condition()
+_MODELS_IN_USE: Counter[str] = Counter()  # model-cache key → shards of this process using it
+
+# Two shards in flight per process, whatever the worker's thread count: while one finishes on the
+# host (last encodes, Parquet write + hash + fsync, marker) the other prepares and generates, so the
+# device does not wait at a shard's head or tail. Two bound memory at two shards' queues and rows.
+MAX_SHARDS_IN_FLIGHT = 2
+_SHARD_SLOTS = threading.BoundedSemaphore(MAX_SHARDS_IN_FLIGHT)
+# The stages that must not mix two shards: the prepare stage (decode + condition: the condition
+# model and its `fallbacks` counter) holds _FRONT_LOCK until it has queued its last item; the
+# generate stage (first batch to last, drift scoring included: the device and the generator's
+# warm-up counters) runs on the process's one device thread (`_device_thread`), one shard after
+# the other. A shard takes the front before the device, so shard B's prepare overlaps shard A's
+# last batches and A's write overlaps B's generation, and neither ever waits on the other's turn.
+_FRONT_LOCK = threading.Lock()
+_DEVICE: tuple[int, ThreadPoolExecutor] | None = None  # (pid, executor): a forked child makes its own
+_DEVICE_INIT = threading.Lock()
+
+
+def _device_thread() -> ThreadPoolExecutor:
+    """The one thread of this process that runs generate stages: the device is used by one shard
+    at a time, always from the same thread (torch.compile's CUDA-graph trees are per thread, so a
+    second thread would record and hold a second set of graphs)."""
+    global _DEVICE
+    with _DEVICE_INIT:
+        if _DEVICE is None or _DEVICE[0] != os.getpid():
+            _DEVICE = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="difaug-device"))
+        return _DEVICE[1]
 
 
 def factory_key(generator_factory: GeneratorFactory, condition_factory: ConditionFactory, job: Job) -> str:
@@ -161,24 +192,41 @@ def factory_key(generator_factory: GeneratorFactory, condition_factory: Conditio
     return hashlib.sha256(blob).hexdigest()
 
 
+@contextlib.contextmanager
 def load_models(
     job: Job, generator_factory: GeneratorFactory, condition_factory: ConditionFactory
-) -> tuple[Generator, ConditionMaker, float]:
-    """`(generator, condition, seconds spent loading)`; loads once per process and key."""
+) -> Iterator[tuple[Generator, ConditionMaker, float]]:
+    """`(generator, condition, seconds spent loading)`, in use until the block ends; loads once
+    per process and key.
+
+    A process holds one model set: another job's key replaces it, but only once no shard of the
+    old key is in flight (the new job's shard waits), so models a running shard uses are never
+    freed under it. Shards of one key never wait here."""
     key = factory_key(generator_factory, condition_factory, job)
-    with _MODEL_LOCK:
+    with _MODELS:
+        _MODELS.wait_for(lambda: all(k == key for k in _MODELS_IN_USE))
         if key in _MODEL_CACHE:
             gen, cond = _MODEL_CACHE[key]
-            return gen, cond, 0.0
-        _MODEL_CACHE.clear()  # a worker holds one model set: a new job config replaces the old one
-        _free_device_memory()
-        t0 = time.perf_counter()
-        gen = generator_factory(job.config, job.runtime)
-        check_contract(gen, Generator, "the generator factory")
-        cond = condition_factory(job.config, job.runtime)
-        check_contract(cond, ConditionMaker, "the condition factory")
-        _MODEL_CACHE[key] = (gen, cond)
-        return gen, cond, time.perf_counter() - t0
+            load_s = 0.0
+        else:
+            _MODEL_CACHE.clear()  # a worker holds one model set: a new job config replaces the old one
+            _free_device_memory()
+            t0 = time.perf_counter()
+            gen = generator_factory(job.config, job.runtime)
+            check_contract(gen, Generator, "the generator factory")
+            cond = condition_factory(job.config, job.runtime)
+            check_contract(cond, ConditionMaker, "the condition factory")
+            _MODEL_CACHE[key] = (gen, cond)
+            load_s = time.perf_counter() - t0
+        _MODELS_IN_USE[key] += 1
+    try:
+        yield gen, cond, load_s
+    finally:
+        with _MODELS:
+            _MODELS_IN_USE[key] -= 1
+            if not _MODELS_IN_USE[key]:
+                del _MODELS_IN_USE[key]
+            _MODELS.notify_all()
 
 
 def _drift_scorer(generator: Generator, cfg: JobConfig) -> Callable[..., list] | None:
@@ -199,20 +247,47 @@ def _free_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
-@contextlib.contextmanager
-def cpu_threads(n: int) -> Iterator[None]:
+class _TorchThreads:
+    """torch's intra-op thread count is process-wide and two shards may be in flight: the first
+    shard in sets it, the last one out restores it, and a shard that wants another count waits
+    until the others are done (the count reaches the bytes)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._users = 0
+        self._count = 0
+        self._before = 0
+
+    @contextlib.contextmanager
+    def pinned(self, n: int) -> Iterator[None]:
+        torch = sys.modules.get("torch")
+        if torch is None:
+            yield
+            return
+        n = max(1, n)
+        with self._cond:
+            self._cond.wait_for(lambda: self._users == 0 or self._count == n)
+            if self._users == 0:
+                self._before, self._count = torch.get_num_threads(), n
+                torch.set_num_threads(n)
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._users -= 1
+                if self._users == 0:
+                    torch.set_num_threads(self._before)
+                    self._cond.notify_all()
+
+
+_TORCH_THREADS = _TorchThreads()
+
+
+def cpu_threads(n: int) -> contextlib.AbstractContextManager[None]:
     """Pin torch's intra-op threads for the task: the same count in every cluster mode is what
     makes `sync` and `local` give identical bytes (Dask workers start with OMP_NUM_THREADS=1)."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return _TORCH_THREADS.pinned(n)
 
 
 # ----------------------------------------------------------------------------- the shard task
@@ -233,6 +308,16 @@ class _ShardState:
     scores: dict[str, dict] = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Set by the caller to abandon the shard (the in-process runner, interrupted): stages wind down.
+    cancel: threading.Event | None = None
+    halted: bool = False  # a stage wound down before its end (stop or cancel)
+    # Set once the prepare stage holds the front lock: only then may the task take the device
+    # (front before device in every shard, so no two shards wait on each other).
+    front_taken: threading.Event = field(default_factory=threading.Event)
+    fallbacks: Counter[str] = field(default_factory=Counter)  # this shard's, counted under the front lock
+
+    def stopped(self) -> bool:
+        return self.stop.is_set() or (self.cancel is not None and self.cancel.is_set())
 
     def fail(self, sample: Sample, stage: str, reason: str) -> None:
         with self.lock:
@@ -247,22 +332,31 @@ class _ShardState:
 
 def _put(q: queue.Queue, obj: Any, state: _ShardState) -> None:
     """A blocking put that gives up once another stage has failed (no deadlock on a full queue)."""
-    while not state.stop.is_set():
+    while not state.stopped():
         try:
             q.put(obj, timeout=0.1)
             return
         except queue.Full:
             continue
+    state.halted = True
     raise _Stopped
 
 
 def _get(q: queue.Queue, state: _ShardState) -> Any:
-    while not state.stop.is_set():
+    while not state.stopped():
         try:
             return q.get(timeout=0.1)
         except queue.Empty:
             continue
+    state.halted = True
     raise _Stopped
+
+
+def _wait(event: threading.Event, state: _ShardState) -> None:
+    while not event.wait(timeout=0.1):
+        if state.stopped():
+            state.halted = True
+            raise _Stopped
 
 
 class _Stopped(Exception):
@@ -328,13 +422,23 @@ def _prepare_stage(
     state: _ShardState,
     decode_threads: int = 1,
 ) -> Callable[[], None]:
-    from concurrent.futures import ThreadPoolExecutor
-
     from difaug.generate import make_work_items
 
     chunks = [samples[i : i + chunk] for i in range(0, len(samples), chunk)]
 
     def run() -> None:
+        # One shard's prepare stage at a time per process (`_FRONT_LOCK`), held until its last
+        # item is queued: the condition's fallback counter is this shard's alone in between.
+        with _FRONT_LOCK:
+            state.front_taken.set()
+            before = Counter(condition.fallbacks)
+            try:
+                _prepare_all()
+                _put(items_q, _DONE, state)
+            finally:
+                state.fallbacks = Counter(condition.fallbacks) - before
+
+    def _prepare_all() -> None:
         # Decoding (PIL/OpenCV release the GIL) runs on `decode_threads`, up to two chunks ahead
         # of the condition step; results are taken in sample order, so timing never reaches
         # the items' order, and at most three chunks of decoded images are held at once.
@@ -350,7 +454,6 @@ def _prepare_stage(
                     _prepare_chunk(inputs)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-        _put(items_q, _DONE, state)
 
     def _prepare_chunk(inputs: list[Any]) -> None:
         for inp, cond in _conditions(condition, inputs, state):
@@ -537,14 +640,21 @@ def run_shard(
     generator_factory: GeneratorFactory | None = None,
     condition_factory: ConditionFactory | None = None,
     progress: ProgressHook | None = None,
+    cancel: threading.Event | None = None,
 ) -> ShardStats:
     """Generate one shard, write it and its marker; return the marker.
 
-    One shard at a time per process: the cached pipeline and the torch thread setting are
-    process-wide, and a worker started with several threads (a plain `dask worker`, a SLURM job
-    with `cores: 8`) would otherwise run two shards through one pipeline at once."""
-    with _RUN_LOCK:
-        return _run_shard(spec, job, generator_factory, condition_factory, progress)
+    At most `MAX_SHARDS_IN_FLIGHT` (2) shards per process, however many threads the worker has (a
+    plain `dask worker`, a SLURM job with `cores: 8`): their prepare stages take turns
+    (`_FRONT_LOCK`), and so do their generate stages (on the one device thread), so one shard at a
+    time uses the cached pipeline while the other prepares or writes. Setting `cancel` (the in-process
+    runner, interrupted) makes the stages wind down and the task raise `ShardCancelled`."""
+    with _SHARD_SLOTS:
+        return _run_shard(spec, job, generator_factory, condition_factory, progress, cancel)
+
+
+class ShardCancelled(RuntimeError):
+    """The shard was abandoned through `run_shard(cancel=...)`; nothing of it was written."""
 
 
 def _run_shard(
@@ -553,20 +663,45 @@ def _run_shard(
     generator_factory: GeneratorFactory | None,
     condition_factory: ConditionFactory | None,
     progress: ProgressHook | None,
+    cancel: threading.Event | None = None,
 ) -> ShardStats:
     started, t0 = _now(), time.perf_counter()
     rundir.probe_writable(spec.out)  # a read-only or full OUT fails now, not after the shard's work
     gen_f = generator_factory or default_generator_factory
     cond_f = condition_factory or default_condition_factory
     cfg, rt = job.config, job.runtime
-    generator, condition, load_s = load_models(job, gen_f, cond_f)
-    cpu0 = time.process_time()  # after loading: the shard's own host work
-    fallbacks_before = Counter(condition.fallbacks)
+    with load_models(job, gen_f, cond_f) as (generator, condition, load_s):
+        cpu0 = time.process_time()  # after loading: the shard's own host work
+        state = _ShardState(failures=list(spec.failures), cancel=cancel)
+        with _MODELS:  # built once per process and generator (diffseg.for_generator)
+            score = _drift_scorer(generator, cfg)
+        state.masks = {} if score is not None else None
+        with cpu_threads(rt.threads_per_worker):
+            warmup = _run_stages(spec, job, generator, condition, state, score, progress)
+        if state.error is not None:
+            raise state.error
+        if state.halted:
+            raise ShardCancelled(f"shard {spec.shard.index}: cancelled before its end; nothing written")
+        fallbacks = state.fallbacks
+        state.add_time("warmup", warmup[0])
+        return _finish(spec, cfg, state, dict(fallbacks), started, (t0, cpu0), load_s, warmup[1])
+
+
+def _run_stages(
+    spec: ShardSpec,
+    job: Job,
+    generator: Generator,
+    condition: ConditionMaker,
+    state: _ShardState,
+    score: Callable[..., list] | None,
+    progress: ProgressHook | None,
+) -> tuple[float, list[str]]:
+    """Run the three stages of one shard; return the generator's warm-up seconds and compile
+    warnings of this shard (counted on the device thread, so another shard's never mix in).
+    A stage's error is left in `state.error`; every thread is joined and every lock released."""
+    cfg, rt = job.config, job.runtime
     batch_size = generator.batch_size
     sizes = stage_sizes(batch_size, cfg.num_aux)
-    state = _ShardState(failures=list(spec.failures))
-    score = _drift_scorer(generator, cfg)
-    state.masks = {} if score is not None else None
     items_q: queue.Queue = queue.Queue(maxsize=sizes.queue_depth)
     results_q: queue.Queue = queue.Queue(maxsize=sizes.queue_depth)
     encode = _encode_stage(cfg, generator.provenance, results_q, state)
@@ -578,39 +713,42 @@ def _run_shard(
         _stage_thread("prepare", prepare, state),
         *(_stage_thread(f"encode-{i}", encode, state) for i in range(encoders)),
     ]
-    warmup_before, warnings_before = _warmup_so_far(generator)
-    with cpu_threads(rt.threads_per_worker):
-        for t in threads:
-            t.start()
-        try:
-            _generate_stage(
-                generator,
-                batch_size,
-                items_q,
-                results_q,
-                state,
-                _progress_reporter(spec.shard.index, progress),
-                score,
-                encoders,
-            )
-        except _Stopped:
-            pass
-        except BaseException as e:
-            state.error = state.error or e
-            state.stop.set()
+    warmup: tuple[float, list[str]] = (0.0, [])
+    for t in threads:
+        t.start()
+    try:
+        _wait(state.front_taken, state)  # front before device, in every shard
+        reporter = _progress_reporter(spec.shard.index, progress)  # on this thread (Dask's worker)
+
+        def generate() -> None:
+            _generate_stage(generator, batch_size, items_q, results_q, state, reporter, score, encoders)
+
+        warmup = _device_thread().submit(_measured, generator, generate, rt.threads_per_worker).result()
+    except _Stopped:
+        pass
+    except BaseException as e:
+        state.error = state.error or e
+        state.stop.set()
+    finally:
         for t in threads:
             t.join()
-    if state.error is not None:
-        raise state.error
-    fallbacks = Counter(condition.fallbacks) - fallbacks_before
-    # The generator's first call per batch shape (torch.compile's warm-up, part of "generate"):
-    # seconds.warmup, which `difaug inspect` lists with the other stages; and its compile warnings.
+    return warmup
+
+
+def _measured(generator: Generator, generate: Callable[[], None], threads: int) -> tuple[float, list[str]]:
+    """Run `generate` on the device thread; return the generator's warm-up seconds (its first call
+    per batch shape: torch.compile's warm-up, part of "generate"; `seconds.warmup`, which `difaug
+    inspect` lists with the other stages) and compile warnings of this run alone."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        # OpenMP's thread count is per thread: a thread takes the process-wide setting at its first
+        # parallel op and keeps it, so the long-lived device thread sets the job's own each time.
+        torch.set_num_threads(max(1, threads))
+    warmup_before, warnings_before = _warmup_so_far(generator)
+    generate()
     warmup_after, _ = _warmup_so_far(generator)
-    state.add_time("warmup", warmup_after - warmup_before)
-    compile_warnings = (
-        list(generator.warnings[warnings_before:]) if isinstance(generator, ReportsWarmup) else []
-    )
-    return _finish(spec, cfg, state, dict(fallbacks), started, (t0, cpu0), load_s, compile_warnings)
+    warnings = generator.warnings[warnings_before:] if isinstance(generator, ReportsWarmup) else []
+    return warmup_after - warmup_before, list(warnings)
 
 
 def _warmup_so_far(generator: Generator) -> tuple[float, int]:
@@ -665,8 +803,8 @@ def _finish(
         seconds={k: round(v, 4) for k, v in sorted(state.busy.items())},
         load_seconds=round(load_s, 4),
         wall_seconds=round(time.perf_counter() - clocks[0], 4),
-        # CPU of the whole process during the task (all threads): the host cost of the shard when
-        # the worker runs one task at a time, as difaug's clusters do.
+        # CPU of the whole process during the task (all threads): with two shards in flight per
+        # process, the neighbouring shard's work in the same seconds counts in both.
         cpu_seconds=round(time.process_time() - clocks[1], 4),
         fallbacks=dict(sorted(fallbacks.items())),
         compile_warnings=tuple(compile_warnings),
