@@ -12,6 +12,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from difaug.config import ConfigError, RuntimeConfig
+from difaug.worker import MAX_SHARDS_IN_FLIGHT
+
+# Dask threads per worker process. The second thread only overlaps one shard's last encodes and its
+# write with the next shard's generation: the worker's own locks keep one shard at a time on the
+# device (and one model copy per process), so a GPU is never shared by two generate stages.
+THREADS_PER_WORKER = MAX_SHARDS_IN_FLIGHT
 
 
 def uses_client(runtime: RuntimeConfig) -> bool:
@@ -26,17 +32,20 @@ def _make_cluster(runtime: RuntimeConfig) -> Any:
     if runtime.cluster == "local":
         from distributed import LocalCluster
 
-        # One task per worker process: a worker owns one model copy and one device stream.
         return LocalCluster(
-            n_workers=runtime.workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+            n_workers=runtime.workers,
+            threads_per_worker=THREADS_PER_WORKER,
+            processes=True,
+            dashboard_address=":0",
         )
     if runtime.cluster == "cuda":
         if importlib.util.find_spec("dask_cuda") is None:
             raise _missing_extra("dask-cuda", "cuda")
         from dask_cuda import LocalCUDACluster
 
-        # One worker per visible GPU (dask-cuda's default); GPU=1 lets tasks claim the device.
-        return LocalCUDACluster(threads_per_worker=1, resources={"GPU": 1})
+        # One worker per visible GPU (dask-cuda's default); GPU=1 lets tasks claim the device
+        # (a shard task claims a share of it: `gpu_resources`).
+        return LocalCUDACluster(threads_per_worker=THREADS_PER_WORKER, resources={"GPU": 1})
     if runtime.cluster == "slurm":
         if importlib.util.find_spec("dask_jobqueue") is None:
             raise _missing_extra("dask-jobqueue", "slurm")
@@ -71,13 +80,19 @@ def open_client(runtime: RuntimeConfig) -> Iterator[Any]:
         cluster.close()
 
 
-def gpu_resources(client: Any, runtime: RuntimeConfig) -> dict[str, int] | None:
-    """`{"GPU": 1}` when tasks should claim a GPU: on dask-cuda, for an explicit CUDA device, or when
-    the cluster's workers advertise a GPU resource. Never on workers that lack it (tasks would hang)."""
+# What one shard task claims of a worker's `GPU=1`: the two shards a worker overlaps fit on its
+# one GPU (one generates while the other prepares or writes); a whole GPU would allow only one.
+GPU_SHARE = 1 / MAX_SHARDS_IN_FLIGHT
+
+
+def gpu_resources(client: Any, runtime: RuntimeConfig) -> dict[str, float] | None:
+    """`{"GPU": GPU_SHARE}` when tasks should claim a GPU: on dask-cuda, for an explicit CUDA
+    device, or when the cluster's workers advertise a GPU resource. Never on workers that lack it
+    (tasks would hang)."""
     workers = client.scheduler_info(n_workers=-1).get("workers", {}) if client is not None else {}
     advertised = any("GPU" in (w.get("resources") or {}) for w in workers.values())
     if runtime.cluster == "cuda" or advertised:
-        return {"GPU": 1}
+        return {"GPU": GPU_SHARE}
     if runtime.device.startswith("cuda") and runtime.cluster == "slurm":
         # Claiming a resource no worker advertises would leave every task waiting forever.
         raise ConfigError(

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import bisect
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ from difaug.manifest import (
 )
 from difaug.rundir import Failure, Plan, RunLock, ShardRange, ShardStats, Summary
 from difaug.worker import (
+    MAX_SHARDS_IN_FLIGHT,
     PROGRESS_TOPIC,
     ConditionFactory,
     GeneratorFactory,
@@ -256,19 +259,54 @@ def _run_sync(
     emit: EventSink,
     stop: threading.Event,
 ) -> None:
-    for spec in specs:
-        for attempt in range(job.runtime.retries + 1):
-            try:
-                stats = run_shard(spec, job, *factories, progress=lambda i, n: emit(ShardProgress(i, n)))
-            except Exception as e:
-                if attempt == job.runtime.retries or rundir.is_permanent(e):  # no retry can fix those
-                    on_error(spec, e)
+    """The shard tasks in this process, two in flight (`worker.MAX_SHARDS_IN_FLIGHT`, as on a
+    Dask worker): one shard's write overlaps the next one's generation. Results, retries and every
+    event (progress included) are handled on this thread, one at a time; no shard is started once
+    `stop` is set. Interrupted, the shards in flight are cancelled and waited for, so nothing
+    writes into OUT after the run's lock is let go."""
+    progress: queue.SimpleQueue[ShardProgress] = queue.SimpleQueue()
+    cancel = threading.Event()
+    attempts: dict[Future[ShardStats], tuple[ShardSpec, int]] = {}
+    pool = ThreadPoolExecutor(MAX_SHARDS_IN_FLIGHT, thread_name_prefix="difaug-shard")
+
+    def submit(spec: ShardSpec, attempt: int) -> None:
+        def report(index: int, images: int) -> None:
+            progress.put(ShardProgress(index, images))
+
+        future = pool.submit(run_shard, spec, job, *factories, progress=report, cancel=cancel)
+        attempts[future] = (spec, attempt)
+
+    def emit_progress() -> None:
+        while not progress.empty():
+            emit(progress.get())
+
+    try:
+        while True:
+            while len(attempts) < MAX_SHARDS_IN_FLIGHT and not stop.is_set():
+                spec = next(specs, None)
+                if spec is None:
                     break
-            else:
-                on_done(spec, stats)
-                break
-        if stop.is_set():
-            return
+                submit(spec, 0)
+            if not attempts:
+                return
+            finished, _ = wait(attempts, timeout=0.1, return_when=FIRST_COMPLETED)
+            emit_progress()
+            for future in finished:
+                spec, attempt = attempts.pop(future)
+                error = future.exception()
+                if error is None:
+                    on_done(spec, future.result())
+                elif not isinstance(error, Exception):
+                    raise error
+                elif attempt < job.runtime.retries and not rundir.is_permanent(error) and not stop.is_set():
+                    submit(spec, attempt + 1)  # no retry can fix a permanent error
+                else:
+                    on_error(spec, error)
+    except BaseException:
+        cancel.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _run_dask(
@@ -279,7 +317,7 @@ def _run_dask(
     on_done: Callable[[ShardSpec, ShardStats], None],
     on_error: Callable[[ShardSpec, BaseException], None],
     emit: EventSink,
-    resources: dict[str, int] | None,
+    resources: dict[str, float] | None,
     stop: threading.Event,
 ) -> None:
     from distributed import as_completed
@@ -293,9 +331,11 @@ def _run_dask(
     pending = as_completed()
 
     def capacity() -> int:
-        # A few shards per worker keep every worker busy without the driver holding the whole plan.
+        # A few shards per worker keep every worker busy without the driver holding the whole plan:
+        # the two a worker runs at once (`MAX_SHARDS_IN_FLIGHT`) and one waiting for its turn.
         n = len(client.scheduler_info(n_workers=-1).get("workers", {}))
-        return max(4, 2 * job.runtime.workers, 2 * n)
+        per_worker = MAX_SHARDS_IN_FLIGHT + 1
+        return max(4, per_worker * job.runtime.workers, per_worker * n)
 
     def submit_more() -> None:
         limit = capacity()  # one scheduler query per completed shard, not one per submission

@@ -1,14 +1,36 @@
-"""The shard task's settings: what each batch knob sets, and the model-cache key."""
+"""The shard task: what each batch knob sets, the model-cache key, and two shards in flight per
+process (overlap, the counters each shard reads, torch threads, the model cache, cancelling)."""
 
 from __future__ import annotations
 
+import csv
+import functools
+import itertools
+import threading
+import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from difaug.config import ConfigError, JobConfig, RuntimeConfig, resolve_job
-from difaug.worker import default_condition_factory, factory_key, model_settings, stage_sizes
+from difaug import rundir, shards
+from difaug.config import ConfigError, Job, JobConfig, RuntimeConfig, resolve_job
+from difaug.manifest import read_manifest
+from difaug.rundir import ShardRange, ShardStats
+from difaug.runner import run
+from difaug.testing import SleepGenerator, make_dataset, sleep_generator_factory, small_job
+from difaug.worker import (
+    ShardCancelled,
+    ShardSpec,
+    default_condition_factory,
+    factory_key,
+    load_models,
+    model_settings,
+    run_shard,
+    stage_sizes,
+)
 
 
 def test_hed_batch_defaults_to_the_batch_size_and_can_be_set_apart() -> None:
@@ -66,3 +88,189 @@ def test_model_cache_key_holds_exactly_the_loading_settings() -> None:
     assert key(compile_cache_dir="/a") == key(compile_cache_dir="/b")
     assert key(compile="on", compile_cache_dir="/a") != key(compile="on", compile_cache_dir="/b")
     assert dict(model_settings(base))["hed_batch"] == base.batch_size
+
+
+# ----------------------------------------------------------------------------- two shards in flight
+
+
+class _Recorder:
+    """What the recording stand-ins saw, shared with the test through `_RECORDERS[token]` (the
+    factories must be picklable, so they carry a token rather than the recorder)."""
+
+    def __init__(self, shard_of: dict[str, int]):
+        self.shard_of = shard_of
+        self.lock = threading.Lock()
+        self.batches: list[int] = []  # the shard of each generator batch, in call order
+        self.device_threads: list[int] = []  # torch's thread count on the generating thread
+        self.both_generating = threading.Event()  # two different shards have had a batch
+
+    def batch(self, items: Sequence[Any]) -> None:
+        import torch
+
+        with self.lock:
+            self.batches.append(self.shard_of[items[0].sample_id])
+            self.device_threads.append(torch.get_num_threads())
+            if len(set(self.batches)) >= 2:
+                self.both_generating.set()
+
+
+_RECORDERS: dict[str, _Recorder] = {}
+
+
+class _RecordingGenerator(SleepGenerator):
+    """The sleeping stand-in, recording each batch and reporting a warm-up (`ReportsWarmup`) that
+    names the samples of each call: 0.25 s per image, one warning per call."""
+
+    def __init__(self, token: str, ms: float, batch_size: int):
+        super().__init__(ms, batch_size)
+        self.recorder = _RECORDERS[token]
+        self.warmup_seconds = 0.0
+        self.warnings: list[str] = []
+
+    def generate(self, items: Sequence[Any]) -> list[Any]:
+        self.recorder.batch(items)
+        self.warmup_seconds += 0.25 * len(items)
+        self.warnings.append("warm-up: " + " ".join(sorted({it.sample_id for it in items})))
+        return super().generate(items)
+
+
+def _recording_factory(cfg: JobConfig, runtime: RuntimeConfig, *, token: str, ms: float = 1.0) -> Any:
+    return _RecordingGenerator(token, ms, runtime.batch_size)
+
+
+def _recorder(manifest: Path, shard_size: int) -> tuple[str, _Recorder]:
+    token = uuid.uuid4().hex
+    samples = read_manifest(manifest).samples
+    _RECORDERS[token] = _Recorder({s.sample_id: (s.row - 1) // shard_size for s in samples})
+    return token, _RECORDERS[token]
+
+
+def _hold_first_marker(monkeypatch: pytest.MonkeyPatch, until: threading.Event) -> dict[int, bool]:
+    """Hold the first shard's marker (its last step) until `until` is set, for at most 20 s;
+    return shard → whether `until` was set when its marker was written."""
+    real, lock, seen = rundir.write_marker, threading.Lock(), {}
+
+    def write_marker(out: str, stats: ShardStats) -> None:
+        with lock:
+            first = not seen
+            seen[stats.shard] = until.is_set()
+        if first:
+            seen[stats.shard] = until.wait(20)
+        real(out, stats)
+
+    monkeypatch.setattr(rundir, "write_marker", write_marker)
+    return seen
+
+
+def _with_fallback_class(manifest: Path, row: int) -> Path:
+    rows = list(csv.DictReader(manifest.open()))
+    rows[row - 1]["class_name"] = "flux capacitor"  # no ADE20K mapping: a seg fallback
+    with manifest.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest
+
+
+def test_the_next_shard_generates_while_the_previous_one_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two shards in flight: the second's batches start before the first's marker is written
+    (held here until then; run one shard at a time, that would never happen)."""
+    m = make_dataset(tmp_path / "d", 4)
+    token, rec = _recorder(m, 2)
+    seen = _hold_first_marker(monkeypatch, rec.both_generating)
+    j = small_job(m, tmp_path / "out", runtime={"batch_size": 1})  # 4 batches per shard
+    s = run(j, generator_factory=functools.partial(_recording_factory, token=token))
+    assert s.ok and s.done == 4 and s.images == 8
+    assert sorted(seen) == [0, 1] and all(seen.values()), seen
+    # One shard at a time on the device: each shard's batches are contiguous.
+    changes = sum(a != b for a, b in itertools.pairwise(rec.batches))
+    assert changes == 1, rec.batches
+
+
+def test_fallbacks_and_warmup_are_the_shards_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counters on the shared condition and generator are read around each shard's own stage,
+    even while the two shards' tasks overlap."""
+    m = _with_fallback_class(make_dataset(tmp_path / "d", 4), row=4)  # in shard 1
+    token, rec = _recorder(m, 2)
+    _hold_first_marker(monkeypatch, rec.both_generating)  # the two tasks overlap for sure
+    out = tmp_path / "out"
+    s = run(small_job(m, out), generator_factory=functools.partial(_recording_factory, token=token))
+    assert s.ok
+    stats = {x["shard"]: x for x in shards.load_stats(out)}
+    assert stats[0]["fallbacks"] == {} and stats[1]["fallbacks"] == {"flux capacitor": 1}
+    ids = {i: {sid for sid, shard in rec.shard_of.items() if shard == i} for i in (0, 1)}
+    for i in (0, 1):
+        assert stats[i]["seconds"]["warmup"] == pytest.approx(0.25 * stats[i]["images"])
+        named = {sid for w in stats[i]["compile_warnings"] for sid in w.split()[1:]}
+        assert named == ids[i], (i, stats[i]["compile_warnings"])
+
+
+def test_torch_threads_follow_each_job_and_are_restored(tmp_path: Path) -> None:
+    """The generating thread uses the job's torch thread count, job after job (OpenMP's count is
+    per thread), and the run leaves the count as it found it."""
+    import torch
+
+    before = torch.get_num_threads()
+    m = make_dataset(tmp_path / "d", 4)
+    for threads in (1, 2, 1):
+        token, rec = _recorder(m, 2)
+        j = small_job(m, tmp_path / f"out{threads}-{token}", runtime={"threads_per_worker": threads})
+        assert run(j, generator_factory=functools.partial(_recording_factory, token=token)).ok
+        assert set(rec.device_threads) == {threads}
+    assert torch.get_num_threads() == before
+    fresh: list[int] = []  # a new thread starts from the process-wide setting
+    t = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    assert fresh == [before]
+
+
+def test_another_jobs_models_wait_for_the_shards_in_flight(tmp_path: Path) -> None:
+    """A shard of another job (another model-cache key) does not free the models a running shard
+    uses: it loads once that shard is done. A shard of the same job never waits."""
+    m = make_dataset(tmp_path / "d", 1)
+    job_a, job_b = small_job(m, tmp_path / "a"), small_job(m, tmp_path / "b", seed=7)
+    factory = functools.partial(sleep_generator_factory, ms_per_image=1.0)
+
+    def load_in_thread(job: Job) -> tuple[threading.Event, threading.Event, list[Any]]:
+        loaded, release, got = threading.Event(), threading.Event(), []
+
+        def body() -> None:
+            with load_models(job, factory, default_condition_factory) as models:
+                got.append(models[0])
+                loaded.set()
+                release.wait(30)
+
+        threading.Thread(target=body, daemon=True).start()
+        return loaded, release, got
+
+    with load_models(job_a, factory, default_condition_factory) as (gen_a, _, _):
+        same_loaded, same_release, same = load_in_thread(job_a)
+        assert same_loaded.wait(10) and same[0] is gen_a  # same key: no wait, same models
+        other_loaded, other_release, other = load_in_thread(job_b)
+        assert not other_loaded.wait(0.5)  # job_a's models are in use
+        same_release.set()
+        assert not other_loaded.wait(0.5)  # still in use here
+    assert other_loaded.wait(10)  # the last job_a user is done: job_b's models load
+    assert other[0] is not gen_a
+    other_release.set()
+
+
+def test_a_cancelled_shard_stops_and_writes_nothing(tmp_path: Path) -> None:
+    m = make_dataset(tmp_path / "d", 4)
+    out = tmp_path / "out"
+    j = small_job(m, out, shard_size=4, runtime={"batch_size": 1})
+    spec = ShardSpec(ShardRange(0, 1, 5), tuple(read_manifest(m).samples), (), str(out), "h" * 64)
+    out.mkdir()
+    cancel = threading.Event()
+    with pytest.raises(ShardCancelled, match="shard 0"):
+        run_shard(
+            spec,
+            j,
+            functools.partial(sleep_generator_factory, ms_per_image=50.0),
+            progress=lambda index, images: cancel.set(),  # after the first batch
+            cancel=cancel,
+        )
+    assert not shards.shard_path(out, 0).exists() and not shards.stats_path(out, 0).exists()
