@@ -248,6 +248,53 @@ def test_failed_shard_recorded_then_redone(tmp_path: Path) -> None:
     assert len(all_keys(out)) == 10
 
 
+def _write_fails_for_shard(index: int) -> Any:
+    real = shards.write_shard
+
+    def write_shard(path: Path, rows: list[dict]) -> Path:
+        if Path(path).name == f"{index:05d}.parquet":
+            raise RuntimeError("simulated failure while writing")
+        return real(path, rows)
+
+    return write_shard
+
+
+@pytest.mark.parametrize("stage", ["prepare", "generate", "write"])
+def test_a_failing_shard_next_to_good_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str
+) -> None:
+    """Two shards in flight: the middle shard fails in one of its stages; its neighbours finish,
+    its rows are recorded as failures, and no lock is left held (the run ends, the next works)."""
+    import threading
+
+    from difaug import rundir
+
+    m = make_dataset(tmp_path / "d", 6)  # shards [1, 3), [3, 5), [5, 7)
+    out = tmp_path / "out"
+    factories: dict[str, Any] = {"generator_factory": sleep_factory()}
+    if stage == "prepare":  # not an input error: the task fails
+        factories["condition_factory"] = functools.partial(
+            _picky_condition_factory, bad="img00002_12", error=RuntimeError
+        )
+    elif stage == "generate":
+        factories["generator_factory"] = functools.partial(_flaky_factory, bad="img00002_12")
+    else:
+        monkeypatch.setattr(shards, "write_shard", _write_fails_for_shard(1))
+    result: list[Any] = []
+    driver = threading.Thread(target=lambda: result.append(run(job(m, out), **factories)), daemon=True)
+    driver.start()
+    driver.join(timeout=120)
+    assert not driver.is_alive(), "the run did not end: a lock was left held"
+    s = result[0]
+    assert s.failed_shards == [1] and (s.done, s.failed) == (4, 2)
+    assert [(f.row, f.stage) for f in s.failures] == [(3, "task"), (4, "task")]
+    checks = rundir.verify_run(out).checks
+    assert checks[0].ok and checks[2].ok and not shards.stats_path(out, 1).exists()
+    monkeypatch.undo()
+    again = run(job(m, out), generator_factory=sleep_factory())
+    assert again.ok and again.done == 2 and len(all_keys(out)) == 12
+
+
 # ----------------------------------------------------------------------------- real model, real cluster
 
 
@@ -257,11 +304,23 @@ def tiny_job_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("data"), 5, sizes=[(96, 64), (64, 64)])
 
 
-def test_local_two_workers_matches_sync(tmp_path: Path, tiny_models: Path, tiny_job_data: Path) -> None:
+def test_local_two_workers_matches_sync(
+    tmp_path: Path, tiny_models: Path, tiny_job_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same bytes from two Dask workers, from this process with two shards in flight, and
+    from this process with one shard at a time."""
+    import threading
+
+    from difaug import worker
+
     cfg = {"condition": "hed", "model": str(tiny_models), "num_aux": 2, "shard_size": 2}
     local = run(job(tiny_job_data, tmp_path / "local", runtime={"cluster": "local", "workers": 2}, **cfg))
     sync = run(job(tiny_job_data, tmp_path / "sync", runtime={"cluster": "sync"}, **cfg))
-    assert local.ok and sync.ok and local.images == 10
+    monkeypatch.setattr(worker, "_SHARD_SLOTS", threading.BoundedSemaphore(1))
+    one_at_a_time = run(job(tiny_job_data, tmp_path / "one", runtime={"cluster": "sync"}, **cfg))
+    monkeypatch.undo()
+    assert local.ok and sync.ok and one_at_a_time.ok and local.images == 10
+    assert shard_bytes(tmp_path / "sync") == shard_bytes(tmp_path / "one")
     table = shards.read_shard(next(shards.iter_shard_paths(tmp_path / "local")))
     rows = table.to_pylist()
     from difaug.generate import derive_seed
