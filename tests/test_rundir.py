@@ -482,21 +482,27 @@ def _saboteur_factory(cfg: Any, runtime: Any, *, out: str, at: str) -> _Saboteur
 def test_unwritable_out_stops_the_run_with_one_clear_line(tmp_path: Path) -> None:
     import functools
 
-    m = make_dataset(tmp_path / "d", ROWS)
+    rows = 9  # shards 00000 … 00004
+    m = make_dataset(tmp_path / "d", rows)
     out = tmp_path / "out"
     s = run(
         job(m, out), generator_factory=functools.partial(_saboteur_factory, out=str(out), at="img00002_12")
     )
-    # shard 00000 done; 00001 failed once (no retry: it cannot go away); 00002 never started
-    assert (s.done, s.failed, s.not_run, s.failed_shards) == (2, 2, 1, [1])
+    # 00001 fails (no retry: it cannot go away). Two shards are in flight at a time: 00000 fails
+    # too if its marker was not written yet, 00002 if it was started before 00001 failed; after
+    # that no shard starts, so 00003 and 00004 (rows 7-9) never run.
+    assert 1 in s.failed_shards and set(s.failed_shards) <= {0, 1, 2}
+    assert s.done == (0 if 0 in s.failed_shards else 2) and s.not_run >= 3
+    assert s.failed == 2 * len(s.failed_shards) and s.done + s.failed + s.not_run == rows
+    assert all("cannot use" in f.reason for f in s.failures)
     assert "cannot use" in s.stopped and "stats" in s.stopped and "not a folder" in s.stopped
     assert not s.ok
     summary = json.loads((out / rundir.SUMMARY_FILE).read_text())
-    assert summary["done"] + summary["failed"] + summary["not_run"] == ROWS
+    assert summary["done"] + summary["failed"] + summary["not_run"] == rows
     (out / "stats").unlink()  # the user fixes OUT and reruns the same command
     s2 = run(job(m, out), generator_factory=sleep_factory())
-    assert s2.ok and s2.done == 5  # stats/ was lost, so every shard is redone, none duplicated
-    _reconciled(out)
+    assert s2.ok and s2.done == rows  # stats/ was lost, so every shard is redone, none duplicated
+    _reconciled(out, rows)
 
 
 def test_cli_exit_2_when_nothing_can_be_written(tmp_path: Path, tiny_models: Path) -> None:
