@@ -75,7 +75,7 @@ DEVICE_STAGE = "generate"  # the stage that holds the GPU (conditions may too; l
 TASK_TOTAL_LABELS = {
     "load": "model loading",
     "wall": "task wall time",
-    "cpu": "worker CPU (all threads)",
+    "cpu": "worker CPU (all threads; shared by overlapping shards)",
 }
 
 INSPECT_BOTTOM = 2 * sheet.PAD  # below the last line of inspect's and segment's sheets (their size as before)
@@ -110,7 +110,8 @@ class RunReport:
     device_seconds: float  # sum of seconds.generate: the GPU-seconds the images cost
     stage_seconds: dict[str, float]  # every stage's seconds summed over shards (stages only)
     # The tasks' totals summed over shards, apart from the stages they overlap: "load" (models),
-    # "wall" (task start → marker), "cpu" (worker process CPU during the tasks)
+    # "wall" (task start → marker), "cpu" (worker process CPU during the tasks: two overlapping
+    # tasks of one worker both count the seconds they share)
     task_seconds: dict[str, float]
     per_shard: list[ShardTiming]
     disk_bytes: int  # everything in the run dir

@@ -316,7 +316,9 @@ class ShardStats:
     seconds: dict[str, float] = field(default_factory=dict)
     load_seconds: float | None = None  # building the models (0 when the process had them cached)
     wall_seconds: float | None = None  # the whole task, start to marker
-    cpu_seconds: float | None = None  # CPU time of the worker process (all threads) during the task
+    # CPU time of the worker process (all threads) during the task; a worker overlaps two shard
+    # tasks, so the neighbouring shard's work in the same seconds is counted in both
+    cpu_seconds: float | None = None
     fallbacks: dict[str, int] = field(default_factory=dict)
     # What went wrong but did not fail the shard: a torch.compile that fell back to eager, …
     compile_warnings: tuple[str, ...] = ()
