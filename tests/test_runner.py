@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -265,8 +266,6 @@ def test_a_failing_shard_next_to_good_ones(
 ) -> None:
     """Two shards in flight: the middle shard fails in one of its stages; its neighbours finish,
     its rows are recorded as failures, and no lock is left held (the run ends, the next works)."""
-    import threading
-
     from difaug import rundir
 
     m = make_dataset(tmp_path / "d", 6)  # shards [1, 3), [3, 5), [5, 7)
@@ -295,6 +294,58 @@ def test_a_failing_shard_next_to_good_ones(
     assert again.ok and again.done == 2 and len(all_keys(out)) == 12
 
 
+class _Interrupted(Exception):
+    pass
+
+
+_INTERRUPTED = threading.Event()
+
+
+class _HeldGenerator:
+    """The sleep generator, except that every batch after its first waits for the interruption:
+    no shard can finish before the driver is interrupted."""
+
+    def __init__(self, batch_size: int):
+        from difaug.testing import SleepGenerator
+
+        self.inner = SleepGenerator(20.0, batch_size)
+        self.batch_size, self.provenance, self.calls = batch_size, self.inner.provenance, 0
+
+    def generate(self, items: list[Any]) -> list[Any]:
+        self.calls += 1
+        if self.calls > 1:
+            _INTERRUPTED.wait(30)
+        return self.inner.generate(items)
+
+
+def _held_factory(cfg: JobConfig, runtime: RuntimeConfig) -> Any:
+    return _HeldGenerator(runtime.batch_size)
+
+
+def _interrupt(event: Any) -> None:
+    from difaug import runner
+
+    if isinstance(event, runner.ShardProgress):  # the first batch is done
+        _INTERRUPTED.set()
+        raise _Interrupted
+
+
+def test_an_interrupted_sync_run_cancels_its_shards_and_writes_nothing_after(tmp_path: Path) -> None:
+    """The driver stops (Ctrl-C, a failing event sink) while two shards are in flight: they are
+    cancelled and waited for before `run` raises, so nothing writes into OUT after its lock is let
+    go; no other shard starts, and a rerun finishes every row."""
+    _INTERRUPTED.clear()
+    m = make_dataset(tmp_path / "d", 5)
+    out = tmp_path / "out"
+    j = job(m, out, runtime={"batch_size": 1})
+    with pytest.raises(_Interrupted):
+        run(j, generator_factory=_held_factory, on_event=_interrupt)
+    assert not [t for t in threading.enumerate() if t.name.startswith("difaug-shard")]
+    assert not list((out / "stats").glob("*.json")) and not list((out / "shards").glob("*.parquet"))
+    again = run(j, generator_factory=sleep_factory())
+    assert again.ok and again.done == 5 and len(all_keys(out)) == 10
+
+
 # ----------------------------------------------------------------------------- real model, real cluster
 
 
@@ -309,7 +360,6 @@ def test_local_two_workers_matches_sync(
 ) -> None:
     """The same bytes from two Dask workers, from this process with two shards in flight, and
     from this process with one shard at a time."""
-    import threading
 
     from difaug import worker
 
