@@ -259,10 +259,11 @@ class _TorchThreads:
         self._before = 0
 
     @contextlib.contextmanager
-    def pinned(self, n: int) -> Iterator[None]:
+    def pinned(self, n: int) -> Iterator[bool]:
+        """Yields whether the count was pinned (False when torch is not imported)."""
         torch = sys.modules.get("torch")
         if torch is None:
-            yield
+            yield False
             return
         n = max(1, n)
         with self._cond:
@@ -272,7 +273,7 @@ class _TorchThreads:
                 torch.set_num_threads(n)
             self._users += 1
         try:
-            yield
+            yield True
         finally:
             with self._cond:
                 self._users -= 1
@@ -284,9 +285,10 @@ class _TorchThreads:
 _TORCH_THREADS = _TorchThreads()
 
 
-def cpu_threads(n: int) -> contextlib.AbstractContextManager[None]:
+def cpu_threads(n: int) -> contextlib.AbstractContextManager[bool]:
     """Pin torch's intra-op threads for the task: the same count in every cluster mode is what
-    makes `sync` and `local` give identical bytes (Dask workers start with OMP_NUM_THREADS=1)."""
+    makes `sync` and `local` give identical bytes (Dask workers start with OMP_NUM_THREADS=1).
+    Yields whether it pinned them (not when torch is not imported)."""
     return _TORCH_THREADS.pinned(n)
 
 
@@ -676,8 +678,9 @@ def _run_shard(
         with _MODELS:  # built once per process and generator (diffseg.for_generator)
             score = _drift_scorer(generator, cfg)
         state.masks = {} if score is not None else None
-        with cpu_threads(rt.threads_per_worker):
-            warmup = _run_stages(spec, job, generator, condition, state, score, progress)
+        with cpu_threads(rt.threads_per_worker) as pinned:
+            torch_threads = rt.threads_per_worker if pinned else 0
+            warmup = _run_stages(spec, job, generator, condition, state, score, progress, torch_threads)
         if state.error is not None:
             raise state.error
         if state.halted:
@@ -695,9 +698,11 @@ def _run_stages(
     state: _ShardState,
     score: Callable[..., list] | None,
     progress: ProgressHook | None,
+    torch_threads: int,
 ) -> tuple[float, list[str]]:
     """Run the three stages of one shard; return the generator's warm-up seconds and compile
     warnings of this shard (counted on the device thread, so another shard's never mix in).
+    `torch_threads`: torch's thread count for the device thread (0: leave it, nothing was pinned).
     A stage's error is left in `state.error`; every thread is joined and every lock released."""
     cfg, rt = job.config, job.runtime
     batch_size = generator.batch_size
@@ -723,7 +728,7 @@ def _run_stages(
         def generate() -> None:
             _generate_stage(generator, batch_size, items_q, results_q, state, reporter, score, encoders)
 
-        warmup = _device_thread().submit(_measured, generator, generate, rt.threads_per_worker).result()
+        warmup = _device_thread().submit(_measured, generator, generate, torch_threads).result()
     except _Stopped:
         pass
     except BaseException as e:
@@ -735,15 +740,18 @@ def _run_stages(
     return warmup
 
 
-def _measured(generator: Generator, generate: Callable[[], None], threads: int) -> tuple[float, list[str]]:
+def _measured(
+    generator: Generator, generate: Callable[[], None], torch_threads: int
+) -> tuple[float, list[str]]:
     """Run `generate` on the device thread; return the generator's warm-up seconds (its first call
     per batch shape: torch.compile's warm-up, part of "generate"; `seconds.warmup`, which `difaug
     inspect` lists with the other stages) and compile warnings of this run alone."""
     torch = sys.modules.get("torch")
-    if torch is not None:
+    if torch is not None and torch_threads > 0:
         # OpenMP's thread count is per thread: a thread takes the process-wide setting at its first
-        # parallel op and keeps it, so the long-lived device thread sets the job's own each time.
-        torch.set_num_threads(max(1, threads))
+        # parallel op and keeps it, so the long-lived device thread sets the job's own each time
+        # (`cpu_threads` set the same process-wide and restores it when the last shard is done).
+        torch.set_num_threads(torch_threads)
     warmup_before, warnings_before = _warmup_so_far(generator)
     generate()
     warmup_after, _ = _warmup_so_far(generator)

@@ -212,19 +212,21 @@ def test_torch_threads_follow_each_job_and_are_restored(tmp_path: Path) -> None:
     per thread), and the run leaves the count as it found it."""
     import torch
 
-    before = torch.get_num_threads()
+    def in_a_new_thread() -> int:  # a new thread starts from the process-wide setting
+        got: list[int] = []
+        t = threading.Thread(target=lambda: got.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        return got[0]
+
+    before, process_wide = torch.get_num_threads(), in_a_new_thread()
     m = make_dataset(tmp_path / "d", 4)
     for threads in (1, 2, 1):
         token, rec = _recorder(m, 2)
         j = small_job(m, tmp_path / f"out{threads}-{token}", runtime={"threads_per_worker": threads})
         assert run(j, generator_factory=functools.partial(_recording_factory, token=token)).ok
         assert set(rec.device_threads) == {threads}
-    assert torch.get_num_threads() == before
-    fresh: list[int] = []  # a new thread starts from the process-wide setting
-    t = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
-    t.start()
-    t.join()
-    assert fresh == [before]
+    assert (torch.get_num_threads(), in_a_new_thread()) == (before, process_wide)
 
 
 def test_another_jobs_models_wait_for_the_shards_in_flight(tmp_path: Path) -> None:
