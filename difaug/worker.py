@@ -5,7 +5,7 @@ auxiliary images in batches, encodes them and writes the shard atomically, then 
 Three stages overlap through bounded queues so the device never waits on the host:
 
     stage 1 (thread)       read + decode + condition  ──► items queue ─┐
-    stage 2 (task thread)  generator batches, bucketed by shape       ◄┘ ──► results queue ─┐
+    stage 2 (device thr.)  generator batches, bucketed by shape       ◄┘ ──► results queue ─┐
     stage 3 (2 threads)    encode PNG/JPEG + build rows                                    ◄┘
 
 A process keeps two shard tasks in flight (`MAX_SHARDS_IN_FLIGHT`): the next shard's stage 1 runs
