@@ -315,7 +315,7 @@ class ShardStats:
     # so they may be summed. The task's totals are apart: they overlap the stages.
     seconds: dict[str, float] = field(default_factory=dict)
     load_seconds: float | None = None  # building the models (0 when the process had them cached)
-    wall_seconds: float | None = None  # the whole task, start to marker
+    wall_seconds: float | None = None  # the whole task, start to marker (incl. waiting for its turn)
     # CPU time of the worker process (all threads) during the task; a worker overlaps two shard
     # tasks, so the neighbouring shard's work in the same seconds is counted in both
     cpu_seconds: float | None = None
