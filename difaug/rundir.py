@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from difaug import fsio
 
@@ -585,7 +585,7 @@ class ShardCheck:
     """The verdict on one planned shard: `done` (verified), `missing` (no marker) or `invalid`."""
 
     shard: ShardRange
-    status: str
+    status: Literal["done", "missing", "invalid"]
     reason: str = ""
     stats: ShardStats | None = None
 

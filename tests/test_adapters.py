@@ -13,7 +13,7 @@ from _runs import COCO_SPECS, SampleSpec, SyntheticRun, make_run
 
 from difaug.adapters import AuxIndex, AuxKeyError, AuxShotDataset, DictFormat, TupleFormat
 from difaug.adapters.torch_dataset import binary_mask, to_tensor
-from difaug.imageio import load_mask, resize
+from difaug.imageio import load_image, load_mask, resize
 
 
 @pytest.fixture(scope="module")
@@ -274,6 +274,23 @@ def test_seeded_random_choice_is_per_episode(pascal_run: SyntheticRun) -> None:
     base = HSNetLike(pascal_run, [("2007_000032", 1)])
     ds = AuxShotDataset(base, index, k=1, key_fn=hsnet_keys, choose="random", seed=7)
     assert torch.equal(ds[0]["support_imgs"], ds[0]["support_imgs"])
+
+
+def test_aux_images_decodes_what_aux_bytes_chooses(pascal_run: SyntheticRun) -> None:
+    import inspect
+
+    index = AuxIndex(pascal_run.run_dir)
+    picked = index.aux_bytes("2007_000032", 1, 2, choose="random", seed=3)
+    decoded = index.aux_images("2007_000032", 1, 2, choose="random", seed=3)
+    assert len(decoded) == len(picked) == 2
+    for raw, image in zip(picked, decoded, strict=True):
+        np.testing.assert_array_equal(image, load_image(raw))
+    # help() and editors show aux_bytes' parameters, with the decoded return type.
+    images, raw_bytes = inspect.signature(index.aux_images), inspect.signature(index.aux_bytes)
+    assert images.parameters == raw_bytes.parameters and "key" in images.parameters
+    assert images.return_annotation == "list[np.ndarray]"
+    with pytest.raises(ValueError, match="choose"):
+        index.aux_images("2007_000032_1", k=1, choose="best")
 
 
 def test_index_min_drift_iou(tmp_path: Path) -> None:

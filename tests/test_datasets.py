@@ -7,6 +7,7 @@ worked out by hand from the builder rules in the module docstrings.
 from __future__ import annotations
 
 import csv
+import inspect
 import os
 from pathlib import Path
 
@@ -219,6 +220,21 @@ def test_pascal_falls_back_to_segmentation_class(tmp_path: Path) -> None:
 def test_pascal_missing_root(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="dataset root not found"):
         build_pascal5i(tmp_path / "nowhere")
+
+
+def test_class_id_builders_hand_on_exactly_the_declared_options(pascal, coco) -> None:
+    from typing import get_type_hints
+
+    from difaug.datasets.class_id_masks import ClassIdOptions, build_class_id_masks
+
+    # Every option a builder hands on is a keyword of the shared builder, with a default there.
+    shared = inspect.signature(build_class_id_masks).parameters
+    for name in get_type_hints(ClassIdOptions):
+        assert shared[name].default is not inspect.Parameter.empty, name
+    # A misspelt option is refused, not dropped silently.
+    for build, root in ((build_pascal5i, pascal.root), (build_coco20i, coco.root)):
+        with pytest.raises(TypeError, match="min_aera"):
+            build(root, min_aera=0)
 
 
 def test_builder_output_is_deterministic(pascal) -> None:

@@ -20,14 +20,16 @@ the same k for the same seed (per episode), fresh ones per call without a seed.
 
 from __future__ import annotations
 
+import inspect
 import os
 import posixpath
 import random
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +41,23 @@ from difaug.adapters.run import RunView, open_run
 MAX_OPEN_FILES = 16
 DRIFT_COLUMN = "drift_iou"
 CHOICES = ("first", "random")
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _parameters_of(source: Callable[_P, object]) -> Callable[[Callable[..., _R]], Callable[_P, _R]]:
+    """Give the decorated function `source`'s parameters, for type checkers (`ParamSpec`) and for
+    `help()` / `inspect.signature`, when it only hands its arguments on to `source`: the two
+    signatures are one declaration and cannot drift apart."""
+
+    def give(fn: Callable[..., _R]) -> Callable[_P, _R]:
+        returns = inspect.signature(fn).return_annotation
+        fn.__signature__ = inspect.signature(source).replace(return_annotation=returns)  # type: ignore[attr-defined]
+        return fn
+
+    return give
 
 
 class DriftScoreError(ValueError):
@@ -277,17 +296,11 @@ class AuxIndex:
         chosen = [locs[i] for i in pick(len(locs), k, choose, seed)]
         return [self._group(loc.shard, loc.group, "aux_image")[loc.offset].as_py()["bytes"] for loc in chosen]
 
-    def aux_images(
-        self,
-        key: str,
-        class_id: int | None = None,
-        k: int | None = None,
-        *,
-        choose: str = "first",
-        seed: int | str | None = None,
-    ) -> list[np.ndarray]:
-        """Decoded aux images, `H×W×3 uint8` at the support's own size (see `aux_bytes`)."""
-        return [imageio.load_image(b) for b in self.aux_bytes(key, class_id, k, choose=choose, seed=seed)]
+    @_parameters_of(aux_bytes)
+    def aux_images(self, *args: Any, **kwargs: Any) -> list[np.ndarray]:
+        """Decoded aux images, `H×W×3 uint8` at the support's own size: `aux_bytes`'s arguments
+        (`key`, `class_id`, `k`, `choose`, `seed`) and its choice, decoded."""
+        return [imageio.load_image(b) for b in self.aux_bytes(*args, **kwargs)]
 
     def aux_indices(self, key: str, class_id: int | None = None) -> list[int]:
         return [loc.aux_index for loc in self._locs[self.sample_id(key, class_id)]]

@@ -12,9 +12,14 @@ _EXECUTION = "Execution (may change between a run and its resume)"
 _JOB = "What is generated (a rerun must match)"
 
 
-def _opt(flag: str, help: str, panel: str = _JOB, **kw: object) -> typer.models.OptionInfo:
+def _opt(flag: str, help: str, panel: str = _JOB) -> typer.models.OptionInfo:
     # Every flag defaults to None = "not given", so the YAML file's value (or the default) stands.
-    return typer.Option(None, flag, help=help, rich_help_panel=panel, **kw)
+    return typer.Option(None, flag, help=help, rich_help_panel=panel)
+
+
+def _run_opt(flag: str, help: str) -> typer.models.OptionInfo:
+    """A flag of the execution panel: `RuntimeConfig`, free to change on resume."""
+    return _opt(flag, help, _EXECUTION)
 
 
 def generate(
@@ -45,44 +50,38 @@ def generate(
     shard_size: int | None = _opt("--shard-size", "Manifest rows per shard (one Dask task each)."),
     score: str | None = _opt("--score", "diffseg (DiffSeg drift scores in the shards) or none."),
     limit: int | None = _opt("--limit", "Only the first N manifest rows (part of the plan)."),
-    batch_size: int | None = _opt("--batch-size", "Images per generator call.", _EXECUTION),
-    cluster: str | None = _opt("--cluster", "sync, local, cuda or slurm.", _EXECUTION),
-    scheduler_address: str | None = _opt(
-        "--scheduler-address", "Use a running Dask scheduler, e.g. tcp://host:8786.", _EXECUTION
+    batch_size: int | None = _run_opt("--batch-size", "Images per generator call."),
+    cluster: str | None = _run_opt("--cluster", "sync, local, cuda or slurm."),
+    scheduler_address: str | None = _run_opt(
+        "--scheduler-address", "Use a running Dask scheduler, e.g. tcp://host:8786."
     ),
-    workers: int | None = _opt(
-        "--workers", "Worker processes (local, slurm; cuda: one per GPU).", _EXECUTION
-    ),
-    threads_per_worker: int | None = _opt(
-        "--threads-per-worker", "Torch CPU threads per worker.", _EXECUTION
-    ),
-    retries: int | None = _opt("--retries", "Retries of a failed shard task.", _EXECUTION),
-    device: str | None = _opt("--device", "auto, cpu, cuda, cuda:1 …", _EXECUTION),
-    dtype: str | None = _opt("--dtype", "auto, float32, float16, bfloat16.", _EXECUTION),
-    compile: bool | None = _opt(
+    workers: int | None = _run_opt("--workers", "Worker processes (local, slurm; cuda: one per GPU)."),
+    threads_per_worker: int | None = _run_opt("--threads-per-worker", "Torch CPU threads per worker."),
+    retries: int | None = _run_opt("--retries", "Retries of a failed shard task."),
+    device: str | None = _run_opt("--device", "auto, cpu, cuda, cuda:1 …"),
+    dtype: str | None = _run_opt("--dtype", "auto, float32, float16, bfloat16."),
+    compile: bool | None = _run_opt(
         "--compile/--no-compile",
         "torch.compile UNet, ControlNet, VAE decoder (default auto: CUDA jobs of >= 1000 images).",
-        _EXECUTION,
     ),
-    compile_mode: str | None = _opt(
-        "--compile-mode", "default, reduce-overhead (CUDA graphs) or max-autotune.", _EXECUTION
+    compile_mode: str | None = _run_opt(
+        "--compile-mode", "default, reduce-overhead (CUDA graphs) or max-autotune."
     ),
-    compile_cache: str | None = _opt(
-        "--compile-cache", "Compile cache folder (default OUT/.difaug-compile-cache).", _EXECUTION
+    compile_cache: str | None = _run_opt(
+        "--compile-cache", "Compile cache folder (default OUT/.difaug-compile-cache)."
     ),
-    vae_batch: int | None = _opt("--vae-batch", "Latents per VAE decode call.", _EXECUTION),
-    encode_threads: int | None = _opt(
-        "--encode-threads", "PNG/JPEG encoder threads per worker (0 = from the cores).", _EXECUTION
+    vae_batch: int | None = _run_opt("--vae-batch", "Latents per VAE decode call."),
+    encode_threads: int | None = _run_opt(
+        "--encode-threads", "PNG/JPEG encoder threads per worker (0 = from the cores)."
     ),
     cache_interval: int | None = _opt(
         "--cache-interval", "DeepCache: deep UNet features every k-th step (1 = off; changes images)."
     ),
-    offload: bool | None = _opt("--offload/--no-offload", "CPU offload (small GPUs).", _EXECUTION),
-    progress: bool | None = _opt("--progress/--no-progress", "Show the progress bar.", _EXECUTION),
-    overwrite: bool | None = _opt(
+    offload: bool | None = _run_opt("--offload/--no-offload", "CPU offload (small GPUs)."),
+    progress: bool | None = _run_opt("--progress/--no-progress", "Show the progress bar."),
+    overwrite: bool | None = _run_opt(
         "--overwrite/--no-overwrite",
         "Delete the files difaug wrote in OUT (plan, shards, markers, summary) and start over; other files stay.",
-        _EXECUTION,
     ),
     force_unlock: bool = typer.Option(
         False,
@@ -90,14 +89,14 @@ def generate(
         help="Take OUT's lock although another host's run is recorded in it (only when that run is gone).",
         rich_help_panel=_EXECUTION,
     ),
-    max_side: int | None = _opt(
-        "--max-side", "Refuse rows whose working size has a longer side (px; default 8192).", _EXECUTION
+    max_side: int | None = _run_opt(
+        "--max-side", "Refuse rows whose working size has a longer side (px; default 8192)."
     ),
-    max_aspect: float | None = _opt(
-        "--max-aspect", "Refuse rows whose image is more elongated (long:short; default 16).", _EXECUTION
+    max_aspect: float | None = _run_opt(
+        "--max-aspect", "Refuse rows whose image is more elongated (long:short; default 16)."
     ),
-    max_pixels: int | None = _opt(
-        "--max-pixels", "Refuse rows whose image has more pixels (default 150 M).", _EXECUTION
+    max_pixels: int | None = _run_opt(
+        "--max-pixels", "Refuse rows whose image has more pixels (default 150 M)."
     ),
 ) -> None:
     """Generate auxiliary images for every manifest row into OUT (resumable: a rerun does only

@@ -24,16 +24,18 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from difaug.config import CONDITION_STYLES, CONDITIONS
+from difaug.config import CONDITION_STYLES, CONDITIONS, DEFAULT_HED_WEIGHTS
 from difaug.contracts import ConditionMaker
 from difaug.geometry import DEFAULT_RESOLUTION, ConditionError, working_size
 from difaug.manifest import Sample
 
-DEFAULT_HED_WEIGHTS = "lllyasviel/Annotators"
 HED_FILENAME = "ControlNetHED.pth"
 # HED always sees the image at this short side (DifFSS / ControlNet's detect_resolution); its map
 # is then resized to the working size, so `resolution` changes the output size, not the edges.
 DEFAULT_DETECT_RESOLUTION = 512
+# Images per HED forward pass when `make_condition` is not told (a job passes its
+# `RuntimeConfig.hed_batch_size`, `difaug conditions` its --batch-size).
+DEFAULT_HED_BATCH = 16
 # Defined once, in difaug.config (which validates them); the names here are the API of this package.
 CONDITION_NAMES = CONDITIONS
 STYLES = CONDITION_STYLES
@@ -163,10 +165,10 @@ def make_condition(
     hed_weights: str = DEFAULT_HED_WEIGHTS,
     device: str | None = None,
     dtype: str | None = None,
-    batch_size: int = 16,
+    batch_size: int = DEFAULT_HED_BATCH,
     detect_resolution: int = DEFAULT_DETECT_RESOLUTION,
 ) -> Condition:
-    """Build a condition by name (`seg`, `hed`, `scribble`).
+    """Build a condition by name (`seg`, `hed`, `scribble`); the one place their defaults are set.
 
     `device=None` picks CUDA when present, else CPU; `dtype=None` picks fp16 on CUDA, fp32 on CPU.
     `batch_size` bounds how many images go through the HED network in one forward pass;
@@ -198,6 +200,7 @@ def make_condition(
 __all__ = [
     "CONDITION_NAMES",
     "DEFAULT_DETECT_RESOLUTION",
+    "DEFAULT_HED_BATCH",
     "DEFAULT_HED_WEIGHTS",
     "DEFAULT_RESOLUTION",
     "HED_FILENAME",

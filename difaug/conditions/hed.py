@@ -41,9 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from difaug.conditions import (
-    DEFAULT_DETECT_RESOLUTION,
     DEFAULT_HED_WEIGHTS,
-    DEFAULT_RESOLUTION,
     HED_FILENAME,
     ConditionError,
     ConditionInput,
@@ -356,20 +354,21 @@ def upstream_scribble(edge: np.ndarray) -> np.ndarray:
 
 class HedCondition:
     """`hed` and `scribble` conditions (see the module docstring for the exact steps); a
-    `difaug.contracts.ConditionMaker`. `batch_size`: images per HED forward pass (the job's
+    `difaug.contracts.ConditionMaker`, built by `make_condition`, which holds the defaults and
+    checks style and resolution. `batch_size`: images per HED forward pass (the job's
     `RuntimeConfig.hed_batch_size`)."""
 
     def __init__(
         self,
         *,
-        name: str = "hed",
-        style: str = "diffss",
-        resolution: int = DEFAULT_RESOLUTION,
-        weights: str = DEFAULT_HED_WEIGHTS,
-        device: str | None = None,
-        dtype: str | None = None,
-        batch_size: int = 16,
-        detect_resolution: int = DEFAULT_DETECT_RESOLUTION,
+        name: str,
+        style: str,
+        resolution: int,
+        weights: str,
+        device: str | None,
+        dtype: str | None,
+        batch_size: int,
+        detect_resolution: int,
     ) -> None:
         if name not in ("hed", "scribble"):
             raise ConditionError(f"HedCondition builds hed or scribble, not {name!r}")

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypedDict
 
+from difaug.classes import class_table
 from difaug.datasets.common import (
+    DEFAULT_MIN_AREA,
     BuildError,
     BuildResult,
     PairScan,
     Skip,
     SkipReason,
-    dedupe,
     find_by_stem,
     read_split_file,
     require_dir,
@@ -27,29 +29,47 @@ from difaug.parallel import ProgressFn, parallel_map
 ListFiles = str | Path | Sequence[str | Path] | None
 
 
+class ClassIdOptions(TypedDict, total=False):
+    """The keywords `build_pascal5i` and `build_coco20i` hand on to `build_class_id_masks` as they
+    are (`**options: Unpack[ClassIdOptions]`); meaning and defaults: `build_class_id_masks`."""
+
+    list_file: ListFiles
+    list_format: str
+    min_area: int
+    filter_intersection: bool
+    deep: bool
+    workers: int | None
+    progress: ProgressFn | None
+
+
 def build_class_id_masks(
     dataset: str,
     root: str | Path,
     *,
-    names: dict[int, str],
     selected: set[int] | None,
     split: str,
     fold: int | None,
-    list_file: ListFiles,
-    min_area: int,
     image_dirs: list[str],
     mask_dirs: list[str] | None,
     default_mask_dirs: list[str],
-    deep: bool,
-    workers: int | None,
-    progress: ProgressFn | None,
+    list_file: ListFiles = None,
     list_format: str = "auto",
+    min_area: int = DEFAULT_MIN_AREA,
     filter_intersection: bool = False,
+    deep: bool = False,
+    workers: int | None = None,
+    progress: ProgressFn | None = None,
 ) -> BuildResult:
     """The shared PASCAL/COCO builder: masks whose pixel values are class ids.
 
-    `names`/`selected`/`split`: the class table and the builder's `select_classes` result.
-    `image_dirs[i]` pairs with `mask_dirs[i]` (both relative to root) when no list is given."""
+    `dataset` names the class table (`pascal`, `coco`); `selected`/`split`: the builder's
+    `select_classes` result. `image_dirs[i]` pairs with `mask_dirs[i]` (both relative to root) when
+    no list is given; `default_mask_dirs`: the mask folders tried, in order, when `mask_dirs` is None.
+    `list_file`: one or more data lists (PFENet/BAM lists, HSNet split files; `list_format` `auto`
+    detects which); `min_area`: fewer pixels of a class is a `too small` skip;
+    `filter_intersection` (train split with a fold only): drop images showing any test class, as
+    BAM's training lists do; `deep`: decode every image fully; `workers`/`progress`: the reader pool."""
+    names = {cid: info.class_name for cid, info in class_table(dataset).items()}
     root = require_dir(Path(root).resolve(), "dataset root")
     if filter_intersection and (selected is None or split not in ("train", "trn")):
         raise BuildError(
@@ -83,7 +103,7 @@ def build_class_id_masks(
     rows: list[dict] = []
     for result in parallel_map(scan, pairs, workers=workers, progress=progress, label=f"{dataset} masks"):
         if result.reason:
-            skipped.append(Skip(result.bad_file, result.reason, result.detail))
+            skipped.append(result.skip)
             continue
         stem = Path(result.image).stem
         new_rows, skips = rows_for_scan(
@@ -100,8 +120,7 @@ def build_class_id_masks(
         )
         rows += new_rows
         skipped += skips
-    rows = dedupe(rows, skipped)
-    return BuildResult(dataset=dataset, rows=rows, skipped=skipped, images_read=len(pairs))
+    return BuildResult.collected(dataset, rows, skipped, images_read=len(pairs))
 
 
 def _pairs_from_list(

@@ -20,11 +20,13 @@ image is the listed `train2014/….jpg`, the mask `annotations/train2014/….png
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from difaug.classes import class_table
-from difaug.datasets.class_id_masks import ListFiles, build_class_id_masks
-from difaug.datasets.common import DEFAULT_MIN_AREA, BuildError, BuildResult, select_classes
-from difaug.parallel import ProgressFn
+from difaug.datasets.class_id_masks import ClassIdOptions, build_class_id_masks
+from difaug.datasets.common import BuildError, BuildResult, select_classes
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # for type checkers only; typing's: Python >= 3.11
 
 N_CLASSES = 80
 SPLIT_DIRS = {"train": "train2014", "trn": "train2014", "val": "val2014", "test": "val2014"}
@@ -33,35 +35,28 @@ SPLIT_DIRS = {"train": "train2014", "trn": "train2014", "val": "val2014", "test"
 def build_coco20i(
     root: str | Path,
     *,
-    list_file: ListFiles = None,
-    list_format: str = "auto",
     fold: int | None = None,
     split: str | None = None,
     fold_rule: str = "interleaved",
-    min_area: int = DEFAULT_MIN_AREA,
-    filter_intersection: bool = False,
     image_dir: str | None = None,
     mask_dir: str | None = None,
-    deep: bool = False,
-    workers: int | None = None,
-    progress: ProgressFn | None = None,
+    **options: Unpack[ClassIdOptions],
 ) -> BuildResult:
     """Rows for every (image, class present with >= `min_area` pixels) of a COCO-20i tree.
 
     Without `list_file`, images come from `train2014/` for `split=train`, `val2014/` for `split=val`,
     both when no split is given (override with `image_dir`); each image dir `D`'s masks are in
-    `annotations/D` (override with `mask_dir`). `list_file`/`list_format`/`filter_intersection`: as
-    for `build_pascal5i` (HSNet's `.pkl` splits included). sample_id is `{stem}_{class_id}`."""
-    names = {cid: info.class_name for cid, info in class_table("coco").items()}
+    `annotations/D` (override with `mask_dir`). `options` (`list_file`, `list_format`, `min_area`,
+    `filter_intersection`, `deep`, `workers`, `progress`): as for `build_pascal5i` (HSNet's `.pkl`
+    splits included), see `build_class_id_masks`. sample_id is `{stem}_{class_id}`."""
     selected, split_value = select_classes(N_CLASSES, fold, split, fold_rule)
-    root_path = Path(root)
     if image_dir is not None:
         image_dirs = [image_dir]
     elif split is not None:
         image_dirs = [SPLIT_DIRS[split]]
     else:
-        image_dirs = [d for d in ("train2014", "val2014") if (root_path / d).is_dir()]
-        if not image_dirs and list_file is None:
+        image_dirs = [d for d in ("train2014", "val2014") if (Path(root) / d).is_dir()]
+        if not image_dirs and options.get("list_file") is None:
             raise BuildError(f"no train2014/ or val2014/ under {root}; pass --image-dir or --list")
         image_dirs = image_dirs or ["train2014"]
     if mask_dir is not None:
@@ -71,18 +66,11 @@ def build_coco20i(
     return build_class_id_masks(
         "coco",
         root,
-        names=names,
-        selected=selected,
-        split=split_value,
-        fold=fold,
-        list_file=list_file,
-        list_format=list_format,
-        min_area=min_area,
-        filter_intersection=filter_intersection,
         image_dirs=image_dirs,
         mask_dirs=mask_dirs,
         default_mask_dirs=mask_dirs,
-        deep=deep,
-        workers=workers,
-        progress=progress,
+        selected=selected,
+        split=split_value,
+        fold=fold,
+        **options,
     )

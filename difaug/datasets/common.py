@@ -73,6 +73,19 @@ class BuildResult:
     images_read: int = 0
     notes: list[str] = field(default_factory=list)  # facts worth a line in the summary
 
+    @classmethod
+    def collected(
+        cls,
+        dataset: str,
+        rows: list[dict],
+        skipped: list[Skip],
+        images_read: int,
+        notes: list[str] | None = None,
+    ) -> BuildResult:
+        """What a build collected, as its result: the first row of each sample_id kept, every later
+        one a `duplicate sample_id` skip (builders and the split merge report repeats alike)."""
+        return cls(dataset, dedupe(rows, skipped), skipped, images_read, notes or [])
+
     @property
     def skip_counts(self) -> Counter[str]:
         return Counter(s.reason for s in self.skipped)
@@ -320,6 +333,11 @@ class PairScan:
         """The file a skip of this pair names."""
         image_side = (SkipReason.MISSING_IMAGE, SkipReason.UNREADABLE_IMAGE)
         return self.image if self.reason in image_side else self.mask
+
+    @property
+    def skip(self) -> Skip:
+        """The `Skip` that records this pair as unusable (its reason and the file it names)."""
+        return Skip(self.bad_file, self.reason, self.detail)
 
 
 def scan_pair(

@@ -25,7 +25,6 @@ from difaug.datasets.common import (
     Skip,
     SkipReason,
     class_pixels,
-    dedupe,
     find_by_stem,
     read_utf8,
     require_dir,
@@ -135,7 +134,7 @@ def build_folder(
         # All per-pair work happens on the pool, so no decoded mask waits in the ordered result queue.
         scan = scan_pair(pair[0], pair[1], deep=deep, read_mask=reader, keep_mask=binarize is not None)
         if scan.reason:
-            return [], [Skip(scan.bad_file, scan.reason, scan.detail)]
+            return [], [scan.skip]
         stem = pair[0].stem
         names = per_image.get(stem, table)
         if not names:
@@ -161,8 +160,7 @@ def build_folder(
     ):
         rows += new_rows
         skipped += skips
-    rows = dedupe(rows, skipped)
-    result = BuildResult(dataset=dataset, rows=rows, skipped=skipped, images_read=len(pairs))
+    result = BuildResult.collected(dataset, rows, skipped, images_read=len(pairs))
     if binarize is not None:
         result.notes.append(f"masks binarised (luminance >= {binarize} is foreground) into {mask_out}")
     return result

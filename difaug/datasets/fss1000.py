@@ -42,7 +42,6 @@ from difaug.datasets.common import (
     PairScan,
     Skip,
     SkipReason,
-    dedupe,
     read_utf8,
     require_dir,
     scan_pair,
@@ -215,7 +214,7 @@ def build_fss1000(
     aa_masks = aa_pixels = 0
     for o in parallel_map(work, items, workers=workers, progress=progress, label="fss1000 masks"):
         if o.scan.reason:
-            skipped.append(Skip(o.scan.bad_file, o.scan.reason, o.scan.detail))
+            skipped.append(o.scan.skip)
             continue
         aa_masks += o.antialiased > 0
         aa_pixels += o.antialiased
@@ -240,8 +239,7 @@ def build_fss1000(
                     "prompt": "",
                 }
             )
-    rows = dedupe(rows, skipped)
-    result = BuildResult(dataset="fss1000", rows=rows, skipped=skipped, images_read=len(items))
+    result = BuildResult.collected("fss1000", rows, skipped, images_read=len(items))
     result.notes.append(
         f"masks binarised (luminance >= {threshold} is foreground) and written to {mask_out}; "
         f"{aa_masks} of them had anti-aliased pixels ({aa_pixels} px with values 1..254)"

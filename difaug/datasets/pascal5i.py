@@ -11,11 +11,13 @@ Palette PNGs (VOC's own `SegmentationClass`) hold the class ids as palette indic
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from difaug.classes import class_table
-from difaug.datasets.class_id_masks import ListFiles, build_class_id_masks
-from difaug.datasets.common import DEFAULT_MIN_AREA, BuildResult, select_classes
-from difaug.parallel import ProgressFn
+from difaug.datasets.class_id_masks import ClassIdOptions, build_class_id_masks
+from difaug.datasets.common import BuildResult, select_classes
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # for type checkers only; typing's: Python >= 3.11
 
 N_CLASSES = 20
 
@@ -23,17 +25,11 @@ N_CLASSES = 20
 def build_pascal5i(
     root: str | Path,
     *,
-    list_file: ListFiles = None,
-    list_format: str = "auto",
     fold: int | None = None,
     split: str | None = None,
-    min_area: int = DEFAULT_MIN_AREA,
-    filter_intersection: bool = False,
     image_dir: str = "JPEGImages",
     mask_dir: str | None = None,
-    deep: bool = False,
-    workers: int | None = None,
-    progress: ProgressFn | None = None,
+    **options: Unpack[ClassIdOptions],
 ) -> BuildResult:
     """Rows for every (image, class present with >= `min_area` pixels) of a VOC-style tree.
 
@@ -42,24 +38,17 @@ def build_pascal5i(
     it every mask in `mask_dir` (default `SegmentationClassAug`, else `SegmentationClass`) is paired
     by stem with `image_dir`. `fold` + `split`: `val` keeps the fold's 5 test classes, `train` the
     other 15; `filter_intersection` (train only) drops images showing any test class, as BAM's
-    training lists do. sample_id is `{stem}_{class_id}`."""
-    names = {cid: info.class_name for cid, info in class_table("pascal").items()}
+    training lists do. `options` (`list_file`, `list_format`, `min_area`, `filter_intersection`,
+    `deep`, `workers`, `progress`): see `build_class_id_masks`. sample_id is `{stem}_{class_id}`."""
     selected, split_value = select_classes(N_CLASSES, fold, split)
     return build_class_id_masks(
         "pascal",
         root,
-        names=names,
-        selected=selected,
-        split=split_value,
-        fold=fold,
-        list_file=list_file,
-        list_format=list_format,
-        min_area=min_area,
-        filter_intersection=filter_intersection,
         image_dirs=[image_dir],
         mask_dirs=[mask_dir] if mask_dir else None,
         default_mask_dirs=["SegmentationClassAug", "SegmentationClass"],
-        deep=deep,
-        workers=workers,
-        progress=progress,
+        selected=selected,
+        split=split_value,
+        fold=fold,
+        **options,
     )

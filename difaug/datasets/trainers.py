@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from difaug.datasets.common import DEFAULT_MIN_AREA, BuildError, BuildResult, dedupe
+from difaug.datasets.common import DEFAULT_MIN_AREA, BuildError, BuildResult
 
 TRAIN_SPLITS = ("train", "trn")
 
@@ -134,8 +134,7 @@ def merge_results(dataset: str, results: Sequence[BuildResult]) -> BuildResult:
         rows += r.rows
         skipped += r.skipped
         notes += [n for n in r.notes if n not in notes]
-    rows = dedupe(rows, skipped)
-    return BuildResult(dataset, rows, skipped, sum(r.images_read for r in results), notes)
+    return BuildResult.collected(dataset, rows, skipped, sum(r.images_read for r in results), notes)
 
 
 def build_splits(
