@@ -512,6 +512,19 @@ def drift_score(labels: np.ndarray, mask: np.ndarray, class_id: int) -> DriftSco
 _SCORERS: weakref.WeakKeyDictionary[Any, DiffSeg] = weakref.WeakKeyDictionary()
 
 
+def load(cfg: Any, runtime: Any) -> DiffSeg:
+    """DiffSeg on a job's base model loaded alone, without the ControlNet a generator would load
+    (`models.load_scoring_pipeline`: same weights, dtype, device and preparation as the
+    generator's, so the scores equal those `for_generator` gives at shard time). `cfg`: the
+    `JobConfig` (its model and LCM-LoRA), `runtime`: the `RuntimeConfig` (device, dtype)."""
+    from difaug.models import ModelSpec, load_scoring_pipeline
+
+    pipe = load_scoring_pipeline(
+        ModelSpec.from_config(cfg), device=runtime.device, dtype=runtime.dtype, lcm_lora=cfg.lcm_lora
+    )
+    return DiffSeg(pipe)
+
+
 def for_generator(generator: Any, cfg: Any) -> DiffSeg | None:
     """The process's DiffSeg for a loaded generator (built once, from its pipeline), or None when
     the job does not score (`score: none`) or the generator has no diffusers pipeline (stand-ins)."""

@@ -12,8 +12,9 @@ whose entries are paths relative to the bundle folder:
 
 `load_pipeline` loads a `StableDiffusionControlNetPipeline` with `from_pretrained` (safetensors
 preferred, `.bin` when a repo has only that; `HF_HUB_OFFLINE=1` read at call time means "local
-files and cache only"). A missing or unreachable weight raises `ModelLoadError`, one message that
-names the id and how to point at a local folder.
+files and cache only"). `load_scoring_pipeline` loads what DiffSeg needs of the base model alone
+(no ControlNet), prepared the same way. A missing or unreachable weight raises `ModelLoadError`,
+one message that names the id and how to point at a local folder.
 
 Speed options: what each knob buys and costs, with measurements, is in one place — the README's
 "Speed options" section. Here: `prepare_pipeline` (the fast CUDA path: fused QKV, batched VAE
@@ -52,7 +53,7 @@ from difaug.config import (
 from difaug.device import resolve_device, resolve_dtype, torch_dtype
 
 if TYPE_CHECKING:
-    from diffusers import StableDiffusionControlNetPipeline
+    from diffusers import StableDiffusionControlNetPipeline, StableDiffusionPipeline
 
 BUNDLE_INDEX = "difaug-models.json"
 BASE_DIRNAME = "stable-diffusion-v1-5"
@@ -282,6 +283,38 @@ def load_pipeline(
     )
 
 
+def load_scoring_pipeline(
+    spec: ModelSpec,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    lcm_lora: str = "",
+) -> StableDiffusionPipeline:
+    """What DiffSeg needs of the base model — UNet, VAE, tokenizer and text encoder (the empty
+    prompt's embedding) — as a `StableDiffusionPipeline`, without the ControlNet (`difaug score`,
+    `difaug segment`; `spec.controlnet` is not read).
+
+    Loaded from the same weights in the same dtype and prepared by the same `prepare_pipeline` as
+    `load_pipeline`'s (device, fused QKV on CUDA, the LCM-LoRA fused into the UNet when the job used
+    one), so its drift scores equal those computed at shard time on the generator's pipeline. Not
+    compiled and not offloaded: DiffSeg runs the UNet eagerly, one pass per batch."""
+    from diffusers import StableDiffusionPipeline
+
+    device = resolve_device(device)
+    tdtype = torch_dtype(resolve_dtype(dtype, device))
+    with quiet_loading():
+        pipe = _from_pretrained(
+            StableDiffusionPipeline.from_pretrained,
+            spec.base,
+            "base model",
+            "model_index.json",
+            safety_checker=None,
+            requires_safety_checker=False,
+            torch_dtype=tdtype,
+        )
+    return prepare_pipeline(pipe, device=device, lcm_lora=lcm_lora)
+
+
 def prepare_pipeline(
     pipe: Any,
     *,
@@ -297,7 +330,8 @@ def prepare_pipeline(
     compile_cache_dir: str = "",
 ) -> Any:
     """Scheduler, LoRA fusion, fused QKV, batched VAE decode, placement and compilation for a
-    loaded (or, in benchmarks, freshly built) pipeline already in its final dtype.
+    loaded (or, in benchmarks, freshly built) pipeline already in its final dtype; with or without
+    a ControlNet (`load_scoring_pipeline`'s has none).
 
     `fuse_qkv` None = on for CUDA (one GEMM instead of three per self-attention); `channels_last`
     off by default (contiguous measured faster in eager on Hopper, see "Speed options")."""
@@ -319,7 +353,7 @@ def prepare_pipeline(
         fuse_qkv_projections(pipe)
     batched_vae_decode(pipe.vae, vae_batch, pad=compile)
     if channels_last:
-        for module in (pipe.unet, pipe.controlnet, pipe.vae):
+        for module in _networks(pipe):
             module.to(memory_format=torch.channels_last)
     if offload:
         pipe.enable_model_cpu_offload(device=device)
@@ -330,6 +364,11 @@ def prepare_pipeline(
     if compile:
         compile_pipeline(pipe, compile_mode, compile_cache_dir)
     return pipe
+
+
+def _networks(pipe: Any) -> list[Any]:
+    """The UNet, the ControlNet (when the pipeline has one) and the VAE."""
+    return [net for net in (pipe.unet, getattr(pipe, "controlnet", None), pipe.vae) if net is not None]
 
 
 def execution_device(pipe: Any) -> Any:
@@ -350,7 +389,7 @@ def fuse_qkv_projections(pipe: Any) -> None:
     images change only by the summation order of the matmuls (fp tolerance)."""
     from diffusers.models.attention_processor import Attention, FusedAttnProcessor2_0
 
-    for net in (pipe.unet, pipe.controlnet, pipe.vae):
+    for net in _networks(pipe):
         # Copied from diffusers.models.unets.unet_2d_condition.UNet2DConditionModel.fuse_qkv_projections:
         # the ControlNet's own (from AttentionMixin) fuses nothing of diffusers' `Attention`
         # modules and keeps the unfused processor.

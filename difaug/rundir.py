@@ -43,6 +43,7 @@ SHARDS_DIR = "shards"
 STATS_DIR = "stats"
 SUMMARY_FILE = "summary.json"
 LOCK_FILE = ".difaug.lock"
+GENERATE_COMMAND = "difaug generate"  # the lock's default holder (`RunLock(command=…)` names others)
 PLAN_VERSION = 2  # 2: manifest fingerprinted over its own text (paths as written), markers verified
 MARKER_VERSION = 2  # 2: the marker records the shard file's size, rows and sha256
 
@@ -743,6 +744,7 @@ class LockOwner:
     host: str
     pid: int
     started: str
+    command: str = GENERATE_COMMAND  # what holds it (records from before `command` existed: generate)
 
     def __str__(self) -> str:
         return f"pid {self.pid} on host {self.host}, started {self.started}"
@@ -753,7 +755,8 @@ def _read_owner(fd: int) -> LockOwner | None:
     data = os.read(fd, 4096)
     try:
         d = json.loads(data.decode("utf-8"))
-        return LockOwner(str(d["host"]), int(d["pid"]), str(d.get("started") or "?"))
+        command = str(d.get("command") or GENERATE_COMMAND)
+        return LockOwner(str(d["host"]), int(d["pid"]), str(d.get("started") or "?"), command)
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -762,16 +765,27 @@ class RunLock:
     """An exclusive OS lock on `OUT/.difaug.lock` for a whole run, owner written inside.
 
     - free → taken;
-    - held by a live process (the OS lock is held) → LockError naming the owner;
+    - held by a live process (the OS lock is held) → LockError naming the owner; with `on_wait`,
+      `on_wait(owner)` is called instead and the lock is waited for (then as below);
     - left behind by a dead process of this host (the OS lock was released, the owner stayed) →
       taken over, with a logged message;
     - left by another host (whose process this host cannot check) → LockError naming the owner
       and `--force-unlock`, unless `force` is set.
-    `force` also breaks a lock that is still held: the lock file is replaced by a new one."""
+    `force` also breaks a lock that is still held: the lock file is replaced by a new one.
+    `command` names the holder in the record and in messages (`difaug export` locks its folder too)."""
 
-    def __init__(self, out: str | Path, *, force: bool = False) -> None:
+    def __init__(
+        self,
+        out: str | Path,
+        *,
+        force: bool = False,
+        command: str = GENERATE_COMMAND,
+        on_wait: Callable[[LockOwner | None], None] | None = None,
+    ) -> None:
         self.path = Path(out) / LOCK_FILE
         self.force = force
+        self.command = command
+        self.on_wait = on_wait
         self.fd: int | None = None
         self.took_over: LockOwner | None = None
 
@@ -787,24 +801,29 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             owner = _read_owner(fd)
-            os.close(fd)
             alive_here = owner is not None and owner.host == _HOST and _pid_alive(owner.pid)
-            if not self.force or alive_here:
-                who = str(owner) if owner else "another process"
-                hint = (
-                    " If that process is gone, pass --force-unlock."
-                    if owner and owner.host != _HOST
-                    else " Wait for it to finish, or use another --out."
-                )
-                raise LockError(f"{self.path.parent} is in use by difaug generate ({who}).{hint}") from None
-            log.warning("%s: breaking the lock held by %s (--force-unlock)", self.path, owner)
-            self.path.unlink(missing_ok=True)
-            return self.acquire_fresh()
+            if self.on_wait is not None and not self.force:
+                self.on_wait(owner)
+                fcntl.flock(fd, fcntl.LOCK_EX)  # until the holder releases it or dies
+            else:
+                os.close(fd)
+                if not self.force or alive_here:
+                    who = str(owner) if owner else "another process"
+                    hint = (
+                        " If that process is gone, pass --force-unlock."
+                        if owner and owner.host != _HOST
+                        else " Wait for it to finish, or use another --out."
+                    )
+                    holder = owner.command if owner else self.command
+                    raise LockError(f"{self.path.parent} is in use by {holder} ({who}).{hint}") from None
+                log.warning("%s: breaking the lock held by %s (--force-unlock)", self.path, owner)
+                self.path.unlink(missing_ok=True)
+                return self.acquire_fresh()
         owner = _read_owner(fd)
         if owner is not None and owner.host != _HOST and not self.force:
             os.close(fd)
             raise LockError(
-                f"{self.path} was left by difaug generate ({owner}); this host cannot tell whether it "
+                f"{self.path} was left by {owner.command} ({owner}); this host cannot tell whether it "
                 "still runs. If it does not, pass --force-unlock."
             )
         if owner is not None:
@@ -821,9 +840,9 @@ class RunLock:
     def _write_owner(self) -> None:
         assert self.fd is not None
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        data = json.dumps({"host": _HOST, "pid": os.getpid(), "started": now}).encode()
+        record = {"host": _HOST, "pid": os.getpid(), "started": now, "command": self.command}
         os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, data, 0)
+        os.pwrite(self.fd, json.dumps(record).encode(), 0)
         os.fsync(self.fd)
 
     def release(self) -> None:

@@ -47,12 +47,11 @@ def run_config(run_dir: str | Path) -> JobConfig:
 
 
 def load_scorer(cfg: JobConfig, runtime: RuntimeConfig) -> Scorer:
-    """DiffSeg on the run's own base model (loaded as generate loads it)."""
-    from difaug.diffseg import DiffSeg
-    from difaug.generate import AuxGenerator
+    """DiffSeg on the run's own base model, loaded without its ControlNet (`diffseg.load`): the
+    scores generation would have written."""
+    from difaug import diffseg
 
-    generator = AuxGenerator.from_config(cfg, runtime)
-    return DiffSeg(generator.pipe).score
+    return diffseg.load(cfg, runtime).score
 
 
 def is_scored(table: pa.Table) -> bool:
@@ -107,7 +106,7 @@ def score_run(
     Holds the run's lock (`rundir.RunLock`): never while `difaug generate` writes into the run."""
     t0 = time.perf_counter()
     summary = ScoreSummary()
-    with rundir.RunLock(run_dir):
+    with rundir.RunLock(run_dir, command="difaug score"):
         for check in rundir.verify_run(run_dir).checks:
             index = check.shard.index
             if not check.ok or check.stats is None:

@@ -11,6 +11,7 @@ import pytest
 from _runs import COCO_SPECS, PASCAL_SPECS, SampleSpec, make_run
 from typer.testing import CliRunner
 
+from difaug import rundir
 from difaug.adapters.export import REPORT_FILE, ExportError, bam_relative_name, export_run
 from difaug.adapters.safe_names import UnsafePathError, safe_component, safe_join
 from difaug.cli import app
@@ -19,10 +20,12 @@ from difaug.imageio import load_image, load_mask
 # JPEG q95 with 4:4:4 chroma on the smooth synthetic pictures: measured mean |Δ| ≈ 0.6, max 5.
 JPEG_MEAN_TOL = 1.5
 JPEG_MAX_TOL = 10
+NOT_EXPORTED = (REPORT_FILE, rundir.LOCK_FILE)
 
 
 def _files(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != REPORT_FILE}
+    """The exported files: all but the report and the folder's lock."""
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name not in NOT_EXPORTED}
 
 
 def _stem(image: str) -> str:
@@ -192,7 +195,7 @@ def test_hostile_names_cannot_escape(tmp_path: Path) -> None:
     result = export_run(run.run_dir, out, "folder")
     after = {p for p in tmp_path.rglob("*") if not p.is_relative_to(out)}
     assert after == before  # nothing appeared outside DIR
-    files = [p for p in out.rglob("*") if p.is_file() and p.name != REPORT_FILE]
+    files = [p for p in out.rglob("*") if p.is_file() and p.name not in NOT_EXPORTED]
     assert len(files) == len(EVIL) * 2 == result.files  # distinct names: nothing overwrote anything
     root = out.resolve()
     for p in files:
@@ -235,10 +238,19 @@ def test_reexport_is_idempotent(tmp_path: Path) -> None:
     run = make_run(tmp_path, num_aux=2)
     out = tmp_path / "aux"
     first = export_run(run.run_dir, out, "diffss-bam")
-    snapshot = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()}
+
+    def files() -> dict[Path, tuple[bytes, int]]:  # the report too; the lock's record changes
+        return {
+            p: (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in out.rglob("*")
+            if p.is_file() and p.name != rundir.LOCK_FILE
+        }
+
+    snapshot = files()
     second = export_run(run.run_dir, out, "diffss-bam")
     assert (second.written, second.unchanged) == (0, first.written)
-    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()} == snapshot
+    assert not second.removed and not second.kept_stale
+    assert files() == snapshot
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
 
     damaged = next(p for p in snapshot if p.suffix == ".jpg")
@@ -414,3 +426,252 @@ def test_min_drift_iou_filters_renumbers_and_refuses_unscored(tmp_path: Path) ->
         app, ["export", str(unscored.run_dir), "--out", str(tmp_path / "u" / "a"), "--min-drift-iou", "0.5"]
     )
     assert res.exit_code == 2 and "difaug score" in res.output and not (tmp_path / "u" / "a").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Re-exporting a run with another selection: its earlier files go, nobody else's
+
+
+SCORES = {
+    "2007_000032_1": [0.9, 0.2, 0.8],
+    "2007_000032_15": [0.1, 0.1, 0.1],
+    "2007_000039_20": [0.5, 0.7, 0.6],
+}
+# What --min-drift-iou 0.55 keeps of SCORES, renumbered k = 0, 1, … (png).
+STRICT = {"2007_000032_1_0.png", "2007_000032_1_1.png", "2007_000039_20_0.png", "2007_000039_20_1.png"}
+
+
+def _report(out: Path) -> dict:
+    return json.loads((out / REPORT_FILE).read_text())
+
+
+def test_reexport_with_another_selection_removes_only_its_earlier_files(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "a", PASCAL_SPECS[:3], num_aux=3, drift=SCORES)
+    other = make_run(tmp_path / "b", PASCAL_SPECS[3:], num_aux=2)
+    out = tmp_path / "aux"
+    export_run(other.run_dir, out, "diffss-bam", image_format="png")
+    others = _files(out)
+    other_entry = _report(out)["runs"][str(other.run_dir.resolve())]
+    first = export_run(run.run_dir, out, "diffss-bam", image_format="png", with_conditions=True)
+    assert len(first.paths) == 3 * 3 + 3 and set(first.paths) == _files(out) - others
+    assert _report(out)["runs"][str(run.run_dir.resolve())]["paths"] == first.paths
+    # The user's own files, one of them under a name difaug could have written (k = 9), and one of
+    # difaug's files the user replaced by hand: none of them may go.
+    users = {
+        out / "notes.txt": b"my notes",
+        out / "2007_000032_1_9.png": b"not difaug's",
+        out / "mine" / "x.png": b"mine too",
+        out / "2007_000032_15_0.png": b"edited by hand",
+    }
+    for path, data in users.items():
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+
+    second = export_run(run.run_dir, out, "diffss-bam", image_format="png", min_drift_iou=0.55)
+    user_names = {str(p.relative_to(out)) for p in users}
+    assert _files(out) == STRICT | others | user_names  # higher k, conditions and filtered ones: gone
+    assert all(path.read_bytes() == data for path, data in users.items())
+    assert set(second.removed) == set(first.paths) - STRICT - {"2007_000032_15_0.png"}
+    assert second.kept_stale == [{"path": "2007_000032_15_0.png", "reason": "changed since difaug wrote it"}]
+    saved = _report(out)
+    assert set(saved["runs"][str(run.run_dir.resolve())]["paths"]) == STRICT
+    assert saved["runs"][str(other.run_dir.resolve())] == other_entry  # the other run's entry as it was
+    assert saved["total"]["files"] == len(STRICT) + len(others)
+    assert not any("unfinished_export" in entry for entry in saved["runs"].values())
+
+    # Another format: every png of this run goes, the jpgs take their place; the CLI says so.
+    res = CliRunner().invoke(app, ["export", str(run.run_dir), "--out", str(out), "--format", "jpg"])
+    assert res.exit_code == 0, res.output
+    assert "removed 4 file(s) of this run's earlier export" in " ".join(res.output.split())
+    jpgs = {f"{_stem(s.image)}_{s.class_id}_{k}.jpg" for s in run.samples for k in range(3)}
+    assert _files(out) == jpgs | others | user_names
+
+
+def test_fss_reexport_removes_class_folders_it_emptied(tmp_path: Path) -> None:
+    specs = [
+        SampleSpec("3", 789, "bus", dataset="fss1000", parent="bus", sample_id="bus_3"),
+        SampleSpec("4", 790, "cat", dataset="fss1000", parent="cat", sample_id="cat_4"),
+    ]
+    run = make_run(tmp_path, specs, num_aux=2, drift={"bus_3": [0.9, 0.9], "cat_4": [0.1, 0.2]})
+    out = tmp_path / "aux"
+    export_run(run.run_dir, out, "fss")
+    (out / "bus" / "readme.txt").write_text("the user's")
+    result = export_run(run.run_dir, out, "fss", min_drift_iou=0.5)
+    assert sorted(result.removed) == ["cat/4_1_0.jpg", "cat/4_1_1.jpg"]
+    assert not (out / "cat").exists()  # a trainer listing class folders sees no empty class
+    assert _files(out) == {"bus/3_1_0.jpg", "bus/3_1_1.jpg", "bus/readme.txt"}
+
+
+class Killed(Exception):
+    pass
+
+
+def test_an_interrupted_export_leaves_nothing_unrecorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from difaug import fsio
+
+    run = make_run(tmp_path, PASCAL_SPECS[:3], num_aux=3, drift=SCORES)
+    out = tmp_path / "aux"
+    write = fsio.write_if_changed
+    calls = []
+
+    def killed_after_three_images(path, data, **kw):  # the report, 3 images, then the process dies
+        if len(calls) == 4:
+            raise Killed
+        calls.append(path)
+        return write(path, data, **kw)
+
+    monkeypatch.setattr(fsio, "write_if_changed", killed_after_three_images)
+    with pytest.raises(Killed):
+        export_run(run.run_dir, out, "diffss-bam", image_format="png", workers=1)
+    monkeypatch.undo()
+    assert _files(out) == {"2007_000032_1_0.png", "2007_000032_1_1.png", "2007_000032_1_2.png"}
+    entry = _report(out)["runs"][str(run.run_dir.resolve())]
+    assert entry["unfinished_export"] and len(entry["paths"]) == 9  # all it was about to create
+    assert rundir.lock_owner(out) is None  # the lock was released on the way out
+
+    # The next export, with a stricter selection, takes away what the interrupted one left over.
+    result = export_run(run.run_dir, out, "diffss-bam", image_format="png", min_drift_iou=0.55)
+    assert result.removed == ["2007_000032_1_2.png"] and _files(out) == STRICT
+    assert "unfinished_export" not in _report(out)["runs"][str(run.run_dir.resolve())]
+
+
+def test_an_earlier_export_without_a_file_record_is_left_and_said(tmp_path: Path) -> None:
+    run = make_run(tmp_path, PASCAL_SPECS[:3], num_aux=3, drift=SCORES)
+    out = tmp_path / "aux"
+    export_run(run.run_dir, out, "diffss-bam", image_format="png")
+    everything = _files(out)
+    saved = _report(out)
+    for entry in saved["runs"].values():  # as a difaug before file records wrote it
+        del entry["paths"]
+    (out / REPORT_FILE).write_text(json.dumps(saved))
+
+    res = CliRunner().invoke(
+        app, ["export", str(run.run_dir), "--out", str(out), "--format", "png", "--min-drift-iou", "0.55"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "recorded no file list" in " ".join(res.output.split())
+    assert _files(out) == everything  # nothing could be told apart: nothing removed
+    # From now on the record exists: the next selection cleans up after this one.
+    result = export_run(run.run_dir, out, "diffss-bam", image_format="png", min_drift_iou=0.65)
+    assert not result.earlier_unrecorded
+    assert sorted(result.removed) == ["2007_000039_20_1.png"]
+
+
+def test_a_hand_edited_record_cannot_remove_other_files(tmp_path: Path) -> None:
+    from difaug.adapters.export import file_digest
+
+    run = make_run(tmp_path, PASCAL_SPECS[:2], num_aux=1)
+    out = tmp_path / "aux"
+    export_run(run.run_dir, out, "diffss-bam")
+    victims = {tmp_path / "victim.png": b"outside", out / "notes.txt": b"inside, not an image"}
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "x.png").write_bytes(b"behind a symlink")
+    (out / "link").symlink_to(tmp_path / "elsewhere")
+    for path, data in victims.items():
+        path.write_bytes(data)
+    saved = _report(out)
+    entry = saved["runs"][str(run.run_dir.resolve())]
+    entry["paths"] |= {
+        "../victim.png": file_digest(b"outside"),
+        "notes.txt": file_digest(b"inside, not an image"),
+        "link/x.png": file_digest(b"behind a symlink"),
+    }
+    (out / REPORT_FILE).write_text(json.dumps(saved))
+    result = export_run(run.run_dir, out, "diffss-bam")
+    assert not result.removed
+    assert {k["path"] for k in result.kept_stale} == {"../victim.png", "notes.txt", "link/x.png"}
+    assert all(path.read_bytes() == data for path, data in victims.items())
+    assert (tmp_path / "elsewhere" / "x.png").read_bytes() == b"behind a symlink"
+
+
+# --------------------------------------------------------------------------------------------------
+# One export at a time per folder
+
+
+_SLOW_EXPORT = """
+import sys, time
+from difaug.adapters.export import export_run
+def slow(n):
+    print("writing", flush=True)
+    time.sleep(1.5)
+export_run(sys.argv[1], sys.argv[2], "diffss-bam", progress=slow)
+"""
+
+
+def test_concurrent_exports_into_one_folder_keep_both_runs(tmp_path: Path) -> None:
+    """A real second process exporting into the same folder: the later export waits for it, and
+    the report keeps both runs."""
+    import subprocess
+    import sys
+
+    first_run = make_run(tmp_path / "a", PASCAL_SPECS[:3], num_aux=2)
+    second_run = make_run(tmp_path / "b", PASCAL_SPECS[3:], num_aux=2)
+    out = tmp_path / "aux"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    first = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_EXPORT, str(first_run.run_dir), str(out)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert first.stdout is not None and first.stdout.readline().strip() == "writing"
+        waited: list = []
+        result = export_run(second_run.run_dir, out, "diffss-bam", on_wait=waited.append)
+        assert first.wait(timeout=60) == 0, first.stdout.read()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    # It waited for that process, named by the lock (an export, its pid), then exported.
+    assert [(o.pid, o.command) for o in waited] == [(first.pid, "difaug export")]
+    assert result.complete == 2
+    saved = _report(out)
+    assert set(saved["runs"]) == {str(first_run.run_dir.resolve()), str(second_run.run_dir.resolve())}
+    assert saved["total"]["supports"] == 5 and saved["total"]["files"] == len(_files(out)) == 10
+    assert rundir.lock_owner(out) is None
+
+
+_HOLD = """
+import sys, time
+from difaug.rundir import RunLock
+RunLock(sys.argv[1], command="difaug export").acquire()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_dead_exports_lock_is_taken_over_another_hosts_needs_force(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    run = make_run(tmp_path, PASCAL_SPECS[:2], num_aux=1)
+    out = tmp_path / "aux"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(out)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    result = export_run(run.run_dir, out, "diffss-bam")
+    assert f"pid {holder.pid}" in result.lock_taken_over and result.complete == 2
+
+    other = tmp_path / "aux2"
+    other.mkdir()
+    record = {
+        "host": "gpu-node-7",
+        "pid": 4242,
+        "started": "2026-01-01T00:00:00+00:00",
+        "command": "difaug export",
+    }
+    (other / rundir.LOCK_FILE).write_text(json.dumps(record))
+    with pytest.raises(
+        rundir.LockError, match=r"difaug export \(pid 4242 on host gpu-node-7.*--force-unlock"
+    ):
+        export_run(run.run_dir, other, "diffss-bam")
+    assert not _files(other)  # refused before writing anything
+    res = CliRunner().invoke(app, ["export", str(run.run_dir), "--out", str(other)])
+    assert res.exit_code == 2 and "--force-unlock" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(app, ["export", str(run.run_dir), "--out", str(other), "--force-unlock"])
+    assert res.exit_code == 0 and len(_files(other)) == 2

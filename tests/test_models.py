@@ -250,6 +250,29 @@ def test_load_pipeline_tiny(tiny_models: Path) -> None:
     assert pipe.controlnet.config._name_or_path.endswith("sd-controlnet-seg")
 
 
+def test_scoring_pipeline_loads_the_base_model_alone(tiny_models: Path, tmp_path: Path) -> None:
+    """`difaug score` / `segment`: the base model's UNet, VAE and text encoder, the ControlNet not
+    even read (a spec whose ControlNet folder is missing loads), the generator's weights and dtype."""
+    from diffusers.models.attention_processor import FusedAttnProcessor2_0
+
+    from difaug.models import load_scoring_pipeline
+
+    full = ModelSpec.from_config(JobConfig(model=str(tiny_models)))
+    spec = ModelSpec(base=full.base, controlnet=str(tmp_path / "no-such-controlnet"))
+    with pytest.raises(ModelLoadError, match="no-such-controlnet"):
+        load_pipeline(spec, device="cpu")
+    pipe = load_scoring_pipeline(spec, device="cpu", dtype="auto")
+    assert type(pipe).__name__ == "StableDiffusionPipeline" and "controlnet" not in pipe.components
+    assert pipe.unet.dtype == torch.float32 and pipe.safety_checker is None
+    reference = load_pipeline(full, device="cpu")
+    for name in ("unet", "vae", "text_encoder"):
+        mine, theirs = getattr(pipe, name).state_dict(), getattr(reference, name).state_dict()
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    fuse_qkv_projections(pipe)  # the CUDA preparation works without a ControlNet too
+    for net in (pipe.unet, pipe.vae):
+        assert {type(p) for p in net.attn_processors.values()} == {FusedAttnProcessor2_0}
+
+
 def test_scheduler_registry(tiny_models: Path) -> None:
     import diffusers
     from diffusers import PNDMScheduler

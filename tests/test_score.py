@@ -135,3 +135,43 @@ def test_generate_scores_by_default_and_score_fills_a_run_made_without(
         np.array(with_scores.column("drift_iou").to_pylist(), float),
         atol=1e-6,
     )
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_score_loads_no_controlnet_and_gives_the_shard_time_scores_bit_for_bit(tiny_models: Path) -> None:
+    """`difaug score` loads the base model alone; its DiffSeg sees the same UNet, VAE and empty-prompt
+    embedding as the one built next to the generator at shard time: identical labels and scores."""
+    from difaug import diffseg
+    from difaug.config import JobConfig, RuntimeConfig
+    from difaug.generate import AuxGenerator
+    from difaug.score import load_scorer
+
+    cfg, rt = JobConfig(model=str(tiny_models)), RuntimeConfig(device="cpu", dtype="float32")
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((40, 56), (64, 48), (64, 64))]
+    masks = [np.zeros(img.shape[:2], np.uint8) for img in images]
+    for i, m in enumerate(masks):
+        m[5 + i : 30, 10:40] = 3
+        m[0, :] = 255
+    class_ids = [3, 3, 3]
+
+    at_shard_time = diffseg.for_generator(AuxGenerator.from_config(cfg, rt), cfg)
+    scorer = load_scorer(cfg, rt)
+    alone = scorer.__self__  # the DiffSeg the score verb built
+    assert "controlnet" not in alone.pipe.components and at_shard_time.pipe.controlnet is not None
+    for want, got in zip(at_shard_time.segment_any(images), alone.segment_any(images), strict=True):
+        np.testing.assert_array_equal(got, want)
+    want, got = at_shard_time.score(images, masks, class_ids), scorer(images, masks, class_ids)
+    assert got == want and all(s.iou is not None and s.segments >= 1 for s in got)
+
+
+def test_score_refuses_a_run_in_use(tmp_path: Path) -> None:
+    from difaug import rundir
+
+    synth = make_run(tmp_path, num_aux=1)
+
+    def never(*_):
+        raise AssertionError("a run in use must not be scored")
+
+    with rundir.RunLock(synth.run_dir), pytest.raises(rundir.LockError, match="in use by difaug generate"):
+        score_run(synth.run_dir, never)

@@ -28,13 +28,28 @@ re-encoded (JPEG at `quality`, 4:4:4).
 
 Several runs can be exported into one folder (one `aux_data_dir` serves BAM's training *and*
 validation): the coverage report `DIR/difaug-export.json` keeps one entry per run ever exported
-there and totals over all of them.
+there and totals over all of them. Each entry records the files that run's export holds in DIR
+(`paths`: relative path → a digest of the bytes written), so exporting the same run again with
+another selection (a higher `--min-drift-iou`, another layout or format, without conditions)
+removes the files of its earlier export that this one does not write — only those, only while
+they still hold the bytes difaug wrote, and never one another run's entry records; files difaug
+did not write are never touched. The entry is recorded before the first file is written (paths
+about to be created included), so an interrupted export leaves nothing unrecorded.
+
+One export at a time per DIR: `export_run` holds DIR's `.difaug.lock` (`rundir.RunLock`, owner
+host and pid recorded, a dead owner's lock taken over) from its report read to its report write,
+and a second export into DIR waits for it (`on_wait` is told whom it waits for), so two runs
+exported into one folder at once both keep their entries. The report is written atomically.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import logging
 import os
+import stat
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -42,21 +57,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from difaug import fsio, imageio, shards
+from difaug import fsio, imageio, rundir, shards
 from difaug.adapters.index import DriftScoreError, drift_filter
 from difaug.adapters.run import Failure, RunView, open_run
-from difaug.safe_names import is_safe_component, safe_component, safe_join
+from difaug.safe_names import UnsafePathError, is_safe_component, safe_component, safe_join
 
 LAYOUTS = ("diffss-bam", "fss", "folder")
 FORMATS = ("jpg", "png")
 DEFAULT_FORMAT = {"diffss-bam": "jpg", "fss": "jpg", "folder": "png"}
 BAM_CLASS_RANGE = {"pascal": (1, 20), "coco": (1, 80)}
 REPORT_FILE = "difaug-export.json"
-REPORT_VERSION = 2
+REPORT_VERSION = 3  # 3: each run's entry records its files (`paths`)
+EXPORT_COMMAND = "difaug export"  # the holder named in DIR's lock
+DIGEST_BYTES = 8  # blake2b of each exported file: enough to tell difaug's bytes from a replacement
 CONDITION_SUFFIX = "control"  # DifFSS: f"{name}_{fg_cls}_control.jpg"
 FSS_CLASS = 1  # DifFSS binarises FSS-1000 masks to 0/1: every aux file carries class 1
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+log = logging.getLogger(__name__)
 
 
 class ExportError(ValueError):
@@ -108,6 +127,17 @@ class ExportResult:
     not_generated: int = 0
     # The report's totals over every run exported into `out` (this one included), once written.
     folder_total: dict[str, Any] = field(default_factory=dict)
+    # Every file this export holds in `out` (written or already right): relative POSIX path →
+    # blake2b digest of its bytes. Recorded in the report; the next export of the run removes
+    # those it does not write.
+    paths: dict[str, str] = field(default_factory=dict)
+    # What this call did to the files of the run's earlier export into `out` that it does not write:
+    removed: list[str] = field(default_factory=list)  # deleted (relative paths)
+    kept_stale: list[dict[str, str]] = field(default_factory=list)  # {path, reason}: left in place
+    # The run's earlier export into `out` recorded no file list (a difaug before REPORT_VERSION 3):
+    # files of it that this export does not write could not be told apart and were left.
+    earlier_unrecorded: bool = False
+    lock_taken_over: str = ""  # the owner of a lock on `out` left by a dead process, taken over
 
     @property
     def files(self) -> int:
@@ -125,6 +155,11 @@ class ExportResult:
         return d
 
 
+# What one call did, not what the export holds: left out of the report's entry.
+_CALL_ONLY = ("written", "unchanged", "out", "folder_total", "removed", "kept_stale")
+_CALL_ONLY += ("earlier_unrecorded", "lock_taken_over")
+
+
 @dataclass(frozen=True)
 class _Target:
     shard: int
@@ -133,6 +168,7 @@ class _Target:
     sample_id: str
     aux_index: int  # -1 for a condition image
     path: Path
+    name: str  # `path` relative to the export folder, POSIX: the key of the report's `paths`
     column: str = "aux_image"
 
 
@@ -148,6 +184,8 @@ def export_run(
     with_conditions: bool = False,
     min_drift_iou: float | None = None,
     progress: Callable[[int], None] | None = None,
+    on_wait: Callable[[rundir.LockOwner | None], None] | None = None,
+    force_unlock: bool = False,
 ) -> ExportResult:
     """Write one file per auxiliary image of `run_dir` into `out` in `layout`; report coverage.
 
@@ -155,7 +193,12 @@ def export_run(
     folder). `with_conditions`: also the condition images, under DifFSS's `_control` names.
     `min_drift_iou`: keep only aux images with `drift_iou >= min_drift_iou` (refused, naming
     `difaug score`, when the run has no scores). `progress(n)` is called with the number of files
-    handled after each row group. The report in `out` merges with those of earlier exports there."""
+    handled after each row group. The report in `out` merges with those of earlier exports there,
+    and files of this run's earlier export there that this one does not write are removed (see
+    the module docstring; `write_report=False` records nothing and removes nothing).
+
+    Another export into `out` in progress is waited for (`on_wait(owner)` is called first; by
+    default it is logged); a lock left by another host is refused unless `force_unlock`."""
     if layout not in LAYOUTS:
         raise ExportError(f"unknown layout {layout!r}; use one of: {', '.join(LAYOUTS)}")
     fmt = (image_format or DEFAULT_FORMAT[layout]).lower().replace("jpeg", "jpg")
@@ -175,12 +218,45 @@ def export_run(
 
     # Every name is decided (and a layout that cannot describe the run refused) before writing.
     targets = _plan_targets(view, out, layout, fmt, keep, with_conditions, result)
-    out.mkdir(parents=True, exist_ok=True)
-    done_by_sample = _write_all(view, targets, fmt, quality, workers, result, progress)
-    _coverage(view, done_by_sample, result)
-    if write_report:
-        result.folder_total = merge_report(out / REPORT_FILE, result)["total"]
+    lock = rundir.RunLock(out, command=EXPORT_COMMAND, force=force_unlock, on_wait=on_wait or _log_wait(out))
+    with lock:  # creates `out`; from the report's read to its write, no other export interferes
+        if lock.took_over is not None:
+            result.lock_taken_over = str(lock.took_over)
+        report = out / REPORT_FILE
+        runs = read_report(report) if write_report else {}
+        recorded = _pending_record(runs, result, targets, out) if write_report else {}
+        if write_report and recorded != _run_paths(runs.get(result.run)):
+            # Before the first file: an interrupted export leaves every file it may create recorded.
+            pending = {**(runs.get(result.run) or {}), "paths": recorded, "unfinished_export": True}
+            save_report(report, {**runs, result.run: pending}, out)
+        done_by_sample = _write_all(view, targets, fmt, quality, workers, result, progress)
+        _coverage(view, done_by_sample, result)
+        if write_report:
+            _remove_stale(out, recorded, runs, result)
+            result.folder_total = merge_report(report, result)["total"]
     return result
+
+
+def _log_wait(out: Path) -> Callable[[rundir.LockOwner | None], None]:
+    def wait(owner: rundir.LockOwner | None) -> None:
+        who = f"{owner.command} ({owner})" if owner else "another export"
+        log.warning("%s: waiting for %s to finish", out, who)
+
+    return wait
+
+
+def read_report(path: Path) -> dict[str, dict[str, Any]]:
+    """The report's entries by run (`runs`); {} for a missing or unreadable report. A report from
+    before merging (one run's fields at the top level) becomes that run's entry."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if isinstance(old, dict) and isinstance(old.get("runs"), dict):
+        return {str(k): v for k, v in old["runs"].items() if isinstance(v, dict)}
+    if isinstance(old, dict) and "supports" in old:
+        return {str(old.get("run") or "(an earlier export)"): old}
+    return {}
 
 
 def merge_report(path: Path, result: ExportResult) -> dict[str, Any]:
@@ -188,19 +264,15 @@ def merge_report(path: Path, result: ExportResult) -> dict[str, Any]:
 
     The report holds `runs` (one entry per run directory, the latest export of each) and `total`
     (summed over them); `incomplete` lists every run's incomplete supports, each with its `run`.
-    What an export produced, not what one call did: re-exporting leaves the file as it is."""
-    runs: dict[str, Any] = {}
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        old = None
-    if isinstance(old, dict) and isinstance(old.get("runs"), dict):
-        runs = dict(old["runs"])
-    elif isinstance(old, dict) and "supports" in old:  # a report from before merging existed
-        runs[str(old.get("run") or "(an earlier export)")] = old
-    skip = ("written", "unchanged", "out", "folder_total")
-    entry = {k: v for k, v in result.to_dict().items() if k not in skip}
-    runs[result.run] = entry
+    What an export produced, not what one call did: re-exporting leaves the file as it is.
+    Callers hold the folder's lock (`export_run` does)."""
+    runs = read_report(path)
+    runs[result.run] = {k: v for k, v in result.to_dict().items() if k not in _CALL_ONLY}
+    return save_report(path, runs, result.out)
+
+
+def save_report(path: Path, runs: dict[str, dict[str, Any]], out: Path) -> dict[str, Any]:
+    """The report of these run entries, with totals, written atomically (unless unchanged)."""
     keys = ("supports", "complete", "not_generated", "files", "conditions")
     total: dict[str, Any] = {k: sum(int(r.get(k) or 0) for r in runs.values()) for k in keys}
     total["incomplete"] = sum(len(r.get("incomplete") or ()) for r in runs.values())
@@ -209,7 +281,7 @@ def merge_report(path: Path, result: ExportResult) -> dict[str, Any]:
     total["runs"] = len(runs)
     report = {
         "version": REPORT_VERSION,
-        "out": str(result.out),
+        "out": str(out),
         "total": total,
         "files": total["files"],
         "incomplete": [
@@ -306,6 +378,7 @@ def _plan_targets(
         by_sample.setdefault(sid, []).append(i)
     targets: list[_Target] = []
     owner: dict[Path, str] = {}
+    base = out.resolve()
 
     def add(i: int, k: int | str, aux_index: int, column: str) -> None:
         sid = cols["sample_id"][i]
@@ -324,9 +397,9 @@ def _plan_targets(
             )
             return
         owner[path] = sid
-        targets.append(
-            _Target(cols["_shard"][i], cols["_group"][i], cols["_in_group"][i], sid, aux_index, path, column)
-        )
+        name = path.relative_to(base).as_posix()
+        shard, group, in_group = cols["_shard"][i], cols["_group"][i], cols["_in_group"][i]
+        targets.append(_Target(shard, group, in_group, sid, aux_index, path, name, column))
 
     for sid, rows in by_sample.items():
         rows.sort(key=lambda i: cols["aux_index"][i])
@@ -368,8 +441,9 @@ def _write_all(
         by_shard.setdefault(t.shard, {}).setdefault(t.group, []).append(t)
     done: Counter[str] = Counter()
 
-    def one(item: tuple[_Target, bytes]) -> bool | str:
-        """True/False: written/unchanged; a string: why the stored image cannot be exported."""
+    def one(item: tuple[_Target, bytes]) -> tuple[bool, str] | str:
+        """(written, digest of the file's bytes) — written False: already right; a string: why the
+        stored image cannot be exported."""
         target, data = item
         try:
             # Decode even when the bytes are copied as they are: a file the trainer cannot read
@@ -378,7 +452,7 @@ def _write_all(
             encoded = convert(data, fmt, quality, image)
         except (imageio.ImageReadError, OSError, ValueError) as e:
             return f"stored {target.column} does not decode: {e}"
-        return fsio.write_if_changed(target.path, encoded)
+        return fsio.write_if_changed(target.path, encoded), file_digest(encoded)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for shard, groups in sorted(by_shard.items()):
@@ -392,8 +466,9 @@ def _write_all(
                         if isinstance(outcome, str):
                             result.skipped.append(SkippedRow(t.sample_id, t.aux_index, outcome))
                             continue
-                        result.written += outcome
-                        result.unchanged += not outcome
+                        written, result.paths[t.name] = outcome
+                        result.written += written
+                        result.unchanged += not written
                         if t.column == "condition_image":
                             result.conditions += 1
                         else:
@@ -401,6 +476,95 @@ def _write_all(
                     if progress:
                         progress(len(items))
     return done
+
+
+# --- the run's file record and its earlier export's files ----------------------------------------
+
+
+def file_digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).hexdigest()
+
+
+def _run_paths(entry: Any) -> dict[str, str | None]:
+    """A report entry's file record (relative path → digest; None: about to be created)."""
+    paths = entry.get("paths") if isinstance(entry, dict) else None
+    if not isinstance(paths, dict):
+        return {}
+    return {str(k): v if isinstance(v, str) else None for k, v in paths.items()}
+
+
+def _pending_record(
+    runs: dict[str, dict[str, Any]], result: ExportResult, targets: list[_Target], out: Path
+) -> dict[str, str | None]:
+    """The run's record while this export writes: the files of its earlier export, and those this
+    one is about to create (digest None). A file already there is claimed only once written."""
+    entry = runs.get(result.run)
+    if entry is not None and not isinstance(entry.get("paths"), dict):
+        result.earlier_unrecorded = True
+    recorded = _run_paths(entry)
+    for t in targets:
+        if t.name not in recorded and not os.path.lexists(t.path):
+            recorded[t.name] = None
+    return recorded
+
+
+def _recorded_file(base: Path, name: str) -> Path | None:
+    """The file a report entry names, or None when the name cannot be one difaug wrote: an image
+    name of safe components inside `base` (the report is a plain file: a hand-edited `../x`, a
+    `notes.txt` or a folder symlinked elsewhere is never followed)."""
+    parts = name.split("/")
+    image_name = parts[-1].endswith(tuple(f".{f}" for f in FORMATS))
+    if not image_name or not all(is_safe_component(p) for p in parts):
+        return None
+    try:
+        folder = safe_join(base, *parts[:-1]) if len(parts) > 1 else base
+    except UnsafePathError:
+        return None
+    return folder / parts[-1]
+
+
+def _remove_stale(
+    out: Path, recorded: dict[str, str | None], runs: dict[str, dict[str, Any]], result: ExportResult
+) -> None:
+    """Delete the files of the run's earlier export (and of an interrupted one) that this export
+    did not write: a regular file that still holds the bytes difaug wrote (or, for a file an
+    interrupted export was about to create, any), and that no other run's entry records. Folders
+    left empty by that go too. Anything else stays, listed in `result.kept_stale`."""
+    base = out.resolve()
+    claimed = {name: run for run, entry in runs.items() if run != result.run for name in _run_paths(entry)}
+    emptied: set[Path] = set()
+    for name, digest in sorted(recorded.items()):
+        if name in result.paths:
+            continue
+        path = _recorded_file(base, name)
+        reason = ""
+        if name in claimed:
+            reason = f"also exported there from the run {claimed[name]}"
+        elif path is None:
+            reason = "not a file name difaug writes (the report was edited?)"
+        else:
+            try:
+                info = path.lstat()
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                reason = "no longer a plain file"
+            elif digest is not None and file_digest(path.read_bytes()) != digest:
+                reason = "changed since difaug wrote it"
+        if reason:
+            result.kept_stale.append({"path": name, "reason": reason})
+            continue
+        assert path is not None
+        path.unlink(missing_ok=True)
+        result.removed.append(name)
+        emptied.add(path.parent)
+    for folder in sorted(emptied, key=lambda p: len(p.parts), reverse=True):
+        while folder != base and folder.is_relative_to(base):
+            with contextlib.suppress(OSError):  # not empty (or not ours to judge): stays
+                folder.rmdir()
+            if folder.exists():
+                break
+            folder = folder.parent
 
 
 # --- coverage ----------------------------------------------------------------------------------

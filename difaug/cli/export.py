@@ -52,11 +52,22 @@ def export(
         "or any stored image could not be exported.",
     ),
     show: int = typer.Option(20, "--show", min=0, help="List at most N incomplete supports."),
+    force_unlock: bool = typer.Option(
+        False,
+        "--force-unlock",
+        help="Take OUT's lock even if another host's export recorded it (only when that export is gone).",
+    ),
 ) -> None:
     """Write one file per auxiliary image and report coverage: which supports got all X images,
     which did not, and why. Re-running rewrites nothing that is already right. The DifFSS BAM
     loader silently uses the real support when a file is missing, so read the coverage report
     (also saved as OUT/difaug-export.json, which covers every run exported into OUT).
+
+    Exporting the same run again with another selection (--min-drift-iou, --layout, --format,
+    --with-conditions) removes the files of its earlier export into OUT that this one does not
+    write, so OUT holds one export per run; files of other runs exported there, files changed
+    since difaug wrote them and anything else in OUT are never removed. A second export into OUT
+    waits for the one in progress.
 
     Examples:
 
@@ -68,17 +79,29 @@ def export(
 
     from difaug.adapters.export import LAYOUTS, ExportError, export_run
     from difaug.adapters.run import RunError
+    from difaug.rundir import LockOwner, RunDirError
     from difaug.safe_names import UnsafePathError
 
     if layout not in LAYOUTS:
         fail(f"unknown layout {layout!r}; use one of: {', '.join(LAYOUTS)}")
+
+    def waiting(owner: LockOwner | None) -> None:
+        who = f"{owner.command} ({owner})" if owner else "another export"
+        err_console.print(f"waiting for {escape(who)} to finish with {escape(str(out))} …", highlight=False)
+
     try:
         result = export_run(
             run, out, layout, image_format=image_format, quality=quality, workers=workers,
-            with_conditions=with_conditions, min_drift_iou=min_drift_iou,
+            with_conditions=with_conditions, min_drift_iou=min_drift_iou, on_wait=waiting,
+            force_unlock=force_unlock,
         )  # fmt: skip
-    except (ExportError, RunError, UnsafePathError) as e:
+    except (ExportError, RunError, RunDirError, UnsafePathError) as e:  # RunDirError: OUT's lock
         fail(str(e))
+
+    if result.lock_taken_over:
+        err_console.print(
+            f"[yellow]note:[/] took over the lock of {escape(str(out))} left by {escape(result.lock_taken_over)}"
+        )
 
     console.print(
         f"[bold]{result.files}[/] files in [bold]{escape(str(result.out))}[/] ({layout}, {result.image_format}): "
@@ -91,6 +114,21 @@ def export(
     )
     if result.conditions:
         console.print(f"condition images: {result.conditions}")
+    if result.removed:
+        console.print(
+            f"removed {len(result.removed)} file(s) of this run's earlier export into {escape(str(result.out))} "
+            "that this export does not write"
+        )
+    for kept in result.kept_stale[: max(show, 1)]:
+        err_console.print(
+            f"[yellow]left in place:[/] {escape(kept['path'])} (of this run's earlier export: {escape(kept['reason'])})"
+        )
+    if result.earlier_unrecorded:
+        err_console.print(
+            "[yellow]note:[/] the earlier export of this run into this folder was made by a difaug that "
+            "recorded no file list: files of it that this export does not write (e.g. higher k) were not "
+            "removed. Export into a fresh folder to be sure; from now on re-exports clean up."
+        )
     if min_drift_iou is not None:
         n = sum(result.filtered.values())
         console.print(

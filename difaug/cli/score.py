@@ -19,7 +19,7 @@ def score(
     """Fill `drift_iou` and `drift_segments` in every finished shard that lacks them (a run made with
     `score: none`, or before scoring existed). Shard by shard and atomic: an interrupted call
     resumes where it stopped, and a second call changes nothing. The model is the run's own base
-    model (from its plan).
+    model (from its plan), loaded without its ControlNet: UNet, VAE and text encoder only.
 
     Example:
 
@@ -27,6 +27,7 @@ def score(
     """
     from difaug import score as sc
     from difaug.config import ConfigError, RuntimeConfig
+    from difaug.rundir import RunDirError
 
     if not (run / "difaug.json").is_file():
         fail(f"{run} is not a run directory (no difaug.json); pass the --out of `difaug generate`")
@@ -40,7 +41,10 @@ def score(
     def progress(index: int, what: str) -> None:
         console.print(f"shard {index:05d}: {what}")
 
-    summary = sc.score_run(run, scorer, batch_size=batch_size, progress=progress)
+    try:
+        summary = sc.score_run(run, scorer, batch_size=batch_size, progress=progress)
+    except RunDirError as e:  # the run's lock is held (a generate or another score in progress)
+        fail(str(e))
     console.print(
         f"scored {summary.rows} aux images in {len(summary.scored_shards)} shard(s); "
         f"{len(summary.skipped_shards)} shard(s) already scored; {summary.seconds:.1f} s"

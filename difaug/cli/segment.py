@@ -35,7 +35,6 @@ def segment(
     """
     from difaug import diffseg
     from difaug.config import ConfigError, JobConfig, RuntimeConfig
-    from difaug.generate import AuxGenerator
     from difaug.safe_names import safe_component
 
     if (manifest is None) == (images is None):
@@ -63,10 +62,10 @@ def segment(
         fail("no images to segment")
     try:
         cfg = JobConfig(model=model).validate()
-        gen = AuxGenerator.from_config(cfg, RuntimeConfig(device=device, dtype=dtype).validate())
+        seg = diffseg.load(cfg, RuntimeConfig(device=device, dtype=dtype).validate())
     except (ConfigError, OSError) as e:
         fail(str(e))
-    result = diffseg.segment_files(inputs, diffseg.DiffSeg(gen.pipe), out, batch_size=batch_size)
+    result = diffseg.segment_files(inputs, seg, out, batch_size=batch_size)
     console.print(f"{len(result.written)} label maps in {escape(str(out))}")
     if result.segments:
         console.print(f"segments per image: mean {sum(result.segments) / len(result.segments):.1f}")
