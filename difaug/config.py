@@ -161,7 +161,9 @@ class RuntimeConfig:
     vae_batch: int = (
         DEFAULT_VAE_BATCH  # latents per VAE decode call (bounded memory; batched is faster than 1)
     )
-    encode_threads: int = 0  # PNG/JPEG encoder threads per worker; 0 = from the core count
+    encode_threads: int = (
+        0  # PNG/JPEG encoder threads per shard task (two in flight per worker); 0 = from the cores
+    )
     prepare_threads: int = 0  # decode threads in the condition stage; 0 = from the core count
 
     def validate(self) -> RuntimeConfig:

@@ -72,7 +72,8 @@ def generate(
     ),
     vae_batch: int | None = _run_opt("--vae-batch", "Latents per VAE decode call."),
     encode_threads: int | None = _run_opt(
-        "--encode-threads", "PNG/JPEG encoder threads per worker (0 = from the cores)."
+        "--encode-threads",
+        "PNG/JPEG encoder threads per shard task, two in flight per worker (0 = from the cores).",
     ),
     cache_interval: int | None = _opt(
         "--cache-interval", "DeepCache: deep UNet features every k-th step (1 = off; changes images)."
