@@ -19,14 +19,17 @@ Command = TypeVar("Command", bound=Callable[..., Any])
 
 def add_options(declared: Iterable[inspect.Parameter]) -> Callable[[Command], Command]:
     """Give a typer command options declared once elsewhere (shared by several commands, or made
-    from a table): they follow the command's own parameters in the signature typer reads, and their
-    values arrive in the command's `**options`. A name declared twice fails at import."""
+    from a table): in the signature typer reads (and so in `--help`) they follow the command's own
+    parameters, except its keyword-only ones (after `*`), which come last; their values arrive in
+    the command's `**options`. A name declared twice fails at import."""
     extra = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in declared]
 
     def decorate(command: Command) -> Command:
         own = inspect.signature(command, eval_str=True)
         params = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-        command.__signature__ = own.replace(parameters=[*params, *extra])  # type: ignore[attr-defined]
+        last = [p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        first = [p for p in params if p not in last]
+        command.__signature__ = own.replace(parameters=[*first, *extra, *last])  # type: ignore[attr-defined]
         return command
 
     return decorate
