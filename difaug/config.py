@@ -53,7 +53,9 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class JobConfig:
-    """Everything that decides the bytes of the output."""
+    """Everything that decides the bytes of the output. Fingerprinted into the plan: a rerun into
+    the same OUT with any other value is refused, naming the keys (`plan.differences`). So a speed
+    option that changes the images (`cache_interval`) belongs here, not in `RuntimeConfig`."""
 
     condition: str = "hed"
     condition_style: str = "diffss"

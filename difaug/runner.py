@@ -61,6 +61,7 @@ __all__ = [
     "RowsRefused",
     "RunEvent",
     "RunSummary",
+    "ShardEvent",
     "ShardFailed",
     "ShardFinished",
     "ShardProgress",
@@ -176,34 +177,42 @@ class RowsRefused:
 
 @dataclass(frozen=True)
 class ClusterReady:
-    """The Dask client is up; `waiting_for_worker`: the run waits for a first worker to join."""
+    """The Dask client is up. `dashboard`: one line for the user, the dashboard's address or why
+    there is none (`cluster.dashboard_text`); `waiting_for_worker`: the run waits for a first
+    worker to join (a running scheduler or SLURM, whose workers may still be queued)."""
 
     dashboard: str
     waiting_for_worker: bool
 
 
 @dataclass(frozen=True)
-class ShardProgress:
-    """Images a running shard has finished so far (per batch; from the Dask client's thread)."""
+class ShardEvent:
+    """The base of the events about one shard: `index` is the shard's place in the plan
+    (`ShardRange.index`, the number in its file names)."""
 
     index: int
+
+
+@dataclass(frozen=True)
+class ShardProgress(ShardEvent):
+    """Images a running shard has finished so far (per batch; from the Dask client's thread)."""
+
     images: int
 
 
 @dataclass(frozen=True)
-class ShardFinished:
-    """A shard ended: `images` written; `equivalent` = its rows × X (failed rows count too)."""
+class ShardFinished(ShardEvent):
+    """A shard ended: `images` written; `equivalent` = its rows × X (failed rows count too). A shard
+    that failed sends one too (0 images) before its `ShardFailed`, so a progress bar still counts it."""
 
-    index: int
     images: int
     equivalent: int
 
 
 @dataclass(frozen=True)
-class ShardFailed:
+class ShardFailed(ShardEvent):
     """A shard task failed after its retries (its rows are failures of stage `task`)."""
 
-    index: int
     retries: int
     reason: str
     stops_run: bool  # OUT cannot be written: the run stops (`Summary.stopped` says why)
@@ -250,15 +259,22 @@ def _task_failures(spec: ShardSpec, error: BaseException) -> list[Failure]:
     ]
 
 
-def _run_sync(
-    specs: Iterator[ShardSpec],
-    job: Job,
-    factories: tuple[GeneratorFactory | None, ConditionFactory | None],
-    on_done: Callable[[ShardSpec, ShardStats], None],
-    on_error: Callable[[ShardSpec, BaseException], None],
-    emit: EventSink,
-    stop: threading.Event,
-) -> None:
+@dataclass(frozen=True)
+class _Execution:
+    """What both executors (`_run_sync`, `_run_dask`) are handed: the shards still to run, the job
+    and its factories, where each shard's end goes (`on_done`, `on_error`) and the events (`emit`);
+    `stop` is set when OUT cannot be written, and no shard is started after it."""
+
+    specs: Iterator[ShardSpec]
+    job: Job
+    factories: tuple[GeneratorFactory | None, ConditionFactory | None]
+    on_done: Callable[[ShardSpec, ShardStats], None]
+    on_error: Callable[[ShardSpec, BaseException], None]
+    emit: EventSink
+    stop: threading.Event
+
+
+def _run_sync(ex: _Execution) -> None:
     """The shard tasks in this process, two in flight (`worker.MAX_SHARDS_IN_FLIGHT`, as on a
     Dask worker): one shard's write overlaps the next one's generation. Results, retries and every
     event (progress included) are handled on this thread, one at a time; no shard is started once
@@ -273,17 +289,17 @@ def _run_sync(
         def report(index: int, images: int) -> None:
             progress.put(ShardProgress(index, images))
 
-        future = pool.submit(run_shard, spec, job, *factories, progress=report, cancel=cancel)
+        future = pool.submit(run_shard, spec, ex.job, *ex.factories, progress=report, cancel=cancel)
         attempts[future] = (spec, attempt)
 
     def emit_progress() -> None:
         while not progress.empty():
-            emit(progress.get())
+            ex.emit(progress.get())
 
     try:
         while True:
-            while len(attempts) < MAX_SHARDS_IN_FLIGHT and not stop.is_set():
-                spec = next(specs, None)
+            while len(attempts) < MAX_SHARDS_IN_FLIGHT and not ex.stop.is_set():
+                spec = next(ex.specs, None)
                 if spec is None:
                     break
                 submit(spec, 0)
@@ -295,13 +311,17 @@ def _run_sync(
                 spec, attempt = attempts.pop(future)
                 error = future.exception()
                 if error is None:
-                    on_done(spec, future.result())
+                    ex.on_done(spec, future.result())
                 elif not isinstance(error, Exception):
                     raise error
-                elif attempt < job.runtime.retries and not rundir.is_permanent(error) and not stop.is_set():
+                elif (
+                    attempt < ex.job.runtime.retries
+                    and not rundir.is_permanent(error)
+                    and not ex.stop.is_set()
+                ):
                     submit(spec, attempt + 1)  # no retry can fix a permanent error
                 else:
-                    on_error(spec, error)
+                    ex.on_error(spec, error)
     except BaseException:
         cancel.set()
         raise
@@ -309,22 +329,12 @@ def _run_sync(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _run_dask(
-    client: Any,
-    specs: Iterator[ShardSpec],
-    job: Job,
-    factories: tuple[GeneratorFactory | None, ConditionFactory | None],
-    on_done: Callable[[ShardSpec, ShardStats], None],
-    on_error: Callable[[ShardSpec, BaseException], None],
-    emit: EventSink,
-    resources: dict[str, float] | None,
-    stop: threading.Event,
-) -> None:
+def _run_dask(client: Any, ex: _Execution, resources: dict[str, float] | None) -> None:
     from distributed import as_completed
 
     def on_event(event: tuple[float, dict]) -> None:
         msg = event[1]
-        emit(ShardProgress(msg["shard"], msg["images"]))
+        ex.emit(ShardProgress(msg["shard"], msg["images"]))
 
     client.subscribe_topic(PROGRESS_TOPIC, on_event)
     in_flight: dict[str, ShardSpec] = {}
@@ -335,22 +345,22 @@ def _run_dask(
         # the two a worker runs at once (`MAX_SHARDS_IN_FLIGHT`) and one waiting for its turn.
         n = len(client.scheduler_info(n_workers=-1).get("workers", {}))
         per_worker = MAX_SHARDS_IN_FLIGHT + 1
-        return max(4, per_worker * job.runtime.workers, per_worker * n)
+        return max(4, per_worker * ex.job.runtime.workers, per_worker * n)
 
     def submit_more() -> None:
         limit = capacity()  # one scheduler query per completed shard, not one per submission
-        while len(in_flight) < limit and not stop.is_set():
-            spec = next(specs, None)
+        while len(in_flight) < limit and not ex.stop.is_set():
+            spec = next(ex.specs, None)
             if spec is None:
                 return
             key = f"shard-{spec.shard.index:05d}-{spec.plan_hash[:8]}"
             future = client.submit(
                 run_shard,
                 spec,
-                job,
-                *factories,
+                ex.job,
+                *ex.factories,
                 pure=False,
-                retries=job.runtime.retries,
+                retries=ex.job.runtime.retries,
                 key=key,
                 resources=resources,
             )
@@ -362,13 +372,13 @@ def _run_dask(
         for future in pending:
             spec = in_flight.pop(future.key)
             if future.status == "finished":
-                on_done(spec, future.result())
+                ex.on_done(spec, future.result())
             else:
                 try:
                     error = future.exception()
                 except Exception as e:  # cancelled: no exception object to fetch
                     error = e
-                on_error(spec, error)
+                ex.on_error(spec, error)
             future.release()
             submit_more()
     finally:
@@ -515,6 +525,7 @@ def _run_locked(
         emit(ShardFinished(spec.shard.index, 0, spec.shard.num_rows * x))
         emit(ShardFailed(spec.shard.index, job.runtime.retries, rows[0].reason, stops_run=permanent))
 
+    execution = _Execution(specs, job, factories, on_done, on_error, emit, stop)
     if pending and uses_client(job.runtime):
         with open_client(job.runtime) as client:
             summary.dashboard = dashboard_text(client)
@@ -523,9 +534,9 @@ def _run_locked(
             if waits:
                 client.wait_for_workers(1)
             resources = gpu_resources(client, job.runtime)
-            _run_dask(client, specs, job, factories, on_done, on_error, emit, resources, stop)
+            _run_dask(client, execution, resources)
     elif pending:
-        _run_sync(specs, job, factories, on_done, on_error, emit, stop)
+        _run_sync(execution)
     summary.not_run = sum(spec.shard.num_rows for spec in specs)  # what a stopped run never started
     try:
         rundir.remove_temp_files(job.out)  # left by workers killed mid-write (never read)

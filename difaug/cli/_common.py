@@ -1,10 +1,11 @@
-"""Printing and error helpers shared by the CLI modules (no library logic here)."""
+"""Printing, error and option-declaring helpers shared by the CLI modules (no library logic here)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
-from typing import Any, NoReturn
+import inspect
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -12,6 +13,31 @@ from rich.markup import escape
 
 console = Console()
 err_console = Console(stderr=True)
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def add_options(declared: Iterable[inspect.Parameter]) -> Callable[[Command], Command]:
+    """Give a typer command options declared once elsewhere (shared by several commands, or made
+    from a table): in the signature typer reads (and so in `--help`) they follow the command's own
+    parameters, except its keyword-only ones (after `*`), which come last; their values arrive in
+    the command's `**options`. A name declared twice fails at import."""
+    extra = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in declared]
+
+    def decorate(command: Command) -> Command:
+        own = inspect.signature(command, eval_str=True)
+        params = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        last = [p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        first = [p for p in params if p not in last]
+        command.__signature__ = own.replace(parameters=[*first, *extra, *last])  # type: ignore[attr-defined]
+        return command
+
+    return decorate
+
+
+def options_of(declaration: Callable[..., Any]) -> list[inspect.Parameter]:
+    """The parameters of a function that only declares options, written as a typer signature."""
+    return list(inspect.signature(declaration, eval_str=True).parameters.values())
 
 
 def escape_text(value: object, max_chars: int = 500) -> str:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
 
-from difaug.cli._common import console, fail, progress_bar
+from difaug.cli._common import add_options, console, fail, options_of, progress_bar
 from difaug.config import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from difaug.parallel import WORKERS_HELP
 from difaug.text import display_text
@@ -72,16 +72,32 @@ SKIPPED_HELP = "Also write every skip (file, reason, detail, class_id) to this C
 # The options several builders share, declared once (typer reads a parameter's default as its
 # declaration, so one object serves every command).
 OUT_OPTION = typer.Option(..., "--out", "-o", help=OUT_HELP)
-LISTS_OPTION = typer.Option([], "--list", help=LIST_HELP + " Default: every mask found.")
-LIST_FORMAT_OPTION = typer.Option(None, "--list-format", help=LIST_FORMAT_HELP)
-TRAINER_OPTION = typer.Option(None, "--trainer", help=TRAINER_HELP)
-SPLITS_DIR_OPTION = typer.Option(None, "--splits-dir", help=SPLITS_DIR_HELP)
-MIN_AREA_OPTION = typer.Option(None, "--min-area", min=0, help=MIN_AREA_HELP)
 DEEP_OPTION = typer.Option(False, "--deep", help=DEEP_HELP)
 ABSOLUTE_OPTION = typer.Option(False, "--absolute", help=ABSOLUTE_HELP)
 SKIPPED_OPTION = typer.Option(None, "--skipped", help=SKIPPED_HELP)
 WORKERS_OPTION = typer.Option(None, "--workers", min=1, help=WORKERS_HELP)
-FILTER_OPTION = typer.Option(None, "--filter-intersection/--no-filter-intersection", help=FILTER_HELP)
+
+
+def _class_id_options(
+    out: Path = OUT_OPTION,
+    lists: list[str] = typer.Option([], "--list", help=LIST_HELP + " Default: every mask found."),
+    list_format: str | None = typer.Option(None, "--list-format", help=LIST_FORMAT_HELP),
+    trainer: str | None = typer.Option(None, "--trainer", help=TRAINER_HELP),
+    splits_dir: Path | None = typer.Option(None, "--splits-dir", help=SPLITS_DIR_HELP),
+    min_area: int | None = typer.Option(None, "--min-area", min=0, help=MIN_AREA_HELP),
+    filter_intersection: bool | None = typer.Option(
+        None, "--filter-intersection/--no-filter-intersection", help=FILTER_HELP
+    ),
+    deep: bool = DEEP_OPTION,
+    absolute: bool = ABSOLUTE_OPTION,
+    skipped_out: Path | None = SKIPPED_OPTION,
+    workers: int | None = WORKERS_OPTION,
+) -> None:
+    """The options of the builders of trees whose mask pixels are class ids (pascal5i, coco20i),
+    which hand them on to `_run_splits` as they are; each command adds its own (`add_options`)."""
+
+
+CLASS_ID_OPTIONS = options_of(_class_id_options)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -245,10 +261,24 @@ def _run(build, out: Path, root: Path, absolute: bool, skipped_out: Path | None,
 
 
 def _run_splits(
-    build, dataset: str, out: Path, root: Path, absolute: bool, skipped_out: Path | None, name: str, *,
-    trainer: str | None, fold: int | None, split: str | None, lists: list[str], splits_dir: Path | None,
-    min_area: int | None, filter_intersection: bool | None, list_format: str | None, **kwargs,
-) -> None:  # fmt: skip
+    build,
+    dataset: str,
+    name: str,
+    *,
+    root: Path,
+    out: Path,
+    absolute: bool,
+    skipped_out: Path | None,
+    trainer: str | None,
+    fold: int | None,
+    split: str | None,
+    lists: list[str],
+    splits_dir: Path | None,
+    min_area: int | None,
+    filter_intersection: bool | None,
+    list_format: str | None,
+    **kwargs,
+) -> None:
     """One build per split the trainer (or --list SPLIT=…) asks for, merged into one manifest."""
     from difaug.datasets import DEFAULT_MIN_AREA, BuildError, build_splits, trainer_preset
     from difaug.datasets.trainers import parse_list_options, plan_splits
@@ -298,31 +328,22 @@ def _run_splits(
 
 
 @build_app.command("pascal5i")
+@add_options(CLASS_ID_OPTIONS)
 def build_pascal5i(
     root: Path = typer.Option(
         ..., "--root", help=ROOT_HELP + " Holds JPEGImages/ and SegmentationClassAug/."
     ),
-    out: Path = OUT_OPTION,
-    lists: list[str] = LISTS_OPTION,
-    list_format: str | None = LIST_FORMAT_OPTION,
-    trainer: str | None = TRAINER_OPTION,
-    splits_dir: Path | None = SPLITS_DIR_OPTION,
     fold: int | None = typer.Option(
         None, "--fold", min=0, max=3, help=FOLD_HELP + " Fold i = classes 5i+1..5i+5."
     ),
     split: str | None = typer.Option(None, "--split", help=SPLIT_HELP),
-    min_area: int | None = MIN_AREA_OPTION,
-    filter_intersection: bool | None = FILTER_OPTION,
     image_dir: str = typer.Option("JPEGImages", "--image-dir", help="Image folder under --root."),
     mask_dir: str | None = typer.Option(
         None,
         "--mask-dir",
         help="Mask folder under --root (default: SegmentationClassAug, else SegmentationClass).",
     ),
-    deep: bool = DEEP_OPTION,
-    absolute: bool = ABSOLUTE_OPTION,
-    skipped_out: Path | None = SKIPPED_OPTION,
-    workers: int | None = WORKERS_OPTION,
+    **options: Any,
 ) -> None:
     """PASCAL-5i (VOC2012 + SBD masks): one row per (image, class present), class ids 1..20.
 
@@ -338,27 +359,18 @@ def build_pascal5i(
     from difaug.datasets import build_pascal5i as build
 
     _run_splits(
-        build, "pascal", out, root, absolute, skipped_out, "pascal5i",
-        trainer=trainer, fold=fold, split=split, lists=lists, splits_dir=splits_dir, min_area=min_area,
-        filter_intersection=filter_intersection, list_format=list_format,
-        image_dir=image_dir, mask_dir=mask_dir, deep=deep, workers=workers,
+        build, "pascal", "pascal5i",
+        root=root, fold=fold, split=split, image_dir=image_dir, mask_dir=mask_dir, **options,
     )  # fmt: skip
 
 
 @build_app.command("coco20i")
+@add_options(CLASS_ID_OPTIONS)
 def build_coco20i(
     root: Path = typer.Option(
         ..., "--root", help=ROOT_HELP + " Holds train2014/, val2014/ and annotations/{train2014,val2014}/."
     ),
-    out: Path = OUT_OPTION,
-    lists: list[str] = LISTS_OPTION,
-    list_format: str | None = LIST_FORMAT_OPTION,
-    trainer: str | None = TRAINER_OPTION,
-    splits_dir: Path | None = SPLITS_DIR_OPTION,
     fold: int | None = typer.Option(None, "--fold", min=0, max=3, help=FOLD_HELP),
-    split: str | None = typer.Option(
-        None, "--split", help=SPLIT_HELP + " Without --list also picks the image folder (train2014/val2014)."
-    ),
     fold_rule: str = typer.Option(
         "interleaved",
         "--fold-rule",
@@ -366,18 +378,16 @@ def build_coco20i(
         "use_split_coco: True, as all their shipped COCO configs set); contiguous: fold i = 20i+1..20i+20 "
         "(PANet; use_split_coco: False).",
     ),
-    min_area: int | None = MIN_AREA_OPTION,
-    filter_intersection: bool | None = FILTER_OPTION,
+    split: str | None = typer.Option(
+        None, "--split", help=SPLIT_HELP + " Without --list also picks the image folder (train2014/val2014)."
+    ),
     image_dir: str | None = typer.Option(
         None, "--image-dir", help="Image folder under --root (default by --split)."
     ),
     mask_dir: str | None = typer.Option(
         None, "--mask-dir", help="Mask folder under --root (default: annotations/<image folder>)."
     ),
-    deep: bool = DEEP_OPTION,
-    absolute: bool = ABSOLUTE_OPTION,
-    skipped_out: Path | None = SKIPPED_OPTION,
-    workers: int | None = WORKERS_OPTION,
+    **options: Any,
 ) -> None:
     """COCO-20i (COCO 2014 with class-id annotation PNGs, ids 1..80): one row per (image, class).
 
@@ -392,10 +402,9 @@ def build_coco20i(
     if fold_rule not in ("interleaved", "contiguous"):
         fail(f"unknown --fold-rule {fold_rule!r}; use interleaved or contiguous")
     _run_splits(
-        build, "coco", out, root, absolute, skipped_out, "coco20i",
-        trainer=trainer, fold=fold, split=split, lists=lists, splits_dir=splits_dir, min_area=min_area,
-        filter_intersection=filter_intersection, list_format=list_format, fold_rule=fold_rule,
-        image_dir=image_dir, mask_dir=mask_dir, deep=deep, workers=workers,
+        build, "coco", "coco20i",
+        root=root, fold=fold, fold_rule=fold_rule, split=split, image_dir=image_dir, mask_dir=mask_dir,
+        **options,
     )  # fmt: skip
 
 
@@ -455,7 +464,8 @@ def build_fss1000(
     if mask_out is None:
         mask_out = out.parent / f"{out.stem}_masks"
     _run_splits(
-        build, "fss1000", out, root, absolute, skipped_out, "fss1000",
+        build, "fss1000", "fss1000",
+        root=root, out=out, absolute=absolute, skipped_out=skipped_out,
         trainer=trainer, fold=None, split=split, lists=lists, splits_dir=splits_dir, min_area=min_area,
         filter_intersection=None, list_format=None,
         mask_out=mask_out, class_ids=class_ids, threshold=threshold, deep=deep, workers=workers,
