@@ -267,6 +267,9 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile settings")
     ap.add_argument("--no-lcm", action="store_true", help="skip the LCM settings")
     ap.add_argument(
+        "--no-eager", action="store_true", help="skip the eager settings (on a GPU; measured 2026-12-01)"
+    )
+    ap.add_argument(
         "--channels-last", action="store_true", help="channels_last instead of the contiguous default"
     )
     ap.add_argument("--compile-mode", default="default")
@@ -307,13 +310,16 @@ def main() -> None:
     print(f"device: {name}; fp16 peak {peak or 'unknown (pass --peak-tflops)'} TFLOP/s")
     print(f"{'setting':<24}{'batch':>6}{'warm-up s':>11}{'images/s':>10}{'MFU':>8}")
     prec = ("fp16" if device == "cuda" else "fp32") + ("+NHWC" if args.channels_last else "")
-    settings = [(prec, False, False)]
-    if not args.no_compile and device == "cuda":
+    compiled = not args.no_compile and device == "cuda"
+    eager = not (args.no_eager and compiled)  # something is always timed
+    settings = [(prec, False, False)] if eager else []
+    if compiled:
         settings.append((f"{prec}+compile({args.compile_mode})", True, False))
     if not args.no_lcm:
-        settings.append((f"{prec}+LCM", False, True))
-        if not args.no_compile and device == "cuda":
-            settings.append((f"{prec}+LCM+compile", True, True))
+        if eager:
+            settings.append((f"{prec}+LCM", False, True))
+        if compiled:
+            settings.append((f"{prec}+LCM+compile({args.compile_mode})", True, True))
     parts = None if args.model else random_pipeline_parts(device)
     for label, compile, use_lcm in settings:
         gen = build_generator(args, parts, device, compile, use_lcm)
