@@ -271,30 +271,47 @@ def merge(
 ) -> torch.Tensor:
     """Iterative attention merging (`mask_merge`): `(H·W, H·W)` aggregated maps → `(K, H·W)`
     proposals, in `dtype` (default float32; the reference's first merge runs in float16)."""
+    proposals = anchor_proposals(attention, grid_hw, thresholds[0], points, dtype)
+    for threshold in thresholds[1:]:
+        proposals = regroup(proposals, threshold)
+    return proposals
+
+
+def anchor_proposals(
+    attention: torch.Tensor,
+    grid_hw: tuple[int, int],
+    threshold: float,
+    points: int = ANCHOR_GRID,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """The first merge: each anchor's proposal is the mean of the maps within `threshold` of it."""
     import torch
 
     maps = attention.to(dtype or torch.float32)
     # An underflowed probability (exactly 0) would make 0·log 0 = nan: clamp to the smallest normal.
     log_maps = maps.clamp_min(torch.finfo(maps.dtype).tiny).log()
     anchors = torch.as_tensor(anchor_indices(grid_hw, points), device=maps.device)
-    near = _sym_kl(maps[anchors], maps, log_maps[anchors], log_maps) < thresholds[0]
+    near = _sym_kl(maps[anchors], maps, log_maps[anchors], log_maps) < threshold
     near = near.to(maps.dtype)
-    proposals = (near @ maps) / near.sum(1, keepdim=True)
-    del log_maps, near
-    for threshold in thresholds[1:]:
-        log_p = proposals.clamp_min(torch.finfo(proposals.dtype).tiny).log()
-        close = (_sym_kl(proposals, proposals, log_p, log_p) < threshold).cpu().numpy()
-        matched: set[int] = set()
-        merged = []
-        for i in range(len(proposals)):
-            if i in matched:
-                continue
-            matched.add(i)
-            members = np.flatnonzero(close[i])
-            matched.update(members.tolist())
-            merged.append(proposals[torch.as_tensor(members, device=proposals.device)].mean(0))
-        proposals = torch.stack(merged)
-    return proposals
+    return (near @ maps) / near.sum(1, keepdim=True)
+
+
+def regroup(proposals: torch.Tensor, threshold: float) -> torch.Tensor:
+    """A later merge: greedily, each proposal not yet taken gathers those within `threshold`."""
+    import torch
+
+    log_p = proposals.clamp_min(torch.finfo(proposals.dtype).tiny).log()
+    close = (_sym_kl(proposals, proposals, log_p, log_p) < threshold).cpu().numpy()
+    matched: set[int] = set()
+    merged = []
+    for i in range(len(proposals)):
+        if i in matched:
+            continue
+        matched.add(i)
+        members = np.flatnonzero(close[i])
+        matched.update(members.tolist())
+        merged.append(proposals[torch.as_tensor(members, device=proposals.device)].mean(0))
+    return torch.stack(merged)
 
 
 def suppress(proposals: torch.Tensor, grid_hw: tuple[int, int], scale: int) -> np.ndarray:

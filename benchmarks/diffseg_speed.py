@@ -1,0 +1,185 @@
+"""What DiffSeg's steps after the UNet pass cost per image at SD1.5's real grid (64×64 tokens).
+
+What it measures
+- Synthetic per-resolution self-attention of the real shapes (64², 32², 16², 8² token grids; the
+  aggregated map is 4096 × 4096 per image, 256 anchors): softmax of logits that favour a token's
+  own Voronoi region and nearby tokens, plus noise, tuned so the KL threshold 1.1 leaves tens of
+  segments as on real images (real SD weights cannot be downloaded here).
+- Milliseconds per image on this CPU, by step: aggregation, the first merge (the 256-anchor KL
+  products), the two later merges (`regroup`), the NMS (`suppress`) and the drift score, at one
+  and at two torch threads.
+- Per image and step, the tensor operations dispatched (each is at least one kernel launch on
+  CUDA, `TorchDispatchMode`) and the host↔device crossings that synchronise on CUDA (tensors
+  built from host data, and `.cpu()` results, counted by wrapping those calls). On a GPU each
+  crossing stalls the device thread until the queue drains (tens of µs) and each launch costs
+  ~5–10 µs of host time; the CPU figures cannot show that, the counts do.
+
+Run: .venv/bin/python benchmarks/diffseg_speed.py [--quick] [--images 2]
+Last line: `diffseg_post_pass_ms_per_image: X` (all steps after the UNet pass, one thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+SIDE = 64  # SD1.5 at 512²: the highest self-attention grid
+SCALE = 8  # the VAE factor: labels at 512²
+LEVELS = (64, 32, 16, 8)  # SD1.5's self-attention grids
+
+
+def synthetic_maps(seed: int) -> dict[int, Any]:
+    """`{N: (1, N, N)}` softmax attention per level; the same regions on every level."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.rand(24, 2, generator=gen)
+    maps = {}
+    for side in LEVELS:
+        axis = (torch.arange(side) + 0.5) / side
+        yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+        pos = torch.stack([yy.reshape(-1), xx.reshape(-1)], 1)
+        region = torch.cdist(pos, centres).argmin(1)
+        same = (region[:, None] == region[None, :]).float()
+        logits = 4.0 * same - 4.0 * torch.cdist(pos, pos) ** 2
+        logits += 1.5 * torch.randn(side * side, side * side, generator=gen)
+        maps[side * side] = logits.softmax(-1)[None]
+    return maps
+
+
+def support_mask(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((SIDE * SCALE, SIDE * SCALE), np.uint8)
+    y, x = rng.integers(0, SIDE * SCALE // 2, 2)
+    mask[y : y + 200, x : x + 200] = 1
+    mask[y : y + 4] = 255
+    return mask
+
+
+class Crossings:
+    """Counts host↔device crossings of the diffseg module: `torch.as_tensor` of host data and
+    `Tensor.cpu` (each synchronises the stream on CUDA)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @contextlib.contextmanager
+    def watch(self) -> Iterator[None]:
+        import torch
+
+        as_tensor, cpu = torch.as_tensor, torch.Tensor.cpu
+
+        def counted_as_tensor(data: Any, *a: Any, **k: Any) -> Any:
+            self.count += not isinstance(data, torch.Tensor)
+            return as_tensor(data, *a, **k)
+
+        def counted_cpu(t: Any, *a: Any, **k: Any) -> Any:
+            self.count += 1
+            return cpu(t, *a, **k)
+
+        torch.as_tensor, torch.Tensor.cpu = counted_as_tensor, counted_cpu
+        try:
+            yield
+        finally:
+            torch.as_tensor, torch.Tensor.cpu = as_tensor, cpu
+
+
+def count_ops(fn: Callable[[], Any]) -> tuple[Any, int, int]:
+    """`fn()` with its dispatched tensor operations and host↔device crossings counted."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    ops: Counter[str] = Counter()
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.__name__ not in ("detach.default", "lift_fresh.default"):
+                ops[func.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    crossings = Crossings()
+    with Count(), crossings.watch():
+        out = fn()
+    return out, sum(ops.values()), crossings.count
+
+
+def run_steps(maps: dict[int, Any], mask: np.ndarray, measure: Callable) -> dict[str, Any]:
+    """Each step after the UNet pass, in order, through `measure(step_name, fn) -> fn()`."""
+    from difaug import diffseg
+
+    grid = (SIDE, SIDE)
+    attention = measure("aggregate", lambda: diffseg.aggregate(maps, grid))[0]
+    proposals = measure(
+        "first merge", lambda: diffseg.anchor_proposals(attention, grid, diffseg.KL_THRESHOLDS[0])
+    )
+    sizes = [len(proposals)]
+    for threshold in diffseg.KL_THRESHOLDS[1:]:
+        proposals = measure("later merges", lambda p=proposals, t=threshold: diffseg.regroup(p, t))
+        sizes.append(len(proposals))
+    labels = measure("suppress", lambda: diffseg.suppress(proposals, grid, SCALE))
+    score = measure("drift score", lambda: diffseg.drift_score(labels, mask, 1))
+    return {"proposals": sizes, "segments": score.segments, "labels": labels}
+
+
+def timed(n_images: int, threads: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Milliseconds per image by step (mean over `n_images`) at `threads` torch threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    ms: Counter[str] = Counter()
+
+    def measure(name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        out = fn()
+        ms[name] += (time.perf_counter() - t0) * 1000 / n_images
+        return out
+
+    run_steps(synthetic_maps(100), support_mask(100), lambda name, fn: fn())  # warm-up
+    runs = [run_steps(synthetic_maps(i), support_mask(i), measure) for i in range(n_images)]
+    return dict(ms), runs
+
+
+def counted(seed: int) -> dict[str, tuple[int, int]]:
+    counts: dict[str, tuple[int, int]] = {}
+
+    def measure(name: str, fn: Callable[[], Any]) -> Any:
+        out, ops, crossings = count_ops(fn)
+        before = counts.get(name, (0, 0))
+        counts[name] = (before[0] + ops, before[1] + crossings)
+        return out
+
+    run_steps(synthetic_maps(seed), support_mask(seed), measure)
+    return counts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="one image per thread count")
+    ap.add_argument("--images", type=int, default=0, help="images per thread count (quick: 1, else 3)")
+    args = ap.parse_args()
+    n_images = args.images or (1 if args.quick else 3)
+
+    print(f"synthetic attention at {SIDE}×{SIDE} tokens (aggregated map 4096×4096), labels at 512²")
+    results = {threads: timed(n_images, threads) for threads in (1, 2)}
+    runs = results[1][1]
+    for i, run in enumerate(runs):
+        print(f"  image {i}: proposals per merge {run['proposals']}, segments {run['segments']}")
+    counts = counted(0)
+    print(f"{'step':<14} {'ms/img 1 thr':>12} {'ms/img 2 thr':>12} {'tensor ops':>10} {'host syncs':>10}")
+    for name in counts:
+        ops, syncs = counts[name]
+        print(f"{name:<14} {results[1][0][name]:12.1f} {results[2][0][name]:12.1f} {ops:10d} {syncs:10d}")
+    total = {t: sum(r[0].values()) for t, r in results.items()}
+    all_ops = sum(c[0] for c in counts.values())
+    all_syncs = sum(c[1] for c in counts.values())
+    print(f"{'all':<14} {total[1]:12.1f} {total[2]:12.1f} {all_ops:10d} {all_syncs:10d}")
+    print(f"diffseg_post_pass_ms_per_image: {total[1]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
