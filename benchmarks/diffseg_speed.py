@@ -63,8 +63,9 @@ def support_mask(seed: int) -> np.ndarray:
 
 
 class Crossings:
-    """Counts host↔device crossings of the diffseg module: `torch.as_tensor` of host data and
-    `Tensor.cpu` (each synchronises the stream on CUDA)."""
+    """Counts host↔device crossings (each synchronises the stream on CUDA): `torch.as_tensor` of
+    host data, `Tensor.to` with a device (the module moves only host tensors that way) and
+    `Tensor.cpu`. On the CPU these are no-ops, so they are counted by wrapping the calls."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -73,21 +74,25 @@ class Crossings:
     def watch(self) -> Iterator[None]:
         import torch
 
-        as_tensor, cpu = torch.as_tensor, torch.Tensor.cpu
+        as_tensor, to, cpu = torch.as_tensor, torch.Tensor.to, torch.Tensor.cpu
 
         def counted_as_tensor(data: Any, *a: Any, **k: Any) -> Any:
             self.count += not isinstance(data, torch.Tensor)
             return as_tensor(data, *a, **k)
 
+        def counted_to(t: Any, *a: Any, **k: Any) -> Any:
+            self.count += "device" in k or any(isinstance(x, (str, torch.device)) for x in a)
+            return to(t, *a, **k)
+
         def counted_cpu(t: Any, *a: Any, **k: Any) -> Any:
             self.count += 1
             return cpu(t, *a, **k)
 
-        torch.as_tensor, torch.Tensor.cpu = counted_as_tensor, counted_cpu
+        torch.as_tensor, torch.Tensor.to, torch.Tensor.cpu = counted_as_tensor, counted_to, counted_cpu
         try:
             yield
         finally:
-            torch.as_tensor, torch.Tensor.cpu = as_tensor, cpu
+            torch.as_tensor, torch.Tensor.to, torch.Tensor.cpu = as_tensor, to, cpu
 
 
 def count_ops(fn: Callable[[], Any]) -> tuple[Any, int, int]:

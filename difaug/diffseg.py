@@ -125,15 +125,18 @@ class AttentionSink:
 class CaptureSelfAttention:
     """A diffusers attention processor for self-attention that also feeds an `AttentionSink`.
 
-    Same arithmetic as `AttnProcessor` (softmax(q kᵀ · scale) v), but computed `chunk` query rows at
-    a time, so peak memory is one chunk of probabilities; probabilities in float32."""
+    The layer's output is `AttnProcessor2_0`'s (scaled_dot_product_attention: the forward is the
+    one the UNet runs without the capture). The probabilities for the sink are computed apart,
+    `chunk` query rows at a time, in float32, as `AttnProcessor` does (`get_attention_scores`: one
+    `baddbmm` with the scale, then softmax), so peak memory is one chunk of probabilities and each
+    chunk is written once, read by the softmax and once by the mean over heads."""
 
     def __init__(self, sink: AttentionSink, chunk: int = QUERY_CHUNK) -> None:
         self.sink = sink
         self.chunk = chunk
 
     # Copied in part from diffusers.models.attention_processor.AttnProcessor2_0.__call__ (the
-    # projections, norms and reshapes); the attention itself is the chunked softmax below.
+    # projections, norms and reshapes); the probabilities are the chunked softmax below.
     def __call__(
         self,
         attn: Any,
@@ -173,17 +176,26 @@ class CaptureSelfAttention:
         if attn.norm_k is not None:
             key = attn.norm_k(key)
 
-        key_t = key.float().transpose(-1, -2)
-        out = torch.empty_like(query)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
+        )
+        heads = attn.heads
+        query_f = query.float().reshape(batch_size * heads, tokens, head_dim)
+        key_t = key.float().reshape(batch_size * heads, tokens, head_dim).transpose(-1, -2)
+        mask = None if attention_mask is None else attention_mask.float().expand(-1, heads, tokens, -1)
         for start in range(0, tokens, self.chunk):
             stop = min(tokens, start + self.chunk)
-            scores = (query[:, :, start:stop].float() @ key_t) * attn.scale
-            if attention_mask is not None:
-                scores = scores + attention_mask[:, :, start:stop].float()
+            rows = stop - start
+            if mask is None:
+                bias, beta = query_f.new_empty((batch_size * heads, rows, tokens)), 0.0
+            else:
+                bias, beta = mask[:, :, start:stop].reshape(batch_size * heads, rows, tokens), 1.0
+            scores = torch.baddbmm(bias, query_f[:, start:stop], key_t, beta=beta, alpha=attn.scale)
+            del bias
             probs = scores.softmax(-1)
-            out[:, :, start:stop] = (probs.to(value.dtype) @ value).to(out.dtype)
-            self.sink.add(probs, start)
-            del scores, probs
+            del scores
+            self.sink.add(probs.view(batch_size, heads, rows, tokens), start)
+            del probs
 
         hidden_states = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = attn.to_out[0](hidden_states)

@@ -299,6 +299,24 @@ def test_capture_on_the_tiny_unet_keeps_the_forward_and_restores_processors(pipe
     assert same_partition(diffseg.DiffSeg(pipe, chunk=5).segment(image)[0], labels)
 
 
+def test_capture_probabilities_are_the_attention_maps_mean_over_heads():
+    from diffusers.models.attention_processor import Attention, AttnProcessor
+
+    torch.manual_seed(0)
+    attn = Attention(16, heads=2, dim_head=8).eval()
+    x = torch.randn(3, 24, 16)  # a 4×6 token grid, batch 3
+    sink = diffseg.AttentionSink((4, 6))
+    with torch.no_grad():
+        out = diffseg.CaptureSelfAttention(sink, chunk=7)(attn, x)  # 7 does not divide 24
+        q = attn.to_q(x).view(3, 24, 2, 8).transpose(1, 2)
+        k = attn.to_k(x).view(3, 24, 2, 8).transpose(1, 2)
+        expected = ((q @ k.transpose(-1, -2)) * attn.scale).softmax(-1).mean(1)
+        plain = AttnProcessor()(attn, x)  # diffusers' explicit softmax(q kᵀ · scale) v
+    assert sink.layers == {24: 1}
+    torch.testing.assert_close(sink.mean_maps()[24], expected, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(out, plain, rtol=1e-4, atol=1e-5)
+
+
 def test_score_any_size_on_the_tiny_unet(pipe):
     seg = diffseg.DiffSeg(pipe)
     rng = np.random.default_rng(1)
