@@ -7,12 +7,13 @@ What it measures
   segments as on real images (real SD weights cannot be downloaded here).
 - Milliseconds per image on this CPU, by step: aggregation, the first merge (the 256-anchor KL
   products), the two later merges (`regroup`), the NMS (`suppress`) and the drift score, at one
-  and at two torch threads.
+  and at two torch threads; and, apart, one 64×64-token layer through the capture processor.
 - Per image and step, the tensor operations dispatched (each is at least one kernel launch on
   CUDA, `TorchDispatchMode`) and the host↔device crossings that synchronise on CUDA (tensors
   built from host data, and `.cpu()` results, counted by wrapping those calls). On a GPU each
   crossing stalls the device thread until the queue drains (tens of µs) and each launch costs
   ~5–10 µs of host time; the CPU figures cannot show that, the counts do.
+- That the later merges' single matrix product gives the labels of a per-group mean.
 
 Run: .venv/bin/python benchmarks/diffseg_speed.py [--quick] [--images 2]
 Last line: `diffseg_post_pass_ms_per_image: X` (all steps after the UNet pass, one thread).
@@ -131,6 +132,50 @@ def run_steps(maps: dict[int, Any], mask: np.ndarray, measure: Callable) -> dict
     return {"proposals": sizes, "segments": score.segments, "labels": labels}
 
 
+def per_group_means_agree(seed: int) -> tuple[float, bool]:
+    """The later merges as `regroup` does them (one 0/1 matmul) against the per-group `.mean(0)`
+    of the same groups (the previous way): max |Δ| relative to the largest value, and whether
+    the label maps are identical."""
+    import torch
+
+    from difaug import diffseg
+
+    grid = (SIDE, SIDE)
+    attention = diffseg.aggregate(synthetic_maps(seed), grid)[0]
+    fast = slow = diffseg.anchor_proposals(attention, grid, diffseg.KL_THRESHOLDS[0])
+    for threshold in diffseg.KL_THRESHOLDS[1:]:
+        fast = diffseg.regroup(fast, threshold)
+        log_p = slow.clamp_min(torch.finfo(slow.dtype).tiny).log()
+        close = (diffseg._sym_kl(slow, slow, log_p, log_p) < threshold).numpy()
+        slow = torch.stack([slow[torch.as_tensor(g)].mean(0) for g in diffseg.greedy_groups(close)])
+    if fast.shape != slow.shape:
+        return float("inf"), False
+    rel = float((fast - slow).abs().max() / slow.abs().max())
+    same = (diffseg.suppress(fast, grid, SCALE) == diffseg.suppress(slow, grid, SCALE)).all()
+    return rel, bool(same)
+
+
+def capture_ms(threads: int, repeats: int) -> float:
+    """Milliseconds of one SD1.5 64×64-token self-attention layer (8 heads, 320 channels) through
+    the capture processor, one image (SD1.5 has five such layers, and ten smaller ones)."""
+    import torch
+    from diffusers.models.attention_processor import Attention
+
+    from difaug import diffseg
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    attn = Attention(320, heads=8, dim_head=40).eval()
+    x = torch.randn(1, SIDE * SIDE, 320)
+    sink = diffseg.AttentionSink((SIDE, SIDE))
+    with torch.no_grad():
+        diffseg.CaptureSelfAttention(sink)(attn, x)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            diffseg.CaptureSelfAttention(sink)(attn, x)
+    return (time.perf_counter() - t0) * 1000 / repeats
+
+
 def timed(n_images: int, threads: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Milliseconds per image by step (mean over `n_images`) at `threads` torch threads."""
     import torch
@@ -179,10 +224,19 @@ def main() -> None:
     for name in counts:
         ops, syncs = counts[name]
         print(f"{name:<14} {results[1][0][name]:12.1f} {results[2][0][name]:12.1f} {ops:10d} {syncs:10d}")
+    capture = {threads: capture_ms(threads, n_images) for threads in (1, 2)}
+    print(
+        f"{'capture 1 layer':<14} {capture[1]:12.1f} {capture[2]:12.1f}   (not in 'all'; SD1.5 runs 5 at 64²)"
+    )
     total = {t: sum(r[0].values()) for t, r in results.items()}
     all_ops = sum(c[0] for c in counts.values())
     all_syncs = sum(c[1] for c in counts.values())
     print(f"{'all':<14} {total[1]:12.1f} {total[2]:12.1f} {all_ops:10d} {all_syncs:10d}")
+    for seed in range(n_images):
+        rel, same = per_group_means_agree(seed)
+        print(
+            f"image {seed}: later merges by matmul vs per-group mean: max |Δ|/max {rel:.1e}, labels identical: {same}"
+        )
     print(f"diffseg_post_pass_ms_per_image: {total[1]:.1f}")
 
 

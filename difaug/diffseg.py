@@ -368,8 +368,8 @@ def suppress(proposals: torch.Tensor, grid_hw: tuple[int, int], scale: int) -> n
             best_idx = torch.where(better, idx, best_idx)
     # Renumbering on the device (a proposal's new label = how many present proposals precede
     # it, as `np.unique(..., return_inverse=True)` numbers them): one int32 copy to the host, no
-    # sort of the pixels there.
-    present = torch.bincount(best_idx.reshape(-1), minlength=len(maps)) > 0
+    # sort of the pixels there. index_fill_, not bincount: CUDA's bincount reads its range back.
+    present = best_idx.new_zeros(len(maps), dtype=torch.bool).index_fill_(0, best_idx.reshape(-1), True)
     renumber = present.cumsum(0).sub_(1).to(torch.int32)
     return renumber[best_idx].cpu().numpy()
 
