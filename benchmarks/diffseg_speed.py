@@ -15,8 +15,14 @@ What it measures
   ~5–10 µs of host time; the CPU figures cannot show that, the counts do.
 - That the later merges' single matrix product gives the labels of a per-group mean.
 
-Run: .venv/bin/python benchmarks/diffseg_speed.py [--quick] [--images 2]
-Last line: `diffseg_post_pass_ms_per_image: X` (all steps after the UNet pass, one thread).
+With `--device cuda`: SD1.5's UNet and VAE with random fp16 weights built on the GPU, and the
+milliseconds per image of each stage of `DiffSeg.score` (batch 16 at 512²: images → latents, the
+UNet pass with the capture, aggregation, merging, NMS, drift score; synchronised after each) and
+of the whole call unsynchronised. `--device cpu --tiny` runs that path on the tiny model.
+
+Run: .venv/bin/python benchmarks/diffseg_speed.py [--quick] [--images 2] [--device cuda [--tiny]]
+Last line: `diffseg_post_pass_ms_per_image: X` (all steps after the UNet pass, one thread), or
+with `--device`: `diffseg_score_ms_per_image: X`.
 """
 
 from __future__ import annotations
@@ -207,12 +213,108 @@ def counted(seed: int) -> dict[str, tuple[int, int]]:
     return counts
 
 
+def scorer(device: str, tiny: bool) -> Any:
+    """DiffSeg on SD1.5's UNet and VAE with random fp16 weights built on `device` (no download;
+    the empty prompt's embedding is random too), or on the tiny model (float32, for a CPU run)."""
+    import tempfile
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import torch
+
+    from difaug import diffseg
+
+    if tiny:
+        from difaug.models import ModelSpec, load_pipeline
+        from difaug.tiny import make_tiny
+
+        bundle = make_tiny(Path(tempfile.mkdtemp()))
+        spec = ModelSpec(
+            base=str(bundle / "stable-diffusion-v1-5"), controlnet=str(bundle / "sd-controlnet-hed")
+        )
+        return diffseg.DiffSeg(load_pipeline(spec, device=device, dtype="float32"))
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gpu_throughput import SD15_UNET, build_models
+
+    models = build_models(device, torch.float16)
+    width = SD15_UNET["cross_attention_dim"]
+    context = torch.randn(1, 77, width, device=device, dtype=torch.float16)
+    pipe = SimpleNamespace(
+        unet=models["unet"],
+        vae=models["vae"],
+        vae_scale_factor=8,
+        difaug_device=torch.device(device),
+        encode_prompt=lambda *a, **k: (context, None),
+    )
+    return diffseg.DiffSeg(pipe)
+
+
+def device_stages(device: str, tiny: bool, batch: int, size: int, repeats: int) -> dict[str, float]:
+    """Milliseconds per image of each stage of `DiffSeg.score` on `device` (synchronised after
+    each), and of the whole call unsynchronised, for `batch` random images at `size`²."""
+    import torch
+
+    from difaug import diffseg
+
+    seg = scorer(device, tiny)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    masks = [support_mask(i)[:size, :size] for i in range(batch)]
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    ms: Counter[str] = Counter()
+
+    def stage(name: str, fn: Callable[[], Any]) -> Any:
+        sync()
+        t0 = time.perf_counter()
+        out = fn()
+        sync()
+        ms[name] += (time.perf_counter() - t0) * 1000 / (batch * repeats)
+        return out
+
+    def steps() -> None:
+        stage("images → latents", lambda: seg.latents(images))
+        maps, latent_hw = stage("latents + UNet pass", lambda: seg.attention(images))
+        grid = diffseg.AttentionSink(latent_hw).grid(max(maps))
+        scale = size // grid[0]
+        attention = stage("aggregate", lambda: diffseg.aggregate(maps, grid))
+        proposals = stage("merge", lambda: [diffseg.merge(x, grid) for x in attention])
+        labels = stage("suppress", lambda: [diffseg.suppress(x, grid, scale) for x in proposals])
+        stage(
+            "drift score", lambda: [diffseg.drift_score(x, m, 1) for x, m in zip(labels, masks, strict=True)]
+        )
+        stage("score() whole", lambda: seg.score(list(images), masks, [1] * batch))
+
+    seg.score(list(images), masks, [1] * batch)  # warm-up
+    for _ in range(repeats):
+        steps()
+    ms["UNet pass"] = ms.pop("latents + UNet pass") - ms["images → latents"]
+    return dict(ms)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one image per thread count")
     ap.add_argument("--images", type=int, default=0, help="images per thread count (quick: 1, else 3)")
+    ap.add_argument("--device", default="", help="time DiffSeg.score's stages on this device (e.g. cuda)")
+    ap.add_argument("--tiny", action="store_true", help="with --device: the tiny model (a CPU check)")
+    ap.add_argument("--batch", type=int, default=16, help="with --device: images per score call")
+    ap.add_argument("--size", type=int, default=0, help="with --device: image side (512; tiny: 64)")
     args = ap.parse_args()
     n_images = args.images or (1 if args.quick else 3)
+    if args.device:
+        size = args.size or (64 if args.tiny else 512)
+        ms = device_stages(args.device, args.tiny, args.batch, size, n_images)
+        print(f"DiffSeg.score on {args.device}, batch {args.batch}, {size}², ms per image:")
+        for name, value in ms.items():
+            print(f"  {name:<18} {value:8.2f}")
+        print(f"diffseg_score_ms_per_image: {ms['score() whole']:.2f}")
+        return
 
     print(f"synthetic attention at {SIDE}×{SIDE} tokens (aggregated map 4096×4096), labels at 512²")
     results = {threads: timed(n_images, threads) for threads in (1, 2)}
