@@ -153,6 +153,56 @@ def test_matches_reference_with_one_low_resolution_level():
     assert same_partition(run_difaug(per_res, side, scale), expected)
 
 
+def test_merge_matches_the_references_proposals_in_float64():
+    # Merging alone, on the reference's own aggregated maps: the same groups in the same order,
+    # and means equal to float64 rounding (the later merges average by one matrix product of 0/1
+    # weights, whose summation order differs from the reference's per-group mean).
+    side, heads = 32, 4
+    rng = np.random.default_rng(0)
+    centres = rng.uniform(0, 1, (5, 2))
+    weights = [structured_attention(rng, s, heads, centres) for s in (32, 16, 8, 4)]
+    attns = ref_aggregate(weights, side)
+    thresholds = list(diffseg.KL_THRESHOLDS)
+    expected = ref_merge(attns, thresholds, ref_grid(16, side), side).reshape(-1, side * side)
+    got = diffseg.merge(
+        torch.from_numpy(attns.reshape(side * side, side * side)),
+        (side, side),
+        thresholds,
+        dtype=torch.float64,
+    ).numpy()
+    assert got.shape == expected.shape and len(expected) >= 3
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)
+
+
+def test_greedy_groups_keep_the_references_order_and_overlaps():
+    close = np.array(
+        [
+            [1, 1, 0, 0],
+            [1, 1, 1, 0],  # taken by group 0: opens nothing, though it is close to 2
+            [0, 1, 1, 1],
+            [0, 0, 1, 1],  # taken by group 1
+        ],
+        dtype=bool,
+    )
+    groups = diffseg.greedy_groups(close)
+    assert [g.tolist() for g in groups] == [[0, 1], [1, 2, 3]]  # 1 belongs to both, as in mask_merge
+    # The same overlap from KL values: 0–1 0.046, 1–2 0.058, 2–3 0.041 are under 0.1; 0–2 0.21 is not.
+    proposals = torch.tensor([[0.5, 0.5], [0.35, 0.65], [0.2, 0.8], [0.1, 0.9]], dtype=torch.float64)
+    expected = torch.stack([proposals[[0, 1]].mean(0), proposals[[1, 2, 3]].mean(0)])
+    torch.testing.assert_close(diffseg.regroup(proposals, 0.1), expected, rtol=1e-15, atol=0)
+
+
+def test_suppress_numbers_the_winning_proposals_in_order():
+    # Proposal 1 never wins: labels 0, 1 go to proposals 0, 2 (np.unique's inverse numbering).
+    grid = torch.zeros(3, 2, 2)
+    grid[0, :, 0] = 1.0
+    grid[2, :, 1] = 1.0
+    grid[1] = 0.1
+    labels = diffseg.suppress(grid.reshape(3, 4), (2, 2), 2)
+    assert labels.dtype == np.int32 and labels.shape == (4, 4)
+    assert (labels == np.array([[0, 0, 1, 1]] * 4)).all()
+
+
 def test_anchor_grid_is_the_references():
     assert (diffseg.anchor_axis(64) == np.arange(1, 62, 4)).all()
     grid = ref_grid(16, 64)
@@ -247,6 +297,24 @@ def test_capture_on_the_tiny_unet_keeps_the_forward_and_restores_processors(pipe
     assert {k: type(v) for k, v in seg2.unet.attn_processors.items()} == before  # SDPA restored
     # Chunking changes nothing but memory.
     assert same_partition(diffseg.DiffSeg(pipe, chunk=5).segment(image)[0], labels)
+
+
+def test_capture_probabilities_are_the_attention_maps_mean_over_heads():
+    from diffusers.models.attention_processor import Attention, AttnProcessor
+
+    torch.manual_seed(0)
+    attn = Attention(16, heads=2, dim_head=8).eval()
+    x = torch.randn(3, 24, 16)  # a 4×6 token grid, batch 3
+    sink = diffseg.AttentionSink((4, 6))
+    with torch.no_grad():
+        out = diffseg.CaptureSelfAttention(sink, chunk=7)(attn, x)  # 7 does not divide 24
+        q = attn.to_q(x).view(3, 24, 2, 8).transpose(1, 2)
+        k = attn.to_k(x).view(3, 24, 2, 8).transpose(1, 2)
+        expected = ((q @ k.transpose(-1, -2)) * attn.scale).softmax(-1).mean(1)
+        plain = AttnProcessor()(attn, x)  # diffusers' explicit softmax(q kᵀ · scale) v
+    assert sink.layers == {24: 1}
+    torch.testing.assert_close(sink.mean_maps()[24], expected, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(out, plain, rtol=1e-4, atol=1e-5)
 
 
 def test_score_any_size_on_the_tiny_unet(pipe):
