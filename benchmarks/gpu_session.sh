@@ -9,8 +9,9 @@
 # With the device tool: run `fetch` once in the repo root, then one call
 #   run(command="bash benchmarks/gpu_session.sh explore", carry=[".whl"], timeout_s=590)
 # `run` was measured on 2026-12-01 (benchmarks/README.md, "GPU figures"); what is still open after it
-# is what `explore` times: the compiled LCM setting (40 img/s target), CUDA graphs at batch 16 and
-# channels_last with compile (45 % MFU target), each only compiled, at batch 16.
+# is what `explore` times: where drift scoring's time goes (diffseg_speed.py), the compiled LCM
+# setting (40 img/s target), CUDA graphs at batch 16 and channels_last with compile (45 % MFU
+# target), each only compiled, at batch 16.
 # It writes env.txt, gpu_e2e.txt, cuda_cluster.txt and gpu_throughput.txt under $OUT (or
 # ./gpu-results) and prints them. The whole run stays under BUDGET seconds (default 540) so that a
 # 15-minute device lease has room for one rerun; most important first, each part cut by `timeout`:
@@ -89,6 +90,9 @@ explore)
   results="${OUT:-$PWD/gpu-results}"
   mkdir -p "$results"
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$results/env.txt" || true
+  # Where a drift score's ~60 ms per image go (eager, no compile: about a minute).
+  timeout 120 python3 benchmarks/diffseg_speed.py --device cuda 2>&1 | tee -a "$results/explore.txt" \
+    || echo "diffseg_speed.py stopped (exit $?)" | tee -a "$results/explore.txt"
   # One cold compile each (~90 s), most wanted first; each cut by what is left of the budget.
   for setting in "default:" "reduce-overhead:--no-lcm" "default:--no-lcm --channels-last"; do
     mode=${setting%%:*} extra=${setting#*:}
