@@ -225,14 +225,11 @@ def scorer(device: str, tiny: bool) -> Any:
     from difaug import diffseg
 
     if tiny:
-        from difaug.models import ModelSpec, load_pipeline
+        from difaug.config import JobConfig, RuntimeConfig
         from difaug.tiny import make_tiny
 
         bundle = make_tiny(Path(tempfile.mkdtemp()))
-        spec = ModelSpec(
-            base=str(bundle / "stable-diffusion-v1-5"), controlnet=str(bundle / "sd-controlnet-hed")
-        )
-        return diffseg.DiffSeg(load_pipeline(spec, device=device, dtype="float32"))
+        return diffseg.load(JobConfig(model=str(bundle)), RuntimeConfig(device=device, dtype="float32"))
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))

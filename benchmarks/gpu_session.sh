@@ -34,6 +34,15 @@ WHEELS=(
 # The `cuda` extra's pins (pyproject.toml): installed into a second folder, used by step 2 alone.
 CUDA_WHEELS=(dask==2026.7.1 distributed==2026.7.1 dask-cuda==26.10.0)
 
+# On the GPU machine: the carried wheels installed, difaug from this tree, $results and $budget set.
+prepare() {
+  budget=${BUDGET:-540}
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH="$PWD:/tmp/site" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+  results="${OUT:-$PWD/gpu-results}"
+  mkdir -p "$results"
+}
+
 case "${1:-}" in
 fetch)
   exclude="$(git rev-parse --git-common-dir)/info/exclude"
@@ -47,12 +56,8 @@ fetch)
   ls -la .whl .whl/cuda && du -sh .whl
   ;;
 run)
-  budget=${BUDGET:-540}
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  prepare
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site-cuda .whl/cuda/*.whl
-  export PYTHONPATH="$PWD:/tmp/site" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-  results="${OUT:-$PWD/gpu-results}"
-  mkdir -p "$results"
   {
     date -u +%FT%TZ
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
@@ -84,11 +89,7 @@ run)
   echo "session script: ${SECONDS} s"
   ;;
 explore)
-  budget=${BUDGET:-540}
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH="$PWD:/tmp/site" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-  results="${OUT:-$PWD/gpu-results}"
-  mkdir -p "$results"
+  prepare
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$results/env.txt" || true
   # Where a drift score's ~60 ms per image go (eager, no compile: about a minute).
   timeout 120 python3 benchmarks/diffseg_speed.py --device cuda 2>&1 | tee -a "$results/explore.txt" \
