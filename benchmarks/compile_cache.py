@@ -25,10 +25,10 @@ from pathlib import Path
 _ONE = r"""
 import json, sys, time, numpy as np, torch
 torch.set_num_threads(1)
-from difaug.config import JobConfig, RuntimeConfig
-from difaug.generate import AuxGenerator, make_work_items
-from difaug.manifest import Sample
-from difaug.models import compile_pipeline
+from difaug.core.config import JobConfig, RuntimeConfig
+from difaug.diffusion.sampler import AuxGenerator, make_work_items
+from difaug.inputs.manifest import Sample
+from difaug.diffusion.models import compile_pipeline
 model, cache, parts = sys.argv[1], sys.argv[2], tuple(sys.argv[3].split(","))
 device = "cuda" if torch.cuda.is_available() else "cpu"
 size = 512 if device == "cuda" else 64
@@ -55,7 +55,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if not model:
-            from difaug.tiny import make_tiny
+            from difaug.testing.tiny import make_tiny
 
             model = str(make_tiny(Path(tmp) / "tiny"))
         cache = str(Path(tmp) / "cache")

@@ -25,7 +25,7 @@ def _inputs(n: int, size: int = 512) -> list:
     import cv2
 
     from difaug.conditions import ConditionInput
-    from difaug.manifest import Sample
+    from difaug.inputs.manifest import Sample
 
     rng = np.random.default_rng(0)
     out = []

@@ -43,7 +43,7 @@ def count_pass_flops(size: int = 512) -> float:
     from gpu_throughput import SD15_UNET, build_models
     from torch.utils.flop_counter import FlopCounterMode
 
-    from difaug import diffseg
+    from difaug.diffusion import diffseg
 
     m = build_models("meta", torch.float32)
     unet, vae = m["unet"], m["vae"]
@@ -64,7 +64,7 @@ def count_pass_flops(size: int = 512) -> float:
 def merge_flops(tokens: int) -> float:
     """The first merge's products: anchors·log(maps)ᵀ, maps·log(anchors)ᵀ, near·maps (the later
     merges work on ≤ 256 proposals: negligible)."""
-    from difaug.diffseg import ANCHOR_GRID
+    from difaug.diffusion.diffseg import ANCHOR_GRID
 
     return 3 * 2.0 * ANCHOR_GRID**2 * tokens * tokens
 
@@ -78,9 +78,9 @@ def generation_flops(size: int = 512, steps: int = 20) -> float:
 def tiny_seconds_per_image(n_images: int) -> float:
     import torch
 
-    from difaug import diffseg
-    from difaug.models import ModelSpec, load_pipeline
-    from difaug.tiny import make_tiny
+    from difaug.diffusion import diffseg
+    from difaug.diffusion.models import ModelSpec, load_pipeline
+    from difaug.testing.tiny import make_tiny
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,7 +109,7 @@ def _capture_peak(mode: str, layers: int, queue: mp.Queue) -> None:
     import torch
     from diffusers.models.attention_processor import Attention
 
-    from difaug import diffseg
+    from difaug.diffusion import diffseg
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -175,7 +175,7 @@ def main() -> None:
 
 
 def diffseg_chunk_mib() -> float:
-    from difaug.diffseg import QUERY_CHUNK
+    from difaug.diffusion.diffseg import QUERY_CHUNK
 
     return HEADS * QUERY_CHUNK * TOKENS_SIDE**2 * 4 / (1024 * 1024)
 

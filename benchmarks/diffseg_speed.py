@@ -122,7 +122,7 @@ def count_ops(fn: Callable[[], Any]) -> tuple[Any, int, int]:
 
 def run_steps(maps: dict[int, Any], mask: np.ndarray, measure: Callable) -> dict[str, Any]:
     """Each step after the UNet pass, in order, through `measure(step_name, fn) -> fn()`."""
-    from difaug import diffseg
+    from difaug.diffusion import diffseg
 
     grid = (SIDE, SIDE)
     attention = measure("aggregate", lambda: diffseg.aggregate(maps, grid))[0]
@@ -144,7 +144,7 @@ def per_group_means_agree(seed: int) -> tuple[float, bool]:
     the label maps are identical."""
     import torch
 
-    from difaug import diffseg
+    from difaug.diffusion import diffseg
 
     grid = (SIDE, SIDE)
     attention = diffseg.aggregate(synthetic_maps(seed), grid)[0]
@@ -167,7 +167,7 @@ def capture_ms(threads: int, repeats: int) -> float:
     import torch
     from diffusers.models.attention_processor import Attention
 
-    from difaug import diffseg
+    from difaug.diffusion import diffseg
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -222,11 +222,11 @@ def scorer(device: str, tiny: bool) -> Any:
 
     import torch
 
-    from difaug import diffseg
+    from difaug.diffusion import diffseg
 
     if tiny:
-        from difaug.config import JobConfig, RuntimeConfig
-        from difaug.tiny import make_tiny
+        from difaug.core.config import JobConfig, RuntimeConfig
+        from difaug.testing.tiny import make_tiny
 
         bundle = make_tiny(Path(tempfile.mkdtemp()))
         return diffseg.load(JobConfig(model=str(bundle)), RuntimeConfig(device=device, dtype="float32"))
@@ -253,7 +253,7 @@ def device_stages(device: str, tiny: bool, batch: int, size: int, repeats: int) 
     each), and of the whole call unsynchronised, for `batch` random images at `size`²."""
     import torch
 
-    from difaug import diffseg
+    from difaug.diffusion import diffseg
 
     seg = scorer(device, tiny)
     rng = np.random.default_rng(0)

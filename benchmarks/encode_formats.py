@@ -58,8 +58,8 @@ def ocv(ext: str, params: list[int]):
 
 
 def difaug_png(img: np.ndarray) -> bytes:
-    from difaug.config import JobConfig
-    from difaug.worker import encode_aux
+    from difaug.core.config import JobConfig
+    from difaug.run.worker import encode_aux
 
     return encode_aux(img, JobConfig())
 

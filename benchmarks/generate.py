@@ -40,11 +40,11 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from difaug.config import JobConfig, RuntimeConfig
-    from difaug.generate import AuxGenerator, make_work_items
-    from difaug.imageio import resize
-    from difaug.manifest import Sample
-    from difaug.tiny import make_tiny
+    from difaug.core.config import JobConfig, RuntimeConfig
+    from difaug.core.imageio import resize
+    from difaug.diffusion.sampler import AuxGenerator, make_work_items
+    from difaug.inputs.manifest import Sample
+    from difaug.testing.tiny import make_tiny
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -58,8 +58,8 @@ def write_bundle(folder: Path, tiny: bool, device: str) -> Path:
     import torch
     from transformers import CLIPTokenizer
 
-    from difaug.models import BASE_DIRNAME
-    from difaug.tiny import make_tiny
+    from difaug.diffusion.models import BASE_DIRNAME
+    from difaug.testing.tiny import make_tiny
 
     make_tiny(folder)
     if tiny:
@@ -94,7 +94,7 @@ def _sync() -> None:
 
 def supports(n: int, size: int, cfg: Any) -> tuple[list[Any], list[np.ndarray]]:
     """`n` samples with distinct class names and random HED-like conditions at `size`²."""
-    from difaug.manifest import Sample
+    from difaug.inputs.manifest import Sample
 
     names = ("cat", "dog", "person", "bus", "bird", "boat", "chair", "horse")
     rng = np.random.default_rng(0)
@@ -112,8 +112,8 @@ def plain_diffusers(bundle: Path, cfg: Any, samples: list, conds: list, device: 
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, UniPCMultistepScheduler
     from PIL import Image
 
-    from difaug.generate import sample_prompt
-    from difaug.models import BASE_DIRNAME
+    from difaug.diffusion.models import BASE_DIRNAME
+    from difaug.diffusion.sampler import sample_prompt
 
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     controlnet = ControlNetModel.from_pretrained(bundle / "sd-controlnet-hed", torch_dtype=dtype)
@@ -146,7 +146,7 @@ def plain_diffusers(bundle: Path, cfg: Any, samples: list, conds: list, device: 
 
 
 def make_generator(cfg: Any, rt: Any) -> Any:
-    from difaug.generate import AuxGenerator
+    from difaug.diffusion.sampler import AuxGenerator
 
     return AuxGenerator.from_config(cfg, rt)
 
@@ -154,7 +154,7 @@ def make_generator(cfg: Any, rt: Any) -> Any:
 def time_generator(gen: Any, samples: list, conds: list) -> tuple[float, float, np.ndarray]:
     """(warm-up s, images/s, float images of the first batch): prompts encoded, one warm-up batch
     per shape, then every item; the images come from a separate call on the first batch."""
-    from difaug.generate import make_work_items
+    from difaug.diffusion.sampler import make_work_items
 
     items = [
         it
@@ -173,7 +173,7 @@ def time_generator(gen: Any, samples: list, conds: list) -> tuple[float, float, 
     rate = len(items) / (time.perf_counter() - t0)
     first = gen.sample(items[: gen.batch_size])
     # Run-to-run determinism in one process: the warm-up call and this one, same seeds.
-    from difaug.generate import to_uint8
+    from difaug.diffusion.sampler import to_uint8
 
     same = all(np.array_equal(r.image, img) for r, img in zip(warm_up, to_uint8(first), strict=False))
     print(f"  same bytes on a second call (same process): {'yes' if same else 'NO'}")
@@ -184,7 +184,7 @@ def count_host_syncs(gen: Any, samples: list, conds: list) -> int:
     """Synchronising CUDA calls inside one generator batch (after warm-up), as torch reports them."""
     import torch
 
-    from difaug.generate import make_work_items
+    from difaug.diffusion.sampler import make_work_items
 
     items = [
         it
@@ -203,10 +203,10 @@ def count_host_syncs(gen: Any, samples: list, conds: list) -> int:
 
 def run_job(bundle: Path, cfg: Any, rt: Any, n: int, size: int, work: Path) -> tuple[Any, dict[str, float]]:
     """The whole `difaug generate` on a local cluster: (the job, rates from the shards' own stats)."""
-    from difaug import shards
-    from difaug.config import Job
-    from difaug.runner import run
-    from difaug.testing import make_bench_set
+    from difaug.core.config import Job
+    from difaug.run import shards
+    from difaug.run.driver import run
+    from difaug.testing.standins import make_bench_set
 
     manifest = make_bench_set(work / "data", n, size)
     out = work / "job"
@@ -240,8 +240,8 @@ def run_job(bundle: Path, cfg: Any, rt: Any, n: int, size: int, work: Path) -> t
 
 def rerun_check(job: Any) -> None:
     """A fresh worker process regenerates a deleted shard (compile cache warm): same bytes?"""
-    from difaug import shards
-    from difaug.runner import run
+    from difaug.run import shards
+    from difaug.run.driver import run
 
     out = Path(job.out)
     before = shards.shard_path(out, 0).read_bytes()
@@ -296,7 +296,7 @@ def main() -> None:
 
     import torch
 
-    from difaug.config import JobConfig, RuntimeConfig
+    from difaug.core.config import JobConfig, RuntimeConfig
 
     cuda = torch.cuda.is_available()
     tiny = args.tiny or not cuda
@@ -416,8 +416,8 @@ def options_table(cfg: Any, rt: Any, samples: list, conds: list, compiled_first:
 
     Every row shares the eager default's pipeline (a generator is a pipeline + a JobConfig), so
     the table costs one model load, not five."""
-    from difaug.generate import AuxGenerator
-    from difaug.models import make_scheduler
+    from difaug.diffusion.models import make_scheduler
+    from difaug.diffusion.sampler import AuxGenerator
 
     ref = make_generator(cfg, rt)
     _, default_rate, reference = time_generator(ref, samples, conds)

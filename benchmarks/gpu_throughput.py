@@ -187,7 +187,7 @@ def random_pipeline_parts(device: str) -> dict[str, Any]:
     import torch
     from transformers import CLIPTokenizer
 
-    from difaug.tiny import make_tiny
+    from difaug.testing.tiny import make_tiny
 
     with tempfile.TemporaryDirectory() as tmp:
         tok = CLIPTokenizer.from_pretrained(make_tiny(Path(tmp)) / "stable-diffusion-v1-5" / "tokenizer")
@@ -200,10 +200,10 @@ def build_generator(
 ) -> Any:
     from diffusers import PNDMScheduler, StableDiffusionControlNetPipeline
 
-    from difaug.config import JobConfig, RuntimeConfig
-    from difaug.generate import AuxGenerator
-    from difaug.models import prepare_pipeline
-    from difaug.tiny import SD15_SCHEDULER
+    from difaug.core.config import JobConfig, RuntimeConfig
+    from difaug.diffusion.models import prepare_pipeline
+    from difaug.diffusion.sampler import AuxGenerator
+    from difaug.testing.tiny import SD15_SCHEDULER
 
     steps, guidance = (args.lcm_steps, 1.0) if lcm else (args.steps, 9.0)
     cfg = JobConfig(
@@ -234,9 +234,9 @@ def time_setting(gen: Any, n_images: int, size: int) -> tuple[float, float]:
     """(seconds for the warm-up batch, images/s over `n_images` after it)."""
     import torch
 
-    from difaug.config import JobConfig
-    from difaug.generate import make_work_items
-    from difaug.manifest import Sample
+    from difaug.core.config import JobConfig
+    from difaug.diffusion.sampler import make_work_items
+    from difaug.inputs.manifest import Sample
 
     rng = np.random.default_rng(0)
     cfg = JobConfig(num_aux=1)

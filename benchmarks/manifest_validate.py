@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from difaug.manifest import read_manifest, validate_manifest, write_manifest
-from difaug.parallel import WORKERS_HELP
+from difaug.core.parallel import WORKERS_HELP
+from difaug.inputs.manifest import read_manifest, validate_manifest, write_manifest
 
 VARIANTS = 16  # distinct contents, copied under many names (decode cost is per file, not per content)
 

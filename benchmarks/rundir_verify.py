@@ -1,4 +1,4 @@
-"""What verifying a run directory costs: `difaug.rundir.verify_run` on N shards of S MB.
+"""What verifying a run directory costs: `difaug.run.rundir.verify_run` on N shards of S MB.
 
 Every resume, `inspect`, `export` and `AuxIndex` verifies each shard against its marker (size +
 sha256). This measures the first verification in a process (every file hashed; the files are in
@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from difaug import rundir
+from difaug.run import rundir
 
 
 def make_run(out: Path, shards: int, mb: int) -> rundir.Plan:

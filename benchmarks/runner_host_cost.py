@@ -28,9 +28,9 @@ import time
 import zlib
 from pathlib import Path
 
-from difaug import shards, worker
-from difaug.runner import run
-from difaug.testing import make_bench_set, sleep_generator_factory, small_job
+from difaug.run import shards, worker
+from difaug.run.driver import run
+from difaug.testing.standins import make_bench_set, sleep_generator_factory, small_job
 
 
 def zlib_mb_per_s() -> float:

@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from difaug.testing import make_bench_set, small_job
+from difaug.testing.standins import make_bench_set, small_job
 
 
 def peak_rss_mb() -> float:
@@ -35,8 +35,8 @@ def peak_rss_mb() -> float:
 def one_case(rows: int) -> dict:
     from distributed import Client, LocalCluster
 
-    from difaug.runner import run
-    from difaug.testing import sleep_generator_factory
+    from difaug.run.driver import run
+    from difaug.testing.standins import sleep_generator_factory
 
     with tempfile.TemporaryDirectory() as tmp:
         manifest = make_bench_set(Path(tmp) / "data", rows, size=128)

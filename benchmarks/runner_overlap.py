@@ -1,6 +1,6 @@
 """Overlap efficiency of the shard task: does host work hide behind device work?
 
-A stand-in generator (`difaug.testing.SleepGenerator`) sleeps T ms per image with the GIL released,
+A stand-in generator (`difaug.testing.standins.SleepGenerator`) sleeps T ms per image with the GIL released,
 as a GPU kernel would; everything else is real: reading + decoding the 512² demo-like photos, the
 `seg` condition (host work; HED would add its network), resize-back, PNG encoding, Parquet writes.
 If the three stages overlap, throughput approaches the device bound 1000/T images/s:
@@ -32,9 +32,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from difaug import shards
-from difaug.runner import run
-from difaug.testing import make_bench_set, sleep_generator_factory, small_job
+from difaug.run import shards
+from difaug.run.driver import run
+from difaug.testing.standins import make_bench_set, sleep_generator_factory, small_job
 
 
 def span(out: Path) -> tuple[float, list[dict]]:

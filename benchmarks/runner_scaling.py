@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from runner_overlap import span
 
-from difaug.runner import run
-from difaug.testing import make_bench_set, sleep_generator_factory, small_job
+from difaug.run.driver import run
+from difaug.testing.standins import make_bench_set, sleep_generator_factory, small_job
 
 
 def throughput(folder: Path, workers: int, args: argparse.Namespace) -> float:

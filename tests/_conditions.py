@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from difaug.conditions import ConditionInput
-from difaug.manifest import Sample
+from difaug.inputs.manifest import Sample
 
 # Small working sizes keep HED fast on CPU; 128 is a multiple of 64, so HEDdetector's
 # detect_resolution and image_resolution give the working size exactly.

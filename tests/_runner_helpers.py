@@ -1,4 +1,4 @@
-"""Helpers for the runner tests: the shared support sets and jobs (from `difaug.testing`, which
+"""Helpers for the runner tests: the shared support sets and jobs (from `difaug.testing.standins`, which
 benchmarks import too) and shard comparison."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from difaug import shards
-from difaug.testing import (  # noqa: F401  (re-exported for the tests)
+from difaug.run import shards
+from difaug.testing.standins import (  # noqa: F401  (re-exported for the tests)
     CLASSES,
     make_bench_set,
     make_dataset,
@@ -16,7 +16,7 @@ from difaug.testing import (  # noqa: F401  (re-exported for the tests)
     sleep_generator_factory,
     write_csv,
 )
-from difaug.testing import small_job as job  # noqa: F401
+from difaug.testing.standins import small_job as job  # noqa: F401
 
 
 def sleep_factory(ms: float = 1.0) -> Any:

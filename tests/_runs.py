@@ -1,7 +1,7 @@
 """Write small but real run directories without the diffusion model, for adapter/report tests.
 
 `make_run(root, specs)` writes real support images and masks, a real manifest (read back with
-`read_manifest`), the real plan (`difaug.plan.build_plan`), real shards (`difaug.shards.write_shard`)
+`read_manifest`), the real plan (`difaug.run.plan.build_plan`), real shards (`difaug.run.shards.write_shard`)
 whose aux/condition images are real PNG (or JPEG) bytes of smooth synthetic pictures, and stats
 markers with the runner's fields, including failures. Samples listed in `fail` get a failure
 record instead of images; shards listed in `unfinished` get neither a shard file nor a marker.
@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from difaug import rundir, shards
-from difaug.config import Job, JobConfig
-from difaug.imageio import encode
-from difaug.manifest import Sample, read_manifest, write_manifest
-from difaug.plan import build_plan
+from difaug.core.config import Job, JobConfig
+from difaug.core.imageio import encode
+from difaug.inputs.manifest import Sample, read_manifest, write_manifest
+from difaug.run import rundir, shards
+from difaug.run.plan import build_plan
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

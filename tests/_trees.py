@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from difaug.classes import voc_palette
+from difaug.core.classes import voc_palette
 
 W, H = 128, 96  # a 50×50 class (2500 px) passes the 2048 rule, a 20×20 one (400 px) does not
 

@@ -19,7 +19,7 @@ DEMO_MANIFEST = REPO / "manifests" / "demo" / "manifest.csv"
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random SD1.5 + ControlNet (hed, seg, scribble) + HED bundle, built once per session."""
-    from difaug.tiny import make_tiny
+    from difaug.testing.tiny import make_tiny
 
     return make_tiny(tmp_path_factory.mktemp("tiny-models"))
 

@@ -13,7 +13,7 @@ from _runs import COCO_SPECS, SampleSpec, SyntheticRun, make_run
 
 from difaug.adapters import AuxIndex, AuxKeyError, AuxShotDataset, DictFormat, TupleFormat
 from difaug.adapters.torch_dataset import binary_mask, to_tensor
-from difaug.imageio import load_image, load_mask, resize
+from difaug.core.imageio import load_image, load_mask, resize
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ class HSNetLike(torch.utils.data.Dataset):
 
 
 def _load(path: str) -> np.ndarray:
-    from difaug.imageio import load_image
+    from difaug.core.imageio import load_image
 
     return load_image(path)
 

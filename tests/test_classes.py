@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from difaug.classes import ade_index_by_name, ade_palette, class_table
+from difaug.core.classes import ade_index_by_name, ade_palette, class_table
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

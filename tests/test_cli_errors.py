@@ -39,7 +39,7 @@ def test_write_error_without_a_file_name_names_the_context() -> None:
 
 
 def test_guard_exit_codes() -> None:
-    from difaug.manifest import ManifestError
+    from difaug.inputs.manifest import ManifestError
 
     def raises(e: BaseException) -> None:
         raise e

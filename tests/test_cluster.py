@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from _runner_helpers import job, make_dataset, sleep_factory
 
-from difaug import shards
-from difaug.cluster import GPU_SHARE, THREADS_PER_WORKER, gpu_resources
-from difaug.config import ConfigError, RuntimeConfig
-from difaug.runner import run
-from difaug.worker import MAX_SHARDS_IN_FLIGHT
+from difaug.core.config import ConfigError, RuntimeConfig
+from difaug.run import shards
+from difaug.run.cluster import GPU_SHARE, THREADS_PER_WORKER, gpu_resources
+from difaug.run.driver import run
+from difaug.run.worker import MAX_SHARDS_IN_FLIGHT
 
 
 def test_a_shard_task_claims_a_share_of_the_gpu() -> None:

@@ -19,17 +19,17 @@ import numpy as np
 import pytest
 from _runner_helpers import job, make_dataset
 
-from difaug import shards
-from difaug.config import JobConfig, RuntimeConfig
-from difaug.generate import AuxGenerator, make_work_items
-from difaug.manifest import Sample
-from difaug.models import (
+from difaug.core.config import JobConfig, RuntimeConfig
+from difaug.diffusion.models import (
     COMPILE_CACHE_DIRNAME,
     MEGA_CACHE_FILE,
     compile_pipeline,
     is_compiled,
 )
-from difaug.runner import run
+from difaug.diffusion.sampler import AuxGenerator, make_work_items
+from difaug.inputs.manifest import Sample
+from difaug.run import shards
+from difaug.run.driver import run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -98,7 +98,7 @@ def test_shard_stats_record_warmup_and_the_cache_folder(tiny_models: Path, tmp_p
 
 _INDUCTOR_SCRIPT = r"""
 import json, sys, types, torch
-from difaug.models import compile_pipeline, save_compile_cache
+from difaug.diffusion.models import compile_pipeline, save_compile_cache
 from torch._dynamo.utils import counters
 torch.manual_seed(0)
 # A decoder-like block (conv, GroupNorm, SiLU, 1×1 conv): inductor's C++ build of the tiny VAE

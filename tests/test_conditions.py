@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from _conditions import controlnet_aux, inputs, sample, synthetic
 
-from difaug.classes import ade_palette, class_table
 from difaug.conditions import (
     Condition,
     ConditionError,
@@ -20,6 +19,7 @@ from difaug.conditions import (
 )
 from difaug.conditions.resize import as_rgb8, hwc3, resize_image
 from difaug.conditions.seg import FALLBACK_COLOUR, SegCondition, ade_index_for
+from difaug.core.classes import ade_palette, class_table
 
 SHAPES = [(500, 375), (375, 500), (512, 512), (640, 480), (1000, 333), (33, 47), (3000, 2000), (77, 1200)]
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from difaug.cli import app
 from difaug.conditions import working_size
 from difaug.conditions.preview import SHEET_NAME, output_names, safe_name
-from difaug.manifest import read_manifest, write_manifest
+from difaug.inputs.manifest import read_manifest, write_manifest
 
 __all__ = ["hed_weights"]  # the fixture, imported from the helpers
 

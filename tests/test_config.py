@@ -1,5 +1,5 @@
 """`JobConfig.validate` / `RuntimeConfig.validate` check every value they hold, with a message
-naming the key and what to do; `difaug.device` is the one device/dtype resolver."""
+naming the key and what to do; `difaug.core.device` is the one device/dtype resolver."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from difaug import device as devices
-from difaug.config import (
+from difaug.core import device as devices
+from difaug.core.config import (
     COMPILE_MODES,
     ConfigError,
     JobConfig,
@@ -104,8 +104,8 @@ def test_resolve_job_refuses_before_anything_is_written(tmp_path: Path) -> None:
 
 
 def test_device_resolution_is_one_function_everywhere() -> None:
-    from difaug import models
     from difaug.conditions import hed
+    from difaug.diffusion import models
 
     assert models.resolve_device is devices.resolve_device
     assert models.resolve_dtype is devices.resolve_dtype
@@ -119,8 +119,9 @@ def test_device_resolution_is_one_function_everywhere() -> None:
 
 
 def test_condition_names_defined_once() -> None:
-    from difaug import conditions, config
+    from difaug import conditions
     from difaug.cli import conditions as cli_conditions
+    from difaug.core import config
 
     assert conditions.CONDITION_NAMES is config.CONDITIONS
     assert conditions.STYLES is config.CONDITION_STYLES

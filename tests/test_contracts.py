@@ -1,4 +1,4 @@
-"""The generator and condition contracts (difaug.contracts): who implements them, what the shard
+"""The generator and condition contracts (difaug.diffusion.contracts, difaug.conditions.ConditionMaker): who implements them, what the shard
 task does with an object that does not, and the one batch-then-each condition helper."""
 
 from __future__ import annotations
@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 from _runner_helpers import job, make_dataset, sleep_factory
 
-from difaug.conditions import ConditionInput, conditions_or_errors, make_condition
-from difaug.config import JobConfig, RuntimeConfig
-from difaug.contracts import ConditionMaker, Generator, ReportsWarmup, check_contract
-from difaug.manifest import Sample
-from difaug.testing import SleepGenerator
+from difaug.conditions import ConditionInput, ConditionMaker, conditions_or_errors, make_condition
+from difaug.core.config import JobConfig, RuntimeConfig
+from difaug.core.contracts import check_contract
+from difaug.diffusion.contracts import Generator, ReportsWarmup
+from difaug.inputs.manifest import Sample
+from difaug.testing.standins import SleepGenerator
 
 
 def test_the_package_implementations_meet_the_contracts(tiny_models: Path) -> None:
-    from difaug.generate import AuxGenerator
+    from difaug.diffusion.sampler import AuxGenerator
 
     sleep = SleepGenerator(1.0, 4)
     assert isinstance(sleep, Generator) and not isinstance(sleep, ReportsWarmup)
@@ -72,9 +73,9 @@ def _no_fallbacks_factory(cfg: JobConfig, runtime: RuntimeConfig) -> Any:
 def test_a_factory_result_outside_the_contract_fails_before_any_shard_work(
     tmp_path: Path, generator_factory: Any, condition_factory: Any, message: str
 ) -> None:
-    from difaug.manifest import read_manifest
-    from difaug.rundir import ShardRange
-    from difaug.worker import ShardSpec, run_shard
+    from difaug.inputs.manifest import read_manifest
+    from difaug.run.rundir import ShardRange
+    from difaug.run.worker import ShardSpec, run_shard
 
     m = make_dataset(tmp_path / "d", 2)
     samples = read_manifest(m).samples

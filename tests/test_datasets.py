@@ -28,9 +28,9 @@ from _trees import (
 from PIL import Image
 from typer.testing import CliRunner
 
-from difaug import imageio
 from difaug.cli import app
-from difaug.datasets import (
+from difaug.core import imageio
+from difaug.inputs.datasets import (
     BuildError,
     SkipReason,
     build_coco20i,
@@ -42,9 +42,9 @@ from difaug.datasets import (
     select_classes,
     stable_class_ids,
 )
-from difaug.datasets.folder import NO_CLASS
-from difaug.datasets.fss1000 import MISSING_CLASS_DIR
-from difaug.manifest import read_manifest, validate_manifest
+from difaug.inputs.datasets.folder import NO_CLASS
+from difaug.inputs.datasets.fss1000 import MISSING_CLASS_DIR
+from difaug.inputs.manifest import read_manifest, validate_manifest
 
 R = SkipReason
 
@@ -225,7 +225,7 @@ def test_pascal_missing_root(tmp_path: Path) -> None:
 def test_class_id_builders_hand_on_exactly_the_declared_options(pascal, coco) -> None:
     from typing import get_type_hints
 
-    from difaug.datasets.class_id_masks import ClassIdOptions, build_class_id_masks
+    from difaug.inputs.datasets.class_id_masks import ClassIdOptions, build_class_id_masks
 
     # Every option a builder hands on is a keyword of the shared builder, with a default there.
     shared = inspect.signature(build_class_id_masks).parameters
@@ -553,7 +553,7 @@ def test_hsnet_pascal_split_file_exact_format(tmp_path: Path, pascal) -> None:
     split = tmp_path / "val" / "fold0.txt"
     split.parent.mkdir()
     split.write_text("2007_000001__01\n2007_000002__03\n2007_000003__05\n2007_000007__04\n2007_000002__02\n")
-    from difaug.datasets import detect_list_format, read_split_file
+    from difaug.inputs.datasets import detect_list_format, read_split_file
 
     assert detect_list_format(split) == "hsnet"
     entries, bad = read_split_file(split)
@@ -595,7 +595,7 @@ def test_hsnet_coco_pickle_exact_format(tmp_path: Path, coco) -> None:
             {4: ["val2014/COCO_val2014_000000000042.jpg"], 76: ["val2014/COCO_val2014_000000000073.jpg"]}
         )
     )
-    from difaug.datasets import read_split_file
+    from difaug.inputs.datasets import read_split_file
 
     entries, bad = read_split_file(pkl)
     assert not bad and [(e.image, e.mask, e.class_id) for e in entries] == [

@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from difaug import diffseg  # noqa: E402
+from difaug.diffusion import diffseg  # noqa: E402
 
 # ----------------------------------------------------------------------------- the reference, in numpy
 # A plain restatement of google/diffseg `diffseg/segmentor.py` (DiffSeg.aggregate_weights,
@@ -253,7 +253,7 @@ def test_content_inside_the_mask_scores_higher_than_moved_outside():
 
 @pytest.fixture(scope="module")
 def pipe(tiny_models):
-    from difaug.models import ModelSpec, load_pipeline
+    from difaug.diffusion.models import ModelSpec, load_pipeline
 
     return load_pipeline(
         ModelSpec(

@@ -11,11 +11,11 @@ import pytest
 from _runs import COCO_SPECS, PASCAL_SPECS, SampleSpec, make_run
 from typer.testing import CliRunner
 
-from difaug import rundir
 from difaug.adapters.export import REPORT_FILE, ExportError, bam_relative_name, export_run
 from difaug.adapters.safe_names import UnsafePathError, safe_component, safe_join
 from difaug.cli import app
-from difaug.imageio import load_image, load_mask
+from difaug.core.imageio import load_image, load_mask
+from difaug.run import rundir
 
 # JPEG q95 with 4:4:4 chroma on the smooth synthetic pictures: measured mean |Δ| ≈ 0.6, max 5.
 JPEG_MEAN_TOL = 1.5
@@ -271,8 +271,8 @@ def test_reexport_is_idempotent(tmp_path: Path) -> None:
 def test_end_to_end_on_a_real_tiny_run(tmp_path: Path, tiny_models: Path) -> None:
     """The real runner with the tiny random model, then export, index and inspect on its output."""
     from difaug.adapters import AuxIndex
-    from difaug.config import Job, JobConfig, RuntimeConfig
-    from difaug.runner import run
+    from difaug.core.config import Job, JobConfig, RuntimeConfig
+    from difaug.run.driver import run
 
     src = make_run(tmp_path / "src", PASCAL_SPECS[:3], num_aux=2)  # only its manifest + images are used
     cfg = JobConfig(condition="seg", num_aux=2, resolution=64, shard_size=2, steps=2, model=str(tiny_models))
@@ -509,7 +509,7 @@ class Killed(Exception):
 def test_an_interrupted_export_leaves_nothing_unrecorded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from difaug import fsio
+    from difaug.core import fsio
 
     run = make_run(tmp_path, PASCAL_SPECS[:3], num_aux=3, drift=SCORES)
     out = tmp_path / "aux"
@@ -633,7 +633,7 @@ def test_concurrent_exports_into_one_folder_keep_both_runs(tmp_path: Path) -> No
 
 _HOLD = """
 import sys, time
-from difaug.rundir import RunLock
+from difaug.run.rundir import RunLock
 RunLock(sys.argv[1], command="difaug export").acquire()
 print("locked", flush=True)
 time.sleep(120)

@@ -1,4 +1,4 @@
-"""`difaug.fsio`: the one atomic write."""
+"""`difaug.core.fsio`: the one atomic write."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from difaug import fsio
+from difaug.core import fsio
 
 
 def test_atomic_write_replaces_whole_files_and_leaves_no_temp(tmp_path: Path) -> None:

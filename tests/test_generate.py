@@ -18,19 +18,18 @@ import pytest
 import torch
 from PIL import Image
 
-from difaug.config import JobConfig, RuntimeConfig
-from difaug.generate import (
+from difaug.core.config import JobConfig, RuntimeConfig
+from difaug.core.imageio import resize
+from difaug.diffusion.contracts import AuxResult, WorkItem
+from difaug.diffusion.sampler import (
     AuxGenerator,
-    AuxResult,
     ShapeBuckets,
-    WorkItem,
     derive_seed,
     group_batches,
     make_work_items,
     to_uint8,
 )
-from difaug.imageio import resize
-from difaug.manifest import Sample
+from difaug.inputs.manifest import Sample
 
 FLOAT_TOL = 1e-4
 STEPS = 3
@@ -73,7 +72,7 @@ def gen(cfg: JobConfig) -> AuxGenerator:
 
 @pytest.fixture(scope="module")
 def plain(tiny_models: Path):
-    """A plain diffusers pipeline built independently of difaug.models."""
+    """A plain diffusers pipeline built independently of difaug.diffusion.models."""
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, UniPCMultistepScheduler
 
     controlnet = ControlNetModel.from_pretrained(tiny_models / "sd-controlnet-hed")
@@ -286,7 +285,7 @@ def test_derive_seed_is_pinned_and_distinct() -> None:
 
 
 def test_derive_seed_is_the_same_in_another_process() -> None:
-    code = "from difaug.generate import derive_seed; print(derive_seed(0, '2008_000123_5', 0))"
+    code = "from difaug.diffusion.sampler import derive_seed; print(derive_seed(0, '2008_000123_5', 0))"
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -375,7 +374,7 @@ def test_feature_cache_skips_deep_blocks_and_stays_close(cfg: JobConfig) -> None
     max ≈ 0.05 on [0, 1] floats; asserted < 0.03 and < 0.25)."""
     from dataclasses import replace
 
-    from difaug.config import ConfigError
+    from difaug.core.config import ConfigError
 
     base_cfg = replace(cfg, steps=6)
     items = [it for it in _mixed_items(base_cfg) if it.condition.shape == (64, 64, 3)]

@@ -29,9 +29,9 @@ from _runs import SampleSpec, make_run
 from PIL import Image
 from typer.testing import CliRunner
 
-from difaug import rundir, shards
 from difaug.cli import app
-from difaug.manifest import read_manifest, validate_manifest
+from difaug.inputs.manifest import read_manifest, validate_manifest
+from difaug.run import rundir, shards
 
 
 def cli(*args: str) -> Any:

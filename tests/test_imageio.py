@@ -1,4 +1,4 @@
-"""difaug.imageio: every image mode to RGB uint8, masks keep their values, cheap completeness checks."""
+"""difaug.core.imageio: every image mode to RGB uint8, masks keep their values, cheap completeness checks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from _trees import class_mask, photo, save_image, save_mask, truncate
 from PIL import Image
 
-from difaug import imageio
+from difaug.core import imageio
 
 
 @pytest.mark.parametrize(

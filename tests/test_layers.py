@@ -1,9 +1,9 @@
 """Every import inside `difaug/` points to a lower layer (or its own), and no two parts import each other.
 
-The layers follow the data path (ARCHITECTURE.md, "Layers"). Each module of the package is parsed
-with `ast`; imports at module level and inside functions both count (a lazy import is still a
-dependency, only a later one). Imports under `if TYPE_CHECKING:` never run and are left out: a
-protocol may name the types of a higher layer in its annotations.
+The layers follow the data path (ARCHITECTURE.md, "Layers") and each is a subpackage, so the tree
+`ls difaug/` shows is the layer table. Each module of the package is parsed with `ast`; imports at
+module level, inside functions and under `if TYPE_CHECKING:` all count: a lazy import is still a
+dependency, only a later one, and a type named in an annotation is one a reader has to look up.
 """
 
 from __future__ import annotations
@@ -17,46 +17,17 @@ import pytest
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "difaug"
 
-# Layer number → the parts on it. A part is a module or a package (all its submodules); a module
-# may import any part on its own layer or below, never above.
+# Layer number → the subpackages on it: the package tree is this table. A module may import any
+# part on its own layer or below, never above.
 LAYERS: dict[int, tuple[str, ...]] = {
-    # helpers that know nothing of images, samples or runs
-    0: (
-        "difaug",  # the package root: __version__
-        "difaug.text",
-        "difaug.oserrors",
-        "difaug.classes",
-        "difaug.data",  # the class tables classes.py reads
-        "difaug.parallel",
-        "difaug.config",
-        "difaug.geometry",  # ControlNet's working size: conditions and manifest validation
-        "difaug.contracts",  # i13b: Generator / ConditionMaker protocols (types only at run time)
-        "difaug.fsio",  # i13a: atomic writes
-        "difaug.safe_names",  # i13a: safe file-name components (from adapters/)
-    ),
-    # what reads devices and files
-    1: ("difaug.device", "difaug.imageio", "difaug.sheet"),  # sheet: i13a's contact-sheet renderer
-    # input: manifest rows
-    2: ("difaug.manifest",),
-    # per-sample work before the model: conditions; manifest builders
-    3: ("difaug.conditions", "difaug.datasets"),
-    # generation and its models
-    4: (
-        "difaug.models",
-        "difaug.tiny",  # i13b: the tiny-model builder (from models.py)
-        "difaug.deepcache",
-        "difaug.generate",
-        "difaug.diffseg",
-        "difaug.testing",  # i13b: stand-ins (SleepGenerator) for tests, benchmarks and `runner`
-    ),
-    # the run directory and its files
-    5: ("difaug.rundir", "difaug.shards", "difaug.plan"),
-    # execution
-    6: ("difaug.cluster", "difaug.worker", "difaug.runner", "difaug.score"),
-    # consumers of a finished run
-    7: ("difaug.adapters", "difaug.report"),
-    # the command line
-    8: ("difaug.cli", "difaug.__main__"),
+    0: ("difaug", "difaug.core"),  # helpers, settings, files and images: nothing of samples or runs
+    1: ("difaug.inputs",),  # manifest rows (`Sample`) and the manifest builders
+    2: ("difaug.conditions",),  # per-sample work before the model
+    3: ("difaug.diffusion",),  # the models, the sampler and DiffSeg
+    4: ("difaug.testing",),  # stand-ins and tiny models (tests, benchmarks, `models make-tiny`)
+    5: ("difaug.run",),  # the run directory, the driver, the executors and the shard task
+    6: ("difaug.adapters", "difaug.report"),  # consumers of a finished run
+    7: ("difaug.cli", "difaug.__main__"),  # the command line
 }
 
 # (importing part, imported part) → why it is allowed for now. Each names the file to change; the
@@ -81,19 +52,8 @@ def module_name(path: Path, package_dir: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
 def _import_nodes(node: ast.AST, lazy: bool = False) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
     for child in ast.iter_child_nodes(node):
-        if isinstance(child, ast.If) and _is_type_checking(child):
-            for other in child.orelse:  # the `else:` of `if TYPE_CHECKING` does run
-                yield from _import_nodes(ast.Module(body=[other], type_ignores=[]), lazy)
-            continue
         if isinstance(child, ast.Import | ast.ImportFrom):
             yield child, lazy
         inner = lazy or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
@@ -119,7 +79,7 @@ def package_imports(package_dir: Path) -> tuple[set[str], list[Import]]:
                     source = ".".join(base + ([node.module] if node.module else []))
                 else:
                     source = node.module or ""
-                # `from difaug import imageio` imports the module difaug.imageio;
+                # `from difaug import imageio` imports the module difaug.core.imageio;
                 # `from difaug import __version__` a name of the package.
                 targets = [
                     f"{source}.{a.name}" if f"{source}.{a.name}" in modules else source for a in node.names
@@ -189,6 +149,15 @@ def test_no_part_on_two_layers() -> None:
     assert len(parts) == len(set(parts))
 
 
+def test_the_package_root_holds_only_the_layer_packages() -> None:
+    """`ls difaug/` reads like the data-flow picture: one folder per layer part, no loose modules."""
+    packages = {f"difaug.{p.name}" for p in PACKAGE_DIR.iterdir() if (p / "__init__.py").is_file()}
+    modules = {p.name for p in PACKAGE_DIR.glob("*.py")}
+    parts = {p for ps in LAYERS.values() for p in ps if p.count(".") == 1}
+    assert packages == parts - {"difaug.__main__"}
+    assert modules == {"__init__.py", "__main__.py"}
+
+
 def _write(root: Path, files: dict[str, str]) -> Path:
     for rel, text in files.items():
         path = root / rel
@@ -216,10 +185,13 @@ def test_checker_finds_upward_imports_circles_and_unmapped_modules(tmp_path: Pat
         "pkg.stray has no layer: add it to LAYERS in tests/test_layers.py (and ARCHITECTURE.md)",
         "pkg/low.py:2 (inside a function): pkg.low (layer 0) imports pkg.high (layer 1, higher): "
         "move what it needs to layer 0 or below",
+        "pkg/typed.py:3: pkg.typed (layer 0) imports pkg.high (layer 1, higher): "
+        "move what it needs to layer 0 or below",
         "import circle: pkg/high.py:1 imports pkg.low, and pkg/low.py:2 (inside a function) imports pkg.high",
     ]
     # A listed exception silences both findings; one whose import is gone is reported.
     excused = {("pkg.low", "pkg.high"): "test", ("pkg.high", "pkg.sub"): "stale"}
+    excused[("pkg.typed", "pkg.high")] = "test"
     assert layering_problems(package, layers, excused)[1:] == [
         "known exception pkg.high → pkg.sub (stale) is gone: remove it from KNOWN_EXCEPTIONS"
     ]
@@ -231,6 +203,7 @@ def test_checker_finds_upward_imports_circles_and_unmapped_modules(tmp_path: Pat
         ("difaug.conditions.hed", "difaug.conditions"),
         ("difaug", "difaug"),
         ("difaug.cli.manifest", "difaug.cli"),
+        ("difaug.run.worker", "difaug.run"),
     ],
 )
 def test_part_of_takes_the_longest_prefix(module: str, part: str) -> None:

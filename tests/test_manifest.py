@@ -1,4 +1,4 @@
-"""difaug.manifest: read CSV/JSONL/Parquet alike, validate every row, and the `manifest validate` CLI."""
+"""difaug.inputs.manifest: read CSV/JSONL/Parquet alike, validate every row, and the `manifest validate` CLI."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from difaug.cli import app
 from difaug.cli._common import console
-from difaug.manifest import (
+from difaug.inputs.manifest import (
     ManifestError,
     RowProblem,
     SizeLimits,
@@ -375,7 +375,7 @@ def test_size_limits_name_the_row_the_limit_and_the_option(tmp_path: Path) -> No
 
 
 def test_size_limits_come_from_the_job() -> None:
-    from difaug.config import Job, JobConfig, RuntimeConfig
+    from difaug.core.config import Job, JobConfig, RuntimeConfig
 
     job = Job(
         "m.csv", "out", JobConfig(resolution=256), RuntimeConfig(max_side=100, max_aspect=2, max_pixels=9)

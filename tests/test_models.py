@@ -12,8 +12,8 @@ import torch
 from typer.testing import CliRunner
 
 from difaug.cli import app
-from difaug.config import DEFAULT_BASE_MODEL, ConfigError, JobConfig
-from difaug.models import (
+from difaug.core.config import DEFAULT_BASE_MODEL, ConfigError, JobConfig
+from difaug.diffusion.models import (
     BUNDLE_INDEX,
     COMPILE_CACHE_DIRNAME,
     DEFAULT_VAE_BATCH,
@@ -29,7 +29,7 @@ from difaug.models import (
     resolve_dtype,
     runtime_for_plan,
 )
-from difaug.tiny import make_tiny
+from difaug.testing.tiny import make_tiny
 
 
 def _hashes(root: Path) -> dict[str, str]:
@@ -255,7 +255,7 @@ def test_scoring_pipeline_loads_the_base_model_alone(tiny_models: Path, tmp_path
     even read (a spec whose ControlNet folder is missing loads), the generator's weights and dtype."""
     from diffusers.models.attention_processor import FusedAttnProcessor2_0
 
-    from difaug.models import load_scoring_pipeline
+    from difaug.diffusion.models import load_scoring_pipeline
 
     full = ModelSpec.from_config(JobConfig(model=str(tiny_models)))
     spec = ModelSpec(base=full.base, controlnet=str(tmp_path / "no-such-controlnet"))
@@ -335,7 +335,7 @@ def test_decide_compile_refuses_unknown_settings() -> None:
 
 
 def test_runtime_for_plan(tmp_path: Path) -> None:
-    from difaug.config import RuntimeConfig
+    from difaug.core.config import RuntimeConfig
 
     rt = RuntimeConfig(compile_min_images=100)
     assert rt.compile == "auto"

@@ -1,4 +1,4 @@
-"""`difaug inspect` / `difaug.report`: totals, failures, timings, contact sheet, HTML page."""
+"""`difaug inspect` / `difaug.report.data`: totals, failures, timings, contact sheet, HTML page."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from _runs import PASCAL_SPECS, SampleSpec, SyntheticRun, make_run
 from PIL import Image
 from typer.testing import CliRunner
 
-from difaug import report
 from difaug.cli import app
+from difaug.report import data as report
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_seg_fallback_classes_counted_by_a_real_run(tmp_path: Path) -> None:
 
     from _runner_helpers import job, make_dataset, sleep_factory
 
-    from difaug.runner import run
+    from difaug.run.driver import run
 
     manifest = make_dataset(tmp_path / "d", 3)
     rows = list(csv.DictReader(manifest.open()))

@@ -23,12 +23,13 @@ import pyarrow.parquet as pq
 import pytest
 from _runner_helpers import all_keys, job, make_dataset, make_sample, sleep_factory, write_csv
 
-from difaug import report, rundir, shards
-from difaug.config import resolve_job
-from difaug.manifest import read_manifest
-from difaug.plan import PlanError
-from difaug.rundir import Failure, LockError, RunDirError
-from difaug.runner import run
+from difaug.core.config import resolve_job
+from difaug.inputs.manifest import read_manifest
+from difaug.report import data as report
+from difaug.run import rundir, shards
+from difaug.run.driver import run
+from difaug.run.plan import PlanError
+from difaug.run.rundir import Failure, LockError, RunDirError
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = 5  # make_dataset(…, 5) with shards of 2: shards 00000 [1,3), 00001 [3,5), 00002 [5,6)
@@ -228,7 +229,7 @@ def test_rewritten_shard_is_vouched_for_by_rewrite_marker(tmp_path: Path) -> Non
 _HOLD = textwrap.dedent(
     """
     import sys, time
-    from difaug.rundir import RunLock
+    from difaug.run.rundir import RunLock
     lock = RunLock(sys.argv[1]).acquire()
     print("locked", flush=True)
     time.sleep(120)
@@ -289,8 +290,8 @@ _SLOW_RUN = textwrap.dedent(
     import sys, functools
     sys.path.insert(0, sys.argv[3])
     from _runner_helpers import job
-    from difaug.runner import run
-    from difaug.testing import sleep_generator_factory
+    from difaug.run.driver import run
+    from difaug.testing.standins import sleep_generator_factory
     s = run(job(sys.argv[1], sys.argv[2]), generator_factory=functools.partial(sleep_generator_factory, ms_per_image=150))
     sys.exit(0 if s.ok else 1)
     """
@@ -463,7 +464,7 @@ class _Saboteur:
     OUT/stats should be: the marker write then fails with a real not-a-directory error."""
 
     def __init__(self, out: str, at: str, batch_size: int) -> None:
-        from difaug.testing import SleepGenerator
+        from difaug.testing.standins import SleepGenerator
 
         self.inner = SleepGenerator(1.0, batch_size)
         self.batch_size, self.provenance, self.out, self.at = batch_size, self.inner.provenance, Path(out), at

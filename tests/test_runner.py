@@ -27,12 +27,12 @@ from _runner_helpers import (
 )
 from PIL import Image
 
-from difaug import plan as plan_mod
-from difaug import shards
-from difaug.config import JobConfig, RuntimeConfig
-from difaug.manifest import read_manifest
-from difaug.plan import PlanError
-from difaug.runner import run
+from difaug.core.config import JobConfig, RuntimeConfig
+from difaug.inputs.manifest import read_manifest
+from difaug.run import plan as plan_mod
+from difaug.run import shards
+from difaug.run.driver import run
+from difaug.run.plan import PlanError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,7 +61,7 @@ def test_plan_cuts_rows_into_shards(tmp_path: Path) -> None:
 def _plan_must_exist(cfg: JobConfig, runtime: RuntimeConfig, *, out: str, ms: float = 1.0) -> Any:
     # The plan is on disk before any model loads.
     assert (Path(out) / shards.PLAN_FILE).is_file()
-    from difaug.testing import SleepGenerator
+    from difaug.testing.standins import SleepGenerator
 
     return SleepGenerator(ms, runtime.batch_size)
 
@@ -189,8 +189,8 @@ def _picky_condition_factory(
 
 def test_in_task_failures_isolated_to_their_rows(tmp_path: Path) -> None:
     """Files that break after validation, and a condition that fails for one sample of a batch."""
-    from difaug.rundir import ShardRange
-    from difaug.worker import ShardSpec, run_shard
+    from difaug.run.rundir import ShardRange
+    from difaug.run.worker import ShardSpec, run_shard
 
     m = make_dataset(tmp_path / "d", 4)
     samples = read_manifest(m).samples
@@ -225,7 +225,7 @@ class _Flaky:
     """A generator that fails every batch holding sample `bad` (a broken shard)."""
 
     def __init__(self, bad: str, batch_size: int):
-        from difaug.testing import SleepGenerator
+        from difaug.testing.standins import SleepGenerator
 
         self.inner = SleepGenerator(1.0, batch_size)
         self.batch_size, self.provenance, self.bad = batch_size, self.inner.provenance, bad
@@ -266,7 +266,7 @@ def test_a_failing_shard_next_to_good_ones(
 ) -> None:
     """Two shards in flight: the middle shard fails in one of its stages; its neighbours finish,
     its rows are recorded as failures, and no lock is left held (the run ends, the next works)."""
-    from difaug import rundir
+    from difaug.run import rundir
 
     m = make_dataset(tmp_path / "d", 6)  # shards [1, 3), [3, 5), [5, 7)
     out = tmp_path / "out"
@@ -306,7 +306,7 @@ class _HeldGenerator:
     no shard can finish before the driver is interrupted."""
 
     def __init__(self, batch_size: int):
-        from difaug.testing import SleepGenerator
+        from difaug.testing.standins import SleepGenerator
 
         self.inner = SleepGenerator(20.0, batch_size)
         self.batch_size, self.provenance, self.calls = batch_size, self.inner.provenance, 0
@@ -323,7 +323,7 @@ def _held_factory(cfg: JobConfig, runtime: RuntimeConfig) -> Any:
 
 
 def _interrupt(event: Any) -> None:
-    from difaug import runner
+    from difaug.run import driver as runner
 
     if isinstance(event, runner.ShardProgress):  # the first batch is done
         _INTERRUPTED.set()
@@ -361,7 +361,7 @@ def test_local_two_workers_matches_sync(
     """The same bytes from two Dask workers, from this process with two shards in flight, and
     from this process with one shard at a time."""
 
-    from difaug import worker
+    from difaug.run import worker
 
     cfg = {"condition": "hed", "model": str(tiny_models), "num_aux": 2, "shard_size": 2}
     local = run(job(tiny_job_data, tmp_path / "local", runtime={"cluster": "local", "workers": 2}, **cfg))
@@ -373,7 +373,7 @@ def test_local_two_workers_matches_sync(
     assert shard_bytes(tmp_path / "sync") == shard_bytes(tmp_path / "one")
     table = shards.read_shard(next(shards.iter_shard_paths(tmp_path / "local")))
     rows = table.to_pylist()
-    from difaug.generate import derive_seed
+    from difaug.diffusion.sampler import derive_seed
 
     for r in rows:
         assert r["seed"] == derive_seed(0, r["sample_id"], r["aux_index"])
@@ -426,7 +426,7 @@ def test_cli_exit_codes_and_yaml(tmp_path: Path, tiny_models: Path) -> None:
 
 
 def test_pipeline_yamls_resolve() -> None:
-    from difaug.config import resolve_job
+    from difaug.core.config import resolve_job
 
     files = sorted((REPO / "pipelines").glob("*.yaml"))
     names = {f.stem for f in files}
@@ -452,7 +452,7 @@ def test_unpicklable_factory_refused_before_the_plan(tmp_path: Path) -> None:
 
 
 def test_model_cache_key_follows_every_loading_setting(tmp_path: Path) -> None:
-    from difaug.worker import factory_key
+    from difaug.run.worker import factory_key
 
     m = make_dataset(tmp_path / "d", 1)
     keys = {
@@ -469,7 +469,7 @@ def test_run_reports_through_events_and_prints_nothing(
     tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     """The library draws nothing: progress and notes are typed events; without a sink, logging."""
-    from difaug import runner
+    from difaug.run import driver as runner
 
     m = make_dataset(tmp_path / "d", 5)
     events: list[runner.RunEvent] = []
@@ -482,7 +482,7 @@ def test_run_reports_through_events_and_prints_nothing(
     assert sorted(e.index for e in finished) == [0, 1, 2] and sum(e.images for e in finished) == 10
     assert any(isinstance(e, runner.ShardProgress) for e in events)  # per batch, before the end
 
-    with caplog.at_level("INFO", logger="difaug.runner"):
+    with caplog.at_level("INFO", logger="difaug.run.driver"):
         again = run(job(m, tmp_path / "out", shard_size=2), generator_factory=sleep_factory())
     assert again.skipped == 5
     assert "3 shards already done, 0 to do" in caplog.text

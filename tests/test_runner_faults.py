@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from _runner_helpers import all_keys, job, make_dataset, shard_bytes, sleep_factory
 
-from difaug import rundir, shards
-from difaug.runner import RunSummary, run
+from difaug.run import rundir, shards
+from difaug.run.driver import RunSummary, run
 
 
 def _wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:

@@ -8,22 +8,22 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from difaug import shards
-from difaug.score import ScoreSummary, is_scored, score_run
+from difaug.run import shards
+from difaug.run.rescore import ScoreSummary, is_scored, score_run
 
 pytest.importorskip("torch")
 
 from _runner_helpers import job, make_dataset
 from _runs import make_run
 
-from difaug.runner import run
+from difaug.run.driver import run
 
 
 @pytest.fixture(scope="module")
 def diffseg_score(tiny_models: Path):
     """The real DiffSeg scorer on the tiny model's UNet."""
-    from difaug.config import JobConfig, RuntimeConfig
-    from difaug.score import load_scorer
+    from difaug.core.config import JobConfig, RuntimeConfig
+    from difaug.run.rescore import load_scorer
 
     return load_scorer(JobConfig(model=str(tiny_models)), RuntimeConfig(device="cpu", dtype="float32"))
 
@@ -122,8 +122,8 @@ def test_generate_scores_by_default_and_score_fills_a_run_made_without(
     assert without.column("drift_iou").null_count == without.num_rows
     assert "score" in shards.load_stats(tmp_path / "scored")[0]["seconds"]
 
-    from difaug.config import JobConfig, RuntimeConfig
-    from difaug.score import load_scorer
+    from difaug.core.config import JobConfig, RuntimeConfig
+    from difaug.run.rescore import load_scorer
 
     scorer = load_scorer(JobConfig(model=str(tiny_models)), RuntimeConfig(device="cpu", dtype="float32"))
     score_run(tmp_path / "plain", scorer, batch_size=4)
@@ -141,10 +141,10 @@ def test_generate_scores_by_default_and_score_fills_a_run_made_without(
 def test_score_loads_no_controlnet_and_gives_the_shard_time_scores_bit_for_bit(tiny_models: Path) -> None:
     """`difaug score` loads the base model alone; its DiffSeg sees the same UNet, VAE and empty-prompt
     embedding as the one built next to the generator at shard time: identical labels and scores."""
-    from difaug import diffseg
-    from difaug.config import JobConfig, RuntimeConfig
-    from difaug.generate import AuxGenerator
-    from difaug.score import load_scorer
+    from difaug.core.config import JobConfig, RuntimeConfig
+    from difaug.diffusion import diffseg
+    from difaug.diffusion.sampler import AuxGenerator
+    from difaug.run.rescore import load_scorer
 
     cfg, rt = JobConfig(model=str(tiny_models)), RuntimeConfig(device="cpu", dtype="float32")
     rng = np.random.default_rng(3)
@@ -166,7 +166,7 @@ def test_score_loads_no_controlnet_and_gives_the_shard_time_scores_bit_for_bit(t
 
 
 def test_score_refuses_a_run_in_use(tmp_path: Path) -> None:
-    from difaug import rundir
+    from difaug.run import rundir
 
     synth = make_run(tmp_path, num_aux=1)
 

@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from difaug.cli import app
-from difaug.manifest import read_manifest
+from difaug.inputs.manifest import read_manifest
 
 pytest.importorskip("torch")
 

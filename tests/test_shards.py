@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from difaug import shards
-from difaug.imageio import encode_png
+from difaug.core.imageio import encode_png
+from difaug.run import shards
 
 
 def _row(i: int, aux: int = 0, fold: int | None = 1) -> dict:

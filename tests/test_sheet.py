@@ -1,10 +1,10 @@
-"""`difaug.sheet`: the one contact-sheet renderer (inspect, conditions, segment)."""
+"""`difaug.core.sheet`: the one contact-sheet renderer (inspect, conditions, segment)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from difaug.sheet import BACKGROUND, HEADER, PAD, SheetLine, draw_sheet, sheet_size
+from difaug.core.sheet import BACKGROUND, HEADER, PAD, SheetLine, draw_sheet, sheet_size
 
 
 def _image(h: int, w: int, value: int) -> np.ndarray:

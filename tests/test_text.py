@@ -1,9 +1,9 @@
-"""`difaug.text.display_text`: manifest text as one short visible line."""
+"""`difaug.core.text.display_text`: manifest text as one short visible line."""
 
 from __future__ import annotations
 
 from difaug.adapters.safe_names import safe_component
-from difaug.text import ascii_text, display_text
+from difaug.core.text import ascii_text, display_text
 
 
 def test_display_text_one_visible_line() -> None:

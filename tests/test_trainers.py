@@ -33,7 +33,8 @@ from difaug.adapters import AuxIndex, AuxShotDataset, hsnet_keys
 from difaug.adapters.export import REPORT_FILE, export_run
 from difaug.adapters.torch_dataset import to_tensor
 from difaug.cli import app
-from difaug.datasets import (
+from difaug.core.imageio import resize
+from difaug.inputs.datasets import (
     build_coco20i,
     build_fss1000,
     build_pascal5i,
@@ -42,9 +43,8 @@ from difaug.datasets import (
     hsnet_split_files,
     trainer_preset,
 )
-from difaug.datasets.trainers import plan_splits
-from difaug.imageio import resize
-from difaug.manifest import read_manifest
+from difaug.inputs.datasets.trainers import plan_splits
+from difaug.inputs.manifest import read_manifest
 
 NUM_AUX = 2
 AUX_SHOT = 2  # DifFSS-BAM: shot - true_data_shot

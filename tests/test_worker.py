@@ -15,22 +15,21 @@ from typing import Any
 
 import pytest
 
-from difaug import rundir, shards
-from difaug.config import ConfigError, Job, JobConfig, RuntimeConfig, resolve_job
-from difaug.manifest import read_manifest
-from difaug.rundir import ShardRange, ShardStats
-from difaug.runner import run
-from difaug.testing import SleepGenerator, make_dataset, sleep_generator_factory, small_job
-from difaug.worker import (
+from difaug.core.config import ConfigError, Job, JobConfig, RuntimeConfig, model_settings, resolve_job
+from difaug.inputs.manifest import read_manifest
+from difaug.run import rundir, shards
+from difaug.run.driver import run
+from difaug.run.rundir import ShardRange, ShardStats
+from difaug.run.worker import (
     ShardCancelled,
     ShardSpec,
     default_condition_factory,
     factory_key,
     load_models,
-    model_settings,
     run_shard,
     stage_sizes,
 )
+from difaug.testing.standins import SleepGenerator, make_dataset, sleep_generator_factory, small_job
 
 
 def test_hed_batch_defaults_to_the_batch_size_and_can_be_set_apart() -> None:
@@ -58,8 +57,8 @@ def test_stage_sizes_follow_the_batch_size() -> None:
 
 
 def test_model_cache_key_holds_exactly_the_loading_settings() -> None:
-    from difaug.config import Job
-    from difaug.testing import sleep_generator_factory
+    from difaug.core.config import Job
+    from difaug.testing.standins import sleep_generator_factory
 
     base = RuntimeConfig(compile="off")
 

@@ -57,10 +57,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from difaug import fsio, imageio, rundir, shards
 from difaug.adapters.index import DriftScoreError, drift_filter
 from difaug.adapters.run import Failure, RunView, open_run
-from difaug.safe_names import UnsafePathError, is_safe_component, safe_component, safe_join
+from difaug.core import fsio, imageio
+from difaug.core.errors import DifaugError
+from difaug.core.names import UnsafePathError, is_safe_component, safe_component, safe_join
+from difaug.run import rundir, shards
 
 LAYOUTS = ("diffss-bam", "fss", "folder")
 FORMATS = ("jpg", "png")
@@ -78,7 +80,7 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 log = logging.getLogger(__name__)
 
 
-class ExportError(ValueError):
+class ExportError(DifaugError, ValueError):
     """The run cannot be exported in this layout; the message names the rows and what to do."""
 
 

@@ -35,8 +35,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from difaug import imageio, shards
 from difaug.adapters.run import RunView, open_run
+from difaug.core import imageio
+from difaug.core.errors import DifaugError
+from difaug.run import shards
 
 MAX_OPEN_FILES = 16
 DRIFT_COLUMN = "drift_iou"
@@ -60,7 +62,7 @@ def _parameters_of(source: Callable[_P, object]) -> Callable[[Callable[..., _R]]
     return give
 
 
-class DriftScoreError(ValueError):
+class DriftScoreError(DifaugError, ValueError):
     """A drift threshold was asked for, but (some of) the run's aux images have no drift score."""
 
 
@@ -115,7 +117,7 @@ def pick(n: int, k: int | None, choose: str = "first", seed: int | str | None = 
     return sorted(rng.sample(range(n), k))
 
 
-class AuxKeyError(KeyError):
+class AuxKeyError(DifaugError, KeyError):
     """No (or no unique) sample for a support key; the message says what was tried."""
 
     def __str__(self) -> str:  # KeyError would print the repr of the message

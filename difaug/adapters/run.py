@@ -2,7 +2,7 @@
 
 It reads the plan, the stats markers and the shards' *key* columns only (never the image bytes),
 so opening a run of 100k auxiliary images costs a few MB. Only *verified* shards are listed
-(`difaug.rundir.verify_run`: marker of this plan, file of the recorded size and sha256); the others
+(`difaug.run.rundir.verify_run`: marker of this plan, file of the recorded size and sha256); the others
 are in `invalid` with their reasons and `fix` says which command redoes them.
 """
 
@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from difaug import rundir, shards
-from difaug.rundir import Failure, RunCheck, RunDirError, ShardCheck, ShardRange
+from difaug.run import rundir, shards
+from difaug.run.rundir import Failure, RunCheck, RunDirError, ShardCheck, ShardRange
 
 __all__ = ["Failure", "PlannedShard", "RunError", "RunView", "open_run", "plan_shards", "read_keys"]
 

@@ -1,6 +1,6 @@
-"""Moved to `difaug.safe_names` (file names are needed below the adapters too); kept as an alias."""
+"""Moved to `difaug.core.names` (file names are needed below the adapters too); kept as an alias."""
 
-from difaug.safe_names import (
+from difaug.core.names import (
     MAX_COMPONENT_BYTES,
     UnsafePathError,
     is_safe_component,

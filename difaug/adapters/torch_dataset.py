@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from difaug import imageio
 from difaug.adapters.index import AuxIndex, AuxKeyError
-from difaug.classes import IGNORE_VALUE
-from difaug.datasets.fss1000 import manifest_class_id_from_hsnet
+from difaug.core import imageio
+from difaug.core.classes import IGNORE_VALUE
+from difaug.inputs.datasets.fss1000 import manifest_class_id_from_hsnet
 
 SupportKey = tuple[str, int]  # (support image path or sample_id, class_id = the mask's value)
 KeyFn = Callable[[Any], Sequence[SupportKey]]

@@ -42,14 +42,14 @@ def options_of(declaration: Callable[..., Any]) -> list[inspect.Parameter]:
 
 def escape_text(value: object, max_chars: int = 500) -> str:
     """Data (manifest text, paths, reasons) for a rich markup string: one visible line, escaped."""
-    from difaug.text import display_text
+    from difaug.core.text import display_text
 
     return escape(display_text(value, max_chars))
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print one clear error line (no traceback) and exit with `code`."""
-    from difaug.text import display_text
+    from difaug.core.text import display_text
 
     # escape: messages carry things like "difaug[cuda]" that rich would eat as markup;
     # display_text: and manifest text (newlines, escape sequences, RTL marks) that must stay one line
@@ -62,7 +62,7 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 @contextlib.contextmanager
 def progress_bar() -> Iterator[Callable[[str, int, int], None] | None]:
-    """A `difaug.parallel.ProgressFn` that draws a transient bar per label on stderr, or None when
+    """A `difaug.core.parallel.ProgressFn` that draws a transient bar per label on stderr, or None when
     stderr is not a terminal (logs and pipes get no bar)."""
     if not err_console.is_terminal:
         yield None

@@ -1,6 +1,6 @@
 """What `difaug generate` shows: the runner's events drawn on the terminal, and the summary.
 
-`difaug.runner.run` prints nothing; it sends typed events (`difaug.runner.RunEvent`) to a sink.
+`difaug.run.driver.run` prints nothing; it sends typed events (`difaug.run.driver.RunEvent`) to a sink.
 `GenerateView` is the CLI's sink: the notes as lines, the shard progress as a rich bar in images
 with images/s and ETA (fed per batch while a shard runs, per shard when it ends), and
 `print_summary` the closing tables.
@@ -15,9 +15,9 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from difaug import runner
-from difaug.rundir import Summary, summary_path
-from difaug.text import display_text
+from difaug.core.text import display_text
+from difaug.run import driver as runner
+from difaug.run.rundir import Summary, summary_path
 
 MAX_LISTED_FAILURES = 20
 

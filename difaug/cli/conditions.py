@@ -8,8 +8,8 @@ import typer
 from rich.markup import escape
 
 from difaug.cli._common import console, err_console, fail
-from difaug.config import CONDITIONS as CONDITION_CHOICES
-from difaug.text import display_text
+from difaug.core.config import CONDITIONS as CONDITION_CHOICES
+from difaug.core.text import display_text
 
 
 def conditions(
@@ -51,7 +51,7 @@ def conditions(
     from difaug.conditions import ConditionError, make_condition
     from difaug.conditions.preview import write_conditions
     from difaug.conditions.seg import FALLBACK_COLOUR
-    from difaug.manifest import ManifestError, read_manifest
+    from difaug.inputs.manifest import ManifestError, read_manifest
 
     try:
         mf = read_manifest(manifest)

@@ -2,7 +2,7 @@
 errors of a hostile environment (read-only or full disk, a file where a folder should be, …).
 
 Every verb is wrapped by `guard_app` (see `difaug.cli.__init__`), so no verb prints a traceback for
-these. Exit codes, the same for every verb:
+these and no verb catches them itself. Exit codes (`difaug.core.errors.EXIT_*`), the same for every verb:
 
 - 0: everything done;
 - 1: the verb ran but some rows failed or were refused (listed in its output);
@@ -20,37 +20,9 @@ from typing import Any, TypeVar
 import typer
 
 from difaug.cli._common import fail
-from difaug.oserrors import describe_os_error
+from difaug.core.errors import EXIT_CANNOT_START, DifaugError, describe_os_error
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-EXIT_OK = 0
-EXIT_ROWS_FAILED = 1
-EXIT_CANNOT_START = 2
-
-
-def _library_errors() -> tuple[type[BaseException], ...]:
-    """difaug's own "this cannot work, here is why" errors; imported on first use (they pull in
-    heavy modules) and only those already imported can have been raised."""
-    import sys
-
-    found: list[type[BaseException]] = []
-    for module, names in (
-        ("difaug.config", ("ConfigError",)),
-        ("difaug.manifest", ("ManifestError",)),
-        ("difaug.imageio", ("ImageReadError",)),
-        ("difaug.plan", ("PlanError",)),
-        ("difaug.models", ("ModelLoadError",)),
-        ("difaug.conditions", ("ConditionError",)),
-        ("difaug.datasets.common", ("BuildError",)),
-        ("difaug.shards", ("ShardError",)),
-        ("difaug.adapters.run", ("RunError",)),
-        ("difaug.adapters.export", ("ExportError",)),
-        ("difaug.safe_names", ("UnsafePathError",)),
-    ):
-        mod = sys.modules.get(module)
-        found += [getattr(mod, n) for n in names if mod is not None and hasattr(mod, n)]
-    return tuple(found)
 
 
 def guard(func: F) -> F:
@@ -65,10 +37,8 @@ def guard(func: F) -> F:
         except OSError as e:
             out = kwargs.get("out")
             fail(describe_os_error(e, str(out) if out else ""), EXIT_CANNOT_START)
-        except Exception as e:
-            if isinstance(e, _library_errors()):
-                fail(str(e), EXIT_CANNOT_START)
-            raise
+        except DifaugError as e:
+            fail(str(e), e.exit_code)
 
     return wrapper  # type: ignore[return-value]
 

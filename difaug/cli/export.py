@@ -79,8 +79,8 @@ def export(
 
     from difaug.adapters.export import LAYOUTS, ExportError, export_run
     from difaug.adapters.run import RunError
-    from difaug.rundir import LockOwner, RunDirError
-    from difaug.safe_names import UnsafePathError
+    from difaug.core.names import UnsafePathError
+    from difaug.run.rundir import LockOwner, RunDirError
 
     if layout not in LAYOUTS:
         fail(f"unknown layout {layout!r}; use one of: {', '.join(LAYOUTS)}")

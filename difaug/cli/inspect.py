@@ -12,7 +12,7 @@ from difaug.cli._common import console, fail
 from difaug.cli._common import escape_text as escape
 
 if TYPE_CHECKING:
-    from difaug.report import ScoreStats
+    from difaug.report.data import ScoreStats
 
 
 def _num(value: float | None, digits: int = 2) -> str:
@@ -49,8 +49,8 @@ def inspect(
     """
     from rich.table import Table
 
-    from difaug import report as rpt
     from difaug.adapters.run import RunError
+    from difaug.report import data as rpt
 
     try:
         rep = rpt.summarise(run)
@@ -159,8 +159,8 @@ def _lowest_sheet_path(sheet: Path) -> Path:
 
 
 def _print_scores(scores: ScoreStats) -> None:
-    """The drift-score distribution (difaug.diffseg): numbers, a text histogram, the lowest rows."""
-    from difaug.report import text_histogram
+    """The drift-score distribution (difaug.diffusion.diffseg): numbers, a text histogram, the lowest rows."""
+    from difaug.report.data import text_histogram
 
     if not scores.scored:
         console.print(f"drift scores: none of {scores.rows} rows scored (`difaug score RUN` fills them)")

@@ -9,12 +9,12 @@ import typer
 from rich.markup import escape
 
 from difaug.cli._common import add_options, console, fail, options_of, progress_bar
-from difaug.config import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
-from difaug.parallel import WORKERS_HELP
-from difaug.text import display_text
+from difaug.core.config import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+from difaug.core.parallel import WORKERS_HELP
+from difaug.core.text import display_text
 
 if TYPE_CHECKING:
-    from difaug.datasets import BuildResult
+    from difaug.inputs.datasets import BuildResult
 
 app = typer.Typer(
     help="Build manifests from dataset layouts (PASCAL-5i, COCO-20i, FSS-1000, a plain folder) and "
@@ -134,8 +134,8 @@ def validate(
     """
     from rich.table import Table
 
-    from difaug.config import JobConfig, RuntimeConfig
-    from difaug.manifest import ManifestError, SizeLimits, read_manifest, validate_manifest
+    from difaug.core.config import JobConfig, RuntimeConfig
+    from difaug.inputs.manifest import ManifestError, SizeLimits, read_manifest, validate_manifest
 
     try:
         manifest = read_manifest(file)
@@ -249,7 +249,7 @@ def _write_skips(result: BuildResult, path: Path) -> None:
 
 
 def _run(build, out: Path, root: Path, absolute: bool, skipped_out: Path | None, name: str, **kwargs) -> None:
-    from difaug.datasets import BuildError
+    from difaug.inputs.datasets import BuildError
 
     _check_out(out)
     try:
@@ -280,8 +280,8 @@ def _run_splits(
     **kwargs,
 ) -> None:
     """One build per split the trainer (or --list SPLIT=…) asks for, merged into one manifest."""
-    from difaug.datasets import DEFAULT_MIN_AREA, BuildError, build_splits, trainer_preset
-    from difaug.datasets.trainers import parse_list_options, plan_splits
+    from difaug.inputs.datasets import DEFAULT_MIN_AREA, BuildError, build_splits, trainer_preset
+    from difaug.inputs.datasets.trainers import parse_list_options, plan_splits
 
     _check_out(out)
     try:
@@ -356,7 +356,7 @@ def build_pascal5i(
 
         difaug manifest build pascal5i --root data/VOC2012 --trainer hsnet --fold 0 --splits-dir hsnet/data/splits/pascal --out manifests/hsnet-pascal-f0.csv
     """
-    from difaug.datasets import build_pascal5i as build
+    from difaug.inputs.datasets import build_pascal5i as build
 
     _run_splits(
         build, "pascal", "pascal5i",
@@ -397,7 +397,7 @@ def build_coco20i(
 
         difaug manifest build coco20i --root data/COCO2014 --trainer hsnet --fold 0 --splits-dir hsnet/data/splits/coco --out manifests/hsnet-coco-f0.parquet
     """
-    from difaug.datasets import build_coco20i as build
+    from difaug.inputs.datasets import build_coco20i as build
 
     if fold_rule not in ("interleaved", "contiguous"):
         fail(f"unknown --fold-rule {fold_rule!r}; use interleaved or contiguous")
@@ -459,7 +459,7 @@ def build_fss1000(
 
         difaug manifest build fss1000 --root data/FSS-1000 --trainer hsnet --splits-dir hsnet/data/splits/fss --out manifests/fss-hsnet.csv
     """
-    from difaug.datasets import build_fss1000 as build
+    from difaug.inputs.datasets import build_fss1000 as build
 
     if mask_out is None:
         mask_out = out.parent / f"{out.stem}_masks"
@@ -517,7 +517,7 @@ def build_folder(
 
         difaug manifest build folder --root data/scans --class-name crack --binarize 128 --out cracks.csv
     """
-    from difaug.datasets import build_folder as build
+    from difaug.inputs.datasets import build_folder as build
 
     if binarize is not None and mask_out is None:
         mask_out = out.parent / f"{out.stem}_masks"

@@ -30,7 +30,7 @@ def make_tiny(
     """
     if out_dir.exists() and not out_dir.is_dir():
         fail(f"{out_dir} exists and is not a folder; pass a folder path")
-    from difaug.tiny import make_tiny as build
+    from difaug.testing.tiny import make_tiny as build
 
     try:
         path = build(out_dir, seed=seed)
@@ -54,8 +54,8 @@ def show(
     Example:
         difaug models show --model models/tiny --condition seg
     """
-    from difaug.config import ConfigError, JobConfig
-    from difaug.models import ModelLoadError, ModelSpec
+    from difaug.core.config import ConfigError, JobConfig
+    from difaug.diffusion.models import ModelLoadError, ModelSpec
 
     overrides = {"base_model": base_model, "controlnet": controlnet, "hed_weights": hed_weights}
     try:

@@ -25,9 +25,9 @@ def score(
 
         difaug score runs/demo && difaug inspect runs/demo
     """
-    from difaug import score as sc
-    from difaug.config import ConfigError, RuntimeConfig
-    from difaug.rundir import RunDirError
+    from difaug.core.config import ConfigError, RuntimeConfig
+    from difaug.run import rescore as sc
+    from difaug.run.rundir import RunDirError
 
     if not (run / "difaug.json").is_file():
         fail(f"{run} is not a run directory (no difaug.json); pass the --out of `difaug generate`")

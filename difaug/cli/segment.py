@@ -33,14 +33,14 @@ def segment(
 
         difaug segment --manifest manifests/demo/manifest.csv --out runs/demo-seg --sheet runs/demo-seg/sheet.png
     """
-    from difaug import diffseg
-    from difaug.config import ConfigError, JobConfig, RuntimeConfig
-    from difaug.safe_names import safe_component
+    from difaug.core.config import ConfigError, JobConfig, RuntimeConfig
+    from difaug.core.names import safe_component
+    from difaug.diffusion import diffseg
 
     if (manifest is None) == (images is None):
         fail("give exactly one of --manifest FILE or --images DIR")
     if manifest is not None:
-        from difaug.manifest import read_manifest
+        from difaug.inputs.manifest import read_manifest
 
         m = read_manifest(manifest)
         if m.problems:
@@ -76,7 +76,7 @@ def segment(
             f"({result.counts.classes()} classes, Hungarian matching per image)"
         )
     if sheet:
-        from difaug import report
+        from difaug.report import data as report
 
         report.write_segment_sheet(sheet, result.previews)
         console.print(f"contact sheet: {escape(str(sheet))}")

@@ -24,10 +24,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from difaug.config import CONDITION_STYLES, CONDITIONS, DEFAULT_HED_WEIGHTS
-from difaug.contracts import ConditionMaker
-from difaug.geometry import DEFAULT_RESOLUTION, ConditionError, working_size
-from difaug.manifest import Sample
+from difaug.core.config import CONDITION_STYLES, CONDITIONS, DEFAULT_HED_WEIGHTS
+from difaug.core.geometry import DEFAULT_RESOLUTION, ConditionError, working_size
+from difaug.inputs.manifest import Sample
 
 HED_FILENAME = "ControlNetHED.pth"
 # HED always sees the image at this short side (DifFSS / ControlNet's detect_resolution); its map
@@ -36,7 +35,7 @@ DEFAULT_DETECT_RESOLUTION = 512
 # Images per HED forward pass when `make_condition` is not told (a job passes its
 # `RuntimeConfig.hed_batch_size`, `difaug conditions` its --batch-size).
 DEFAULT_HED_BATCH = 16
-# Defined once, in difaug.config (which validates them); the names here are the API of this package.
+# Defined once, in difaug.core.config (which validates them); the names here are the API of this package.
 CONDITION_NAMES = CONDITIONS
 STYLES = CONDITION_STYLES
 
@@ -51,8 +50,19 @@ class ConditionInput:
 
 
 @runtime_checkable
+class ConditionMaker(Protocol):
+    """Makes ControlNet conditions: one `H×W×3 uint8` image per input, same order, at each input's
+    working size. `fallbacks` counts what was approximated (e.g. a class with no ADE colour), by
+    name; it only grows, and the shard task records what a shard added."""
+
+    fallbacks: Counter[str]
+
+    def __call__(self, batch: Sequence[ConditionInput]) -> list[np.ndarray]: ...
+
+
+@runtime_checkable
 class Condition(ConditionMaker, Protocol):
-    """A named condition of this package: a `difaug.contracts.ConditionMaker` (a batch of inputs →
+    """A named condition of this package: a `ConditionMaker` (a batch of inputs →
     condition images at `working_size`, `fallbacks` counted) with its name, style and resolution."""
 
     name: str
@@ -131,7 +141,7 @@ class SampleLoadError(ConditionError):
 def load_input(sample: Sample) -> ConditionInput:
     """Decode one sample into a `ConditionInput` (what every condition takes); raises
     `SampleLoadError` naming the column and file. Used by the shard task and `difaug conditions`."""
-    from difaug import imageio
+    from difaug.core import imageio
 
     try:
         image = imageio.load_image(sample.image)

@@ -123,7 +123,7 @@ def make_random_hed_weights(path: Path, seed: int = 0) -> Path:
     # The real file stores every tensor in float16 (14.7 M parameters, 29.4 MB); so do we, so that
     # the loader is exercised on the same dtypes (load_state_dict upcasts into the fp32 module).
     state = {k: v.detach().to(torch.float16).contiguous().clone() for k, v in net.state_dict().items()}
-    from difaug import fsio
+    from difaug.core import fsio
 
     return fsio.atomic_write(path, lambda tmp: torch.save(state, tmp), fsync=False)
 
@@ -174,20 +174,20 @@ def resolve_hed_weights(weights: str) -> Path:
 
 
 def resolve_device(device: str | None) -> torch.device:
-    """`difaug.device.resolve_device` as a `torch.device` (the HED code reads `.type`)."""
+    """`difaug.core.device.resolve_device` as a `torch.device` (the HED code reads `.type`)."""
     import torch
 
-    from difaug import device as devices
+    from difaug.core import device as devices
 
     return torch.device(devices.resolve_device(device))
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """`difaug.device.resolve_dtype` as a `torch.dtype`; float16 is allowed on the CPU here (the
+    """`difaug.core.device.resolve_dtype` as a `torch.dtype`; float16 is allowed on the CPU here (the
     HED network is small, and its fp16-overflow fallback is tested there)."""
     import torch
 
-    from difaug import device as devices
+    from difaug.core import device as devices
 
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -354,7 +354,7 @@ def upstream_scribble(edge: np.ndarray) -> np.ndarray:
 
 class HedCondition:
     """`hed` and `scribble` conditions (see the module docstring for the exact steps); a
-    `difaug.contracts.ConditionMaker`, built by `make_condition`, which holds the defaults and
+    `difaug.conditions.ConditionMaker`, built by `make_condition`, which holds the defaults and
     checks style and resolution. `batch_size`: images per HED forward pass (the job's
     `RuntimeConfig.hed_batch_size`)."""
 

@@ -1,9 +1,9 @@
 """Write the conditions of a manifest to PNG files plus a contact sheet (`difaug conditions`).
 
 `write_conditions` loads samples, computes their conditions in batches, writes
-`OUT/{safe sample_id}.png` at the working size (`difaug.safe_names.plain_stem`) and
+`OUT/{safe sample_id}.png` at the working size (`difaug.core.names.plain_stem`) and
 `OUT/contact_sheet.png` (support | mask overlay | condition, one row per sample, square thumbnails
-of a fixed height, drawn by `difaug.sheet`). A row that cannot be loaded or
+of a fixed height, drawn by `difaug.core.sheet`). A row that cannot be loaded or
 conditioned becomes a `RowProblem` (row, file, reason); the others go on.
 """
 
@@ -16,8 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from difaug import fsio, imageio
-from difaug.classes import IGNORE_VALUE
 from difaug.conditions import (
     Condition,
     ConditionError,
@@ -26,9 +24,11 @@ from difaug.conditions import (
     conditions_or_errors,
     load_input,
 )
-from difaug.manifest import RowProblem, Sample, repeated_ids
-from difaug.safe_names import plain_stem
-from difaug.sheet import SheetLine, draw_sheet
+from difaug.core import fsio, imageio
+from difaug.core.classes import IGNORE_VALUE
+from difaug.core.names import plain_stem
+from difaug.core.sheet import SheetLine, draw_sheet
+from difaug.inputs.manifest import RowProblem, Sample, repeated_ids
 
 SHEET_NAME = "contact_sheet"
 THUMB_HEIGHT = 128
@@ -43,7 +43,7 @@ class PreviewResult:
     sheet: Path | None = None
 
 
-safe_name = plain_stem  # a preview file's stem (difaug.safe_names)
+safe_name = plain_stem  # a preview file's stem (difaug.core.names)
 
 
 def output_names(samples: Iterable[Sample]) -> dict[str, str]:
@@ -85,7 +85,7 @@ def sheet_line(item: ConditionInput, condition: np.ndarray) -> SheetLine:
 
 def contact_sheet(lines: Sequence[SheetLine], thumb: int = THUMB_HEIGHT) -> np.ndarray:
     """The lines on white, `thumb`-high each, 4 px apart, the sample id over the first cell
-    (`difaug.sheet.draw_sheet`)."""
+    (`difaug.core.sheet.draw_sheet`)."""
     if not lines:
         return np.full((thumb, thumb, 3), 255, np.uint8)
     return draw_sheet(lines, thumb, captions=False, margin=0, background=(255, 255, 255))

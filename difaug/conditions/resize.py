@@ -37,7 +37,7 @@ def as_rgb8(image: np.ndarray) -> np.ndarray:
     elif arr.dtype != np.uint8:
         raise ValueError(
             f"image dtype {arr.dtype} is ambiguous; pass uint8 (or uint16) RGB, "
-            "e.g. from difaug.imageio.load_image"
+            "e.g. from difaug.core.imageio.load_image"
         )
     if arr.ndim == 3 and arr.shape[2] not in (1, 3, 4):
         raise ValueError(f"image must have 1, 3 or 4 channels, got {arr.shape[2]}")

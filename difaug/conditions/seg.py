@@ -31,9 +31,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from difaug.classes import ade_index_by_name, ade_palette, class_table, normalise_name
 from difaug.conditions import DEFAULT_RESOLUTION, ConditionInput, foreground, prepare_input, working_size
 from difaug.conditions.resize import resize_mask
+from difaug.core.classes import ade_index_by_name, ade_palette, class_table, normalise_name
 
 FALLBACK_COLOUR = (255, 255, 255)
 DATASET_TABLES = ("pascal", "coco", "fss1000")

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from difaug.classes import voc_palette
+from difaug.core.classes import voc_palette
 
 HERE = Path(__file__).resolve().parent
 MAX_SIDE = 384

@@ -1,0 +1,708 @@
+"""DiffSeg (Tian et al., "Diffuse, Attend, and Segment", CVPR 2024) on a diffusers UNet, and the
+drift score of an auxiliary image built on it.
+
+DiffSeg segments any image with no training from Stable Diffusion's self-attention:
+
+1. *Capture.* One UNet forward pass of the VAE-encoded image (no noise added, timestep 300,
+   the empty prompt), with an attention processor on every self-attention module (`attn1`) that
+   computes the attention probabilities in chunks of query rows and adds their mean over heads to
+   one running sum per token resolution. No layer's full per-head map (4096×4096×heads at 64×64
+   tokens) is ever held; the layer's output is still SDPA's, and every other attention keeps its
+   own processor.
+2. *Aggregation* (the reference's `aggregate_weights`): per resolution, the mean over its layers;
+   each map upsampled bilinearly to the highest grid, renormalised to sum 1, tiled over the query
+   positions, weighted by its resolution's side over the sum of the sides.
+3. *Iterative attention merging* (`mask_merge`): anchors on a 16×16 grid each gather the maps
+   within a symmetric-KL threshold; then twice more, greedily, proposals within the threshold are
+   averaged.
+4. *Non-maximum suppression* (`generate_masks`): the merged maps upsampled bilinearly to the
+   UNet's input size (SD1.5: ×8); each pixel takes the index of the largest map.
+
+Reference: google/diffseg, `diffseg/segmentor.py` (algorithm), `third_party/keras-cv/
+diffusion_model.py` (which attention maps, their per-resolution mean), `third_party/keras_cv/
+stable_diffusion.py` (the single pass on the clean latent), `benchmarks.ipynb` (parameters of the
+published COCO-Stuff-27 result). Deliberate differences, for images and models other than
+512×512 on SD: an image is resized to the model's native short side (SD1.5: 512) with its aspect
+kept, so the grids may be rectangular (every formula is applied per axis); the maps are aggregated
+on the highest captured grid (SD1.5: 64×64, the reference's), anchors are at most one per grid
+cell, and the NMS upsamples to the UNet's input size, then the labels are resized (nearest) to the
+image's own size. The reference computes the first merge's KL in float16 to fit a GPU; here it is
+float32 by default (float64 in the exactness test), as a matrix product form of the same sum; the
+later merges' means are one matrix product of 0/1 weights each (same groups; the sums' order
+differs only in the last float32 bit). The optional K-means refinement (`REFINEMENT`) is off, as
+in the reference's benchmark.
+
+Speed: the pass is ~4 % of a generated image's FLOPs (`benchmarks/diffseg_cost.py`), and what
+follows it stays on the device, with no work per proposal or per pixel on the host: per image at
+64×64 tokens, 6 host↔device synchronisations and ~120 tensor operations with ~25 segments
+(`benchmarks/diffseg_speed.py`; a gather and a mean per group made it 54 and ~210, and the host
+once sorted the label pixels with `np.unique` and converted the images to float32).
+
+The published quality (COCO-Stuff-27 mIoU 43.6 with real SD weights) was not reproduced here: this
+environment has no real weights. Tests check the implementation against a numpy restatement of
+the reference on fixed attention tensors.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from difaug.core.classes import IGNORE_VALUE  # mask value that is neither object nor background
+
+if TYPE_CHECKING:
+    import torch
+
+# ---- the reference's parameters (google/diffseg), each named once --------------------------------
+# benchmarks.ipynb: `KL_THRESHOLD = [1.1]*3` ("1.1 for CoCo-Stuff and 0.9 for Cityscapes"); its
+# length is the number of merging iterations (segmentor.generate_masks).
+KL_THRESHOLDS: tuple[float, ...] = (1.1, 1.1, 1.1)
+# benchmarks.ipynb / diffseg.ipynb: `NUM_POINTS = 16`, a 16×16 anchor grid (generate_sampling_grid).
+ANCHOR_GRID = 16
+# The reference segments 512×512 images, SD's native size (UNet `sample_size` 64 × VAE factor 8),
+# whose highest self-attention maps are 64×64: images are resized to the model's native short side
+# (`DiffSeg.input_size`).
+# both notebooks: `model.text_to_image(..., latent=latent, timestep=300)`.
+TIMESTEP = 300
+# benchmarks.ipynb passes prompt None: the unconditional context, i.e. the tokenised empty prompt.
+PROMPT = ""
+# Aggregation weights: `get_weight_rato`, sqrt(tokens) = the map's side, over the sum of the sides.
+# Per resolution, the maps of its layers are averaged first (diffusion_model.py: `temp/5` over the
+# five 64/32/16 layers, the single 8×8 mid-block layer as is).
+
+# ---- difaug's own choices -------------------------------------------------------------------------
+# A segment counts as "the object" when more than this share of its area lies inside the mask.
+MOSTLY_INSIDE = 0.5
+# Query rows per chunk in the capture: 8 heads × 1024 × 4096 float32 = 128 MiB per image at 64×64
+# tokens (the full map would be 512 MiB per layer).
+QUERY_CHUNK = 1024
+# Merged maps upsampled per chunk in the NMS (each chunk is chunk × image H × W floats).
+NMS_CHUNK = 16
+
+
+# ----------------------------------------------------------------------------- attention capture
+
+
+class AttentionSink:
+    """Running per-resolution sums of self-attention maps, mean over heads: `{tokens: (B, N, N)}`.
+
+    `add` is called by the capture processor chunk by chunk; a layer is counted when its first
+    chunk (start 0) arrives."""
+
+    def __init__(self, latent_hw: tuple[int, int], dtype: torch.dtype | None = None) -> None:
+        import torch
+
+        self.latent_hw = latent_hw
+        self.dtype = dtype or torch.float32
+        self.sums: dict[int, torch.Tensor] = {}
+        self.layers: dict[int, int] = {}
+
+    def grid(self, tokens: int) -> tuple[int, int]:
+        """(h, w) of a token grid of `tokens` positions with the latent's aspect."""
+        h, w = self.latent_hw
+        ratio = math.isqrt((h * w) // tokens) if tokens else 0
+        if ratio < 1 or (h * w) != tokens * ratio * ratio or h % ratio or w % ratio:
+            raise ValueError(f"{tokens} attention tokens are not a downscaled {h}×{w} latent grid")
+        return h // ratio, w // ratio
+
+    def add(self, probs: torch.Tensor, start: int) -> None:
+        """`probs` (B, heads, rows, N): softmax rows `start:start+rows` of one layer's map."""
+        batch, _, rows, tokens = probs.shape
+        self.grid(tokens)
+        if tokens not in self.sums:
+            self.sums[tokens] = probs.new_zeros((batch, tokens, tokens), dtype=self.dtype)
+            self.layers[tokens] = 0
+        if start == 0:
+            self.layers[tokens] += 1
+        self.sums[tokens][:, start : start + rows] += probs.mean(1).to(self.dtype)
+
+    def mean_maps(self) -> dict[int, torch.Tensor]:
+        """`{tokens: (B, N, N)}`, the mean over layers of each resolution (in place)."""
+        if not self.sums:
+            raise RuntimeError("no self-attention was captured: does the UNet have attn1 modules?")
+        for tokens, total in self.sums.items():
+            total /= self.layers[tokens]
+        return self.sums
+
+
+class CaptureSelfAttention:
+    """A diffusers attention processor for self-attention that also feeds an `AttentionSink`.
+
+    The layer's output is `AttnProcessor2_0`'s (scaled_dot_product_attention: the forward is the
+    one the UNet runs without the capture). The probabilities for the sink are computed apart,
+    `chunk` query rows at a time, in float32, as `AttnProcessor` does (`get_attention_scores`: one
+    `baddbmm` with the scale, then softmax), so peak memory is one chunk of probabilities and each
+    chunk is written once, read by the softmax and once by the mean over heads."""
+
+    def __init__(self, sink: AttentionSink, chunk: int = QUERY_CHUNK) -> None:
+        self.sink = sink
+        self.chunk = chunk
+
+    # Copied in part from diffusers.models.attention_processor.AttnProcessor2_0.__call__ (the
+    # projections, norms and reshapes); the probabilities are the chunked softmax below.
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        import torch
+
+        if encoder_hidden_states is not None:
+            raise ValueError("CaptureSelfAttention is for self-attention (attn1) modules only")
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+        batch_size, tokens, _ = hidden_states.shape
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, tokens, batch_size)
+            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(hidden_states)
+        value = attn.to_v(hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
+        )
+        heads = attn.heads
+        query_f = query.float().reshape(batch_size * heads, tokens, head_dim)
+        key_t = key.float().reshape(batch_size * heads, tokens, head_dim).transpose(-1, -2)
+        mask = None if attention_mask is None else attention_mask.float().expand(-1, heads, tokens, -1)
+        for start in range(0, tokens, self.chunk):
+            stop = min(tokens, start + self.chunk)
+            rows = stop - start
+            if mask is None:
+                bias, beta = query_f.new_empty((batch_size * heads, rows, tokens)), 0.0
+            else:
+                bias, beta = mask[:, :, start:stop].reshape(batch_size * heads, rows, tokens), 1.0
+            scores = torch.baddbmm(bias, query_f[:, start:stop], key_t, beta=beta, alpha=attn.scale)
+            del bias
+            probs = scores.softmax(-1)
+            del scores
+            self.sink.add(probs.view(batch_size, heads, rows, tokens), start)
+            del probs
+
+        hidden_states = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+def self_attention_names(unet: Any) -> list[str]:
+    """Processor names of the UNet's self-attention modules (`…attn1.processor`), any layout."""
+    return [name for name in unet.attn_processors if name.endswith("attn1.processor")]
+
+
+# ----------------------------------------------------------------------------- the algorithm
+
+
+def anchor_axis(length: int, points: int = ANCHOR_GRID) -> np.ndarray:
+    """`generate_sampling_grid` on one axis of `length` latent positions (reference: 64 → 1, 5, …,
+    61). At most one anchor per position when the latent is shorter than the grid."""
+    points = min(points, length)
+    if points == 1:
+        return np.array([(length - 1) // 2])
+    segment = (length - 1) // (points - 1)
+    total = segment * (points - 1)
+    start = (length - 1 - total) // 2
+    return np.linspace(start, total + start, points).astype(int)
+
+
+def anchor_indices(grid_hw: tuple[int, int], points: int = ANCHOR_GRID) -> np.ndarray:
+    """Flat query indices of the anchors, in the reference's order (grid rows outer)."""
+    h, w = grid_hw
+    rows, cols = np.meshgrid(anchor_axis(h, points), anchor_axis(w, points), indexing="ij")
+    return (rows * w + cols).reshape(-1)
+
+
+def aggregate(maps: Mapping[int, torch.Tensor], grid_hw: tuple[int, int]) -> torch.Tensor:
+    """The reference's `aggregate_weights` for a batch: per-resolution maps `{N: (B, N, N)}` (mean
+    over heads and layers) → `(B, H·W, H·W)` on the `grid_hw` grid (the highest resolution; rows =
+    query positions, columns = key positions). Works in place on the map already at that size."""
+    import torch.nn.functional as F
+
+    h, w = grid_hw
+    sink = AttentionSink(grid_hw)
+    grids = {n: sink.grid(n) for n in maps}
+    sides = {n: math.sqrt(n) for n in maps}
+    denom = sum(sides.values())
+    first = next(iter(maps.values()))
+    batch = first.shape[0]
+    out: torch.Tensor | None = None
+    if h * w in maps:  # ratio 1: no upsampling, no tiling; normalise in place
+        out = maps[h * w]
+        out /= out.sum(-1, keepdim=True)
+        out *= sides[h * w] / denom
+    else:
+        out = first.new_zeros((batch, h * w, h * w))
+    for n in sorted(maps, reverse=True):
+        if n == h * w:
+            continue
+        gh, gw = grids[n]
+        ratio = h // gh
+        up = F.interpolate(
+            maps[n].reshape(batch * n, 1, gh, gw), size=(h, w), mode="bilinear", align_corners=False
+        ).reshape(batch, n, h * w)
+        up = up / up.sum(-1, keepdim=True) * (sides[n] / denom)
+        out.view(batch, gh, ratio, gw, ratio, h * w).add_(up.view(batch, gh, 1, gw, 1, h * w))
+    return out
+
+
+def _sym_kl(a: torch.Tensor, b: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+    """The reference's `KL(x, Y)` for all pairs: ½ Σ x log(x/y) + ½ Σ y log(y/x), `(len a, len b)`."""
+    ent_a = (a * log_a).sum(-1)
+    ent_b = (b * log_b).sum(-1)
+    return 0.5 * (ent_a[:, None] - a @ log_b.T - (b @ log_a.T).T + ent_b[None, :])
+
+
+def merge(
+    attention: torch.Tensor,
+    grid_hw: tuple[int, int],
+    thresholds: Sequence[float] = KL_THRESHOLDS,
+    points: int = ANCHOR_GRID,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Iterative attention merging (`mask_merge`): `(H·W, H·W)` aggregated maps → `(K, H·W)`
+    proposals, in `dtype` (default float32; the reference's first merge runs in float16)."""
+    proposals = anchor_proposals(attention, grid_hw, thresholds[0], points, dtype)
+    for threshold in thresholds[1:]:
+        proposals = regroup(proposals, threshold)
+    return proposals
+
+
+def anchor_proposals(
+    attention: torch.Tensor,
+    grid_hw: tuple[int, int],
+    threshold: float,
+    points: int = ANCHOR_GRID,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """The first merge: each anchor's proposal is the mean of the maps within `threshold` of it."""
+    import torch
+
+    maps = attention.to(dtype or torch.float32)
+    # An underflowed probability (exactly 0) would make 0·log 0 = nan: clamp to the smallest normal.
+    log_maps = maps.clamp_min(torch.finfo(maps.dtype).tiny).log()
+    anchors = torch.as_tensor(anchor_indices(grid_hw, points), device=maps.device)
+    near = _sym_kl(maps[anchors], maps, log_maps[anchors], log_maps) < threshold
+    near = near.to(maps.dtype)
+    return (near @ maps) / near.sum(1, keepdim=True)
+
+
+def regroup(proposals: torch.Tensor, threshold: float) -> torch.Tensor:
+    """A later merge: greedily, each proposal not yet taken gathers those within `threshold`
+    (`greedy_groups`), and each group is replaced by its members' mean.
+
+    One device→host copy (the closeness matrix) and one host→device copy (the group-membership
+    matrix): the means are one matrix product of 0/1 weights, then a division by the member
+    counts, instead of one gather and one mean per group (each gather's index copy would
+    synchronise a GPU). The products are exact (×1, ×0); only the summation order differs from a
+    per-group sum (float32 rounding, far below the reference's float16 first merge)."""
+    import torch
+
+    log_p = proposals.clamp_min(torch.finfo(proposals.dtype).tiny).log()
+    close = (_sym_kl(proposals, proposals, log_p, log_p) < threshold).cpu().numpy()
+    groups = greedy_groups(close)
+    members = torch.zeros((len(groups), len(proposals)), dtype=proposals.dtype)
+    members[np.repeat(np.arange(len(groups)), [len(g) for g in groups]), np.concatenate(groups)] = 1
+    members = members.to(proposals.device)
+    return (members @ proposals) / members.sum(1, keepdim=True)
+
+
+def greedy_groups(close: np.ndarray) -> list[np.ndarray]:
+    """The reference's greedy grouping over a boolean closeness matrix: in index order, each
+    proposal not yet in a group opens one with every proposal close to it (members of earlier
+    groups included, as in `mask_merge`)."""
+    taken = np.zeros(len(close), dtype=bool)
+    groups = []
+    for i in range(len(close)):
+        if taken[i]:
+            continue
+        members = np.flatnonzero(close[i])
+        taken[i] = True
+        taken[members] = True
+        groups.append(members)
+    return groups
+
+
+def suppress(proposals: torch.Tensor, grid_hw: tuple[int, int], scale: int) -> np.ndarray:
+    """Non-maximum suppression (`generate_masks`): proposals upsampled bilinearly by `scale`, each
+    pixel labelled with its largest proposal (first on ties). Labels are renumbered 0..n-1 in
+    order of their proposal index. Returns `(H·scale, W·scale)` int32."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = grid_hw
+    maps = proposals.reshape(-1, 1, h, w)
+    best_val = best_idx = None
+    for start in range(0, len(maps), NMS_CHUNK):
+        up = F.interpolate(
+            maps[start : start + NMS_CHUNK], scale_factor=scale, mode="bilinear", align_corners=False
+        )
+        val, idx = up[:, 0].max(0)
+        idx = idx + start
+        if best_val is None:
+            best_val, best_idx = val, idx
+        else:
+            better = val > best_val
+            best_val = torch.where(better, val, best_val)
+            best_idx = torch.where(better, idx, best_idx)
+    # Renumbering on the device (a proposal's new label = how many present proposals precede
+    # it, as `np.unique(..., return_inverse=True)` numbers them): one int32 copy to the host, no
+    # sort of the pixels there. index_fill_, not bincount: CUDA's bincount reads its range back.
+    present = best_idx.new_zeros(len(maps), dtype=torch.bool).index_fill_(0, best_idx.reshape(-1), True)
+    renumber = present.cumsum(0).sub_(1).to(torch.int32)
+    return renumber[best_idx].cpu().numpy()
+
+
+def segment_maps(
+    maps: Mapping[int, torch.Tensor],
+    grid_hw: tuple[int, int],
+    scale: int,
+    thresholds: Sequence[float] = KL_THRESHOLDS,
+    points: int = ANCHOR_GRID,
+    dtype: torch.dtype | None = None,
+) -> list[np.ndarray]:
+    """Per-resolution attention `{N: (B, N, N)}` → one label map per image (steps 2–4), aggregated
+    on `grid_hw` (the highest resolution, as the reference's 64×64) and upsampled by `scale`."""
+    attention = aggregate(maps, grid_hw)
+    return [suppress(merge(a, grid_hw, thresholds, points, dtype), grid_hw, scale) for a in attention]
+
+
+# ----------------------------------------------------------------------------- on a diffusers pipe
+
+
+class DiffSeg:
+    """DiffSeg on a loaded Stable Diffusion pipeline's UNet and VAE (any diffusers layout).
+
+    Built once per process next to the generator (`for_generator`); `segment` runs one UNet pass
+    per batch with the capture processors on `attn1`, and restores the previous processors after."""
+
+    def __init__(
+        self,
+        pipe: Any,
+        *,
+        thresholds: Sequence[float] = KL_THRESHOLDS,
+        points: int = ANCHOR_GRID,
+        chunk: int = QUERY_CHUNK,
+    ) -> None:
+        self.pipe = pipe
+        # A compiled UNet is run eagerly for the capture (its graph has SDPA baked in).
+        self.unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
+        self.vae = pipe.vae
+        self.scale = int(pipe.vae_scale_factor)
+        self.thresholds = tuple(thresholds)
+        self.points = points
+        self.chunk = chunk
+        self._context: torch.Tensor | None = None
+
+    def input_size(self, width: int, height: int) -> tuple[int, int]:
+        """(w, h) the UNet sees: short side = the model's native size, UNet `sample_size` × VAE
+        factor (SD1.5: 64 × 8 = 512, the reference's input), aspect kept, sides rounded to `multiple`."""
+        side, m = int(self.unet.config.sample_size) * self.scale, self.multiple
+        k = side / min(width, height)
+        return max(m, round(width * k / m) * m), max(m, round(height * k / m) * m)
+
+    @property
+    def multiple(self) -> int:
+        """Image sides must be multiples of this (the VAE scale × the UNet's downsamplings)."""
+        return self.scale * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    def context(self) -> torch.Tensor:
+        """Text embeddings of `PROMPT`, computed once."""
+        import torch
+
+        from difaug.diffusion.models import execution_device
+
+        if self._context is None:
+            with torch.no_grad():
+                self._context, _ = self.pipe.encode_prompt(
+                    PROMPT,
+                    execution_device(self.pipe),
+                    num_images_per_prompt=1,
+                    do_classifier_free_guidance=False,
+                )
+        return self._context
+
+    def latents(self, images: np.ndarray) -> torch.Tensor:
+        """`B×H×W×3` uint8 → the VAE posterior's mean × scaling factor (the reference's encoder)."""
+        import torch
+
+        from difaug.diffusion.models import execution_device
+
+        device = execution_device(self.pipe)
+        # uint8 to the device first (a quarter of float32's bytes), converted there.
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float()
+        x = (x / 127.5 - 1.0).to(self.vae.dtype)
+        with torch.no_grad():
+            mean = self.vae.encode(x).latent_dist.mean
+        return mean * self.vae.config.scaling_factor
+
+    def attention(self, images: np.ndarray) -> tuple[dict[int, torch.Tensor], tuple[int, int]]:
+        """One UNet pass of `images` (one size) → per-resolution self-attention `{N: (B, N, N)}`."""
+        import torch
+
+        h, w = images.shape[1:3]
+        if h % self.multiple or w % self.multiple:
+            raise ValueError(f"image size {w}×{h} is not a multiple of {self.multiple}, which the UNet needs")
+        latents = self.latents(images).to(self.unet.dtype)
+        latent_hw = (int(latents.shape[2]), int(latents.shape[3]))
+        sink = AttentionSink(latent_hw)
+        before = self.unet.attn_processors
+        capture = CaptureSelfAttention(sink, self.chunk)
+        self.unet.set_attn_processor(
+            {
+                name: capture if name in set(self_attention_names(self.unet)) else proc
+                for name, proc in before.items()
+            }
+        )
+        try:
+            context = self.context().to(self.unet.dtype).expand(len(latents), -1, -1)
+            timestep = torch.tensor(TIMESTEP, device=latents.device)
+            with torch.no_grad():
+                self.unet(latents, timestep, encoder_hidden_states=context, return_dict=False)
+        finally:
+            self.unet.set_attn_processor(before)
+        return sink.mean_maps(), latent_hw
+
+    def segment(self, images: np.ndarray) -> list[np.ndarray]:
+        """`B×H×W×3` uint8 (one size, multiples of `multiple`) → label maps `H×W` int32."""
+        maps, latent_hw = self.attention(images)
+        grid_hw = AttentionSink(latent_hw).grid(max(maps))
+        scale = images.shape[1] // grid_hw[0]
+        return segment_maps(maps, grid_hw, scale, self.thresholds, self.points)
+
+    def segment_any(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[np.ndarray]:
+        """Images of any sizes → label maps at each image's own size. Each image is resized to
+        `input_size`, segmented in batches of one size, and its labels resized back (nearest)."""
+        from difaug.core import imageio
+
+        out: list[np.ndarray | None] = [None] * len(images)
+        sizes = [self.input_size(img.shape[1], img.shape[0]) for img in images]
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, size in enumerate(sizes):
+            by_size.setdefault(size, []).append(i)
+        for size, idx in by_size.items():
+            for j in range(0, len(idx), batch_size):
+                part = idx[j : j + batch_size]
+                batch = np.stack([imageio.resize(images[i], size) for i in part])
+                for i, labels in zip(part, self.segment(batch), strict=True):
+                    h, w = images[i].shape[:2]
+                    out[i] = imageio.resize(labels, (w, h), nearest=True)
+        return [x for x in out if x is not None]
+
+    def score(
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        class_ids: Sequence[int],
+    ) -> list[DriftScore]:
+        """Drift scores of aux images (each at its support mask's size)."""
+        labels = self.segment_any(images, batch_size=max(1, len(images)))
+        return [drift_score(lab, m, c) for lab, m, c in zip(labels, masks, class_ids, strict=True)]
+
+
+# ----------------------------------------------------------------------------- the drift score
+
+
+@dataclass(frozen=True)
+class DriftScore:
+    iou: float | None  # None when the mask has no valid pixel
+    segments: int
+
+    def columns(self) -> dict[str, Any]:
+        """The shard columns (`shards.SCORE_COLUMNS`)."""
+        return {"drift_iou": self.iou, "drift_segments": self.segments}
+
+
+def object_segments(labels: np.ndarray, mask: np.ndarray, class_id: int) -> np.ndarray:
+    """Boolean map of the union of segments lying mostly (> `MOSTLY_INSIDE` of their valid area)
+    inside the mask's `class_id` pixels; pixels with value `IGNORE_VALUE` count for neither side."""
+    if labels.shape != mask.shape:
+        raise ValueError(f"label map {labels.shape} and mask {mask.shape} differ in size")
+    valid = mask != IGNORE_VALUE
+    inside = (mask == class_id) & valid
+    n = int(labels.max()) + 1 if labels.size else 0
+    area = np.bincount(labels[valid].ravel(), minlength=n)
+    area_in = np.bincount(labels[inside].ravel(), minlength=n)
+    chosen = area_in > MOSTLY_INSIDE * area
+    return chosen[labels] & valid
+
+
+def drift_score(labels: np.ndarray, mask: np.ndarray, class_id: int) -> DriftScore:
+    """IoU between the mask's `class_id` pixels and the segments mostly inside them (ignore 255)."""
+    valid = mask != IGNORE_VALUE
+    target = (mask == class_id) & valid
+    pred = object_segments(labels, mask, class_id)
+    union = int((pred | target).sum())
+    segments = int(np.count_nonzero(np.bincount(labels.ravel())))
+    if union == 0:
+        return DriftScore(None, segments)
+    return DriftScore(float((pred & target).sum()) / union, segments)
+
+
+_SCORERS: weakref.WeakKeyDictionary[Any, DiffSeg] = weakref.WeakKeyDictionary()
+
+
+def load(cfg: Any, runtime: Any) -> DiffSeg:
+    """DiffSeg on a job's base model loaded alone, without the ControlNet a generator would load
+    (`models.load_scoring_pipeline`: same weights, dtype, device and preparation as the
+    generator's, so the scores equal those `for_generator` gives at shard time). `cfg`: the
+    `JobConfig` (its model and LCM-LoRA), `runtime`: the `RuntimeConfig` (device, dtype)."""
+    from difaug.diffusion.models import ModelSpec, load_scoring_pipeline
+
+    pipe = load_scoring_pipeline(
+        ModelSpec.from_config(cfg), device=runtime.device, dtype=runtime.dtype, lcm_lora=cfg.lcm_lora
+    )
+    return DiffSeg(pipe)
+
+
+def for_generator(generator: Any, cfg: Any) -> DiffSeg | None:
+    """The process's DiffSeg for a loaded generator (built once, from its pipeline), or None when
+    the job does not score (`score: none`) or the generator has no diffusers pipeline (stand-ins)."""
+    if getattr(cfg, "score", "none") != "diffseg" or getattr(generator, "pipe", None) is None:
+        return None
+    scorer = _SCORERS.get(generator)
+    if scorer is None:
+        scorer = _SCORERS[generator] = DiffSeg(generator.pipe)
+    return scorer
+
+
+# ----------------------------------------------------------------------------- zero-shot evaluation
+
+
+@dataclass
+class MatchCounts:
+    """Per-class true/false positives and false negatives over a dataset, after matching each
+    image's segments to its classes (the reference's `diffseg/utils.py: hungarian_matching`)."""
+
+    tp: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    fp: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    fn: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    pixels: int = 0
+
+    def add(self, labels: np.ndarray, truth: np.ndarray) -> None:
+        """One image: `labels` (segment ids) against `truth` (class ids; `IGNORE_VALUE` = unlabelled)."""
+        from scipy.optimize import linear_sum_assignment
+
+        valid = truth != IGNORE_VALUE
+        gt = truth[valid].astype(np.int64).ravel()
+        pred = labels[valid].astype(np.int64).ravel()
+        n_class = max(len(self.tp), int(gt.max()) + 1 if gt.size else 0)
+        for name in ("tp", "fp", "fn"):
+            arr = getattr(self, name)
+            setattr(self, name, np.concatenate([arr, np.zeros(n_class - len(arr))]))
+        n_pred = max(n_class, int(pred.max()) + 1 if pred.size else 0)
+        hist = np.bincount(n_pred * gt + pred, minlength=n_class * n_pred).reshape(n_class, n_pred)
+        rows, cols = linear_sum_assignment(hist, maximize=True)
+        self.pixels += int(hist.sum())
+        self.fn += hist.sum(1) - hist[rows, cols]
+        self.tp += hist[rows, cols]
+        hist = hist[:, cols]
+        self.fp += hist.sum(0) - np.diag(hist)
+
+    def miou(self) -> float | None:
+        """Mean IoU over the classes that occur (reference: `np.nanmean(TP / (TP + FP + FN))`)."""
+        denom = self.tp + self.fp + self.fn
+        seen = denom > 0
+        return float(np.mean(self.tp[seen] / denom[seen])) if seen.any() else None
+
+    def classes(self) -> int:
+        """Class ids that occur (in a mask or matched to a segment)."""
+        return int((self.tp + self.fp + self.fn > 0).sum())
+
+    def pixel_accuracy(self) -> float | None:
+        return float(self.tp.sum() / self.pixels) if self.pixels else None
+
+
+def label_png(labels: np.ndarray) -> bytes:
+    """A label map as a greyscale PNG (8-bit when it fits, else 16-bit): pixel value = segment id."""
+    from difaug.core import imageio
+
+    dtype = np.uint8 if labels.max(initial=0) < 256 else np.uint16
+    return imageio.encode_png(labels.astype(dtype))
+
+
+def colourise(labels: np.ndarray) -> np.ndarray:
+    """A label map in distinct colours (a fixed palette), for contact sheets."""
+    rng = np.random.default_rng(0)
+    palette = rng.integers(40, 256, (max(int(labels.max(initial=0)) + 1, 1), 3), dtype=np.uint8)
+    return palette[labels]
+
+
+@dataclass(frozen=True)
+class SegmentInput:
+    """One image to segment; `mask`/`class_id` when a ground truth exists (manifest rows)."""
+
+    name: str  # output file stem
+    image: str
+    mask: str = ""
+
+
+@dataclass
+class SegmentResult:
+    written: list[Path] = field(default_factory=list)
+    counts: MatchCounts = field(default_factory=MatchCounts)
+    segments: list[int] = field(default_factory=list)
+    previews: list[tuple[np.ndarray, np.ndarray | None, np.ndarray]] = field(default_factory=list)
+
+
+def segment_files(
+    inputs: Sequence[SegmentInput],
+    seg: DiffSeg,
+    out: Path,
+    *,
+    batch_size: int = 4,
+    previews: int = 8,
+) -> SegmentResult:
+    """Segment each image, write `out/{name}.png` label maps, match against masks when given."""
+    from difaug.core import imageio
+
+    out.mkdir(parents=True, exist_ok=True)
+    result = SegmentResult()
+    for start in range(0, len(inputs), batch_size):
+        part = inputs[start : start + batch_size]
+        images = [imageio.load_image(x.image) for x in part]
+        for x, img, labels in zip(part, images, seg.segment_any(images, batch_size), strict=True):
+            path = out / f"{x.name}.png"
+            path.write_bytes(label_png(labels))
+            result.written.append(path)
+            result.segments.append(len(np.unique(labels)))
+            truth = imageio.load_mask(x.mask) if x.mask else None
+            if truth is not None:
+                if truth.shape != labels.shape:
+                    raise ValueError(
+                        f"mask {x.mask} is {truth.shape[::-1]} but image {x.image} is {labels.shape[::-1]}"
+                    )
+                result.counts.add(labels, truth)
+            if len(result.previews) < previews:
+                result.previews.append((img, truth, labels))
+    return result

@@ -1,0 +1,564 @@
+"""Run a generation job: plan, validate, execute one Dask task per shard, resume, summarise.
+
+    from difaug.core.config import resolve_job
+    from difaug.run.driver import run
+    summary = run(resolve_job("pipelines/demo.yaml", model="models/tiny"), on_event=print)
+
+The driver never touches images: it reads the manifest, writes the plan (`difaug.run.plan`), checks the
+rows of the shards still to do (`difaug.inputs.manifest.validate_manifest`), then hands each shard to
+`difaug.run.worker.run_shard` on the cluster (`difaug.run.cluster`) and keeps at most a few shards in
+flight, so its memory does not grow with the manifest. Every manifest row ends in a shard or as a
+recorded failure; the summary reconciles the counts with the plan.
+
+It prints nothing: what happens is sent as typed events (`RunEvent`) to the caller's sink, and the
+CLI draws them (`difaug.cli._progress`); without a sink they go to `logging`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from difaug.core.config import Job
+from difaug.inputs.manifest import (
+    Manifest,
+    RowProblem,
+    Sample,
+    SizeLimits,
+    read_manifest,
+    repeated_ids,
+    validate_manifest,
+)
+from difaug.run import plan as plan_mod
+from difaug.run import rundir
+from difaug.run.rundir import Failure, Plan, RunLock, ShardRange, ShardStats, Summary
+from difaug.run.worker import (
+    MAX_SHARDS_IN_FLIGHT,
+    PROGRESS_TOPIC,
+    ConditionFactory,
+    GeneratorFactory,
+    ShardSpec,
+    default_condition_factory,
+    default_generator_factory,
+    factory_key,
+    failure,
+    run_shard,
+)
+
+__all__ = [
+    "ClusterReady",
+    "EventSink",
+    "LockTakenOver",
+    "PlanMade",
+    "RowsRefused",
+    "RunEvent",
+    "RunSummary",
+    "ShardEvent",
+    "ShardFailed",
+    "ShardFinished",
+    "ShardProgress",
+    "log_event",
+    "run",
+]
+
+log = logging.getLogger(__name__)
+
+
+RunSummary = Summary  # the summary record lives with the other run-directory records
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _validate(
+    manifest: Manifest, samples: Sequence[Sample], limits: SizeLimits | None = None
+) -> list[RowProblem]:
+    """Problems of `samples` from `difaug.inputs.manifest.validate_manifest` (files exist and decode,
+    sizes agree, the mask has foreground, …)."""
+    if not samples:
+        return []
+    return validate_manifest(Manifest(path=manifest.path, samples=list(samples), problems=[]), limits=limits)
+
+
+def pre_failures(
+    manifest: Manifest, pending: Sequence[ShardRange], limits: SizeLimits | None = None
+) -> dict[int, Failure]:
+    """Row → failure, for rows of pending shards that cannot be generated: rows the manifest reader
+    could not normalise (stage "manifest") and rows that fail validation (stage "validate")."""
+    in_pending = _in_ranges(pending)
+    by_row = {s.row: s for s in manifest.samples}
+    out: dict[int, Failure] = {}
+    for p in manifest.problems:
+        if in_pending(p.row):
+            reason = f"{p.column}: {p.reason}" + (f" ({p.file})" if p.file else "")
+            if p.row in out:
+                out[p.row] = replace(out[p.row], reason=f"{out[p.row].reason}; {reason}")
+            else:
+                out[p.row] = failure(None, "manifest", reason, row=p.row)
+    for s, reason in repeated_ids(manifest.samples):
+        if in_pending(s.row) and s.row not in out:
+            out[s.row] = failure(s, "validate", reason)
+    todo = [s for s in manifest.samples if in_pending(s.row) and s.row not in out]
+    for p in _validate(manifest, todo, limits):
+        sample = by_row.get(p.row)
+        reason = f"{p.column}: {p.reason}" + (f" ({p.file})" if p.file else "")
+        if p.row in out:
+            if out[p.row].stage == "validate":
+                out[p.row] = replace(out[p.row], reason=f"{out[p.row].reason}; {reason}")
+        elif p.row > 0:
+            out[p.row] = failure(sample, "validate", reason, row=p.row)
+    return out
+
+
+def _in_ranges(ranges: Sequence[ShardRange]) -> Callable[[int], bool]:
+    starts = [r.start for r in ranges]
+
+    def contains(row: int) -> bool:
+        i = bisect.bisect_right(starts, row) - 1
+        return i >= 0 and ranges[i].start <= row < ranges[i].stop
+
+    return contains
+
+
+def iter_specs(
+    out: str,
+    plan: Plan,
+    manifest: Manifest,
+    pending: Sequence[ShardRange],
+    failures: dict[int, Failure],
+) -> Iterator[ShardSpec]:
+    rows = [s.row for s in manifest.samples]  # ascending: the reader keeps file order
+    for r in pending:
+        lo, hi = bisect.bisect_left(rows, r.start), bisect.bisect_left(rows, r.stop)
+        samples = tuple(s for s in manifest.samples[lo:hi] if s.row not in failures)
+        pre = tuple(failures[row] for row in range(r.start, r.stop) if row in failures)
+        yield ShardSpec(r, samples, pre, out, plan.plan_hash)
+
+
+# ----------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class PlanMade:
+    """The plan is written and checked against OUT: what is done, what is left."""
+
+    out: str
+    rows: int
+    shards: int
+    shard_size: int
+    shards_done: int  # verified before this run
+    shards_todo: int
+    images_todo: int  # the progress bar's total: pending rows × X
+    invalid: dict[str, str]  # shard name → why its marker did not verify (it is redone)
+
+
+@dataclass(frozen=True)
+class LockTakenOver:
+    """OUT's lock was left by a process of this host that is gone; this run took it."""
+
+    out: str
+    owner: str
+
+
+@dataclass(frozen=True)
+class RowsRefused:
+    """Rows that cannot be generated (manifest or validation problems): recorded as failures."""
+
+    rows: int
+
+
+@dataclass(frozen=True)
+class ClusterReady:
+    """The Dask client is up. `dashboard`: one line for the user, the dashboard's address or why
+    there is none (`cluster.dashboard_text`); `waiting_for_worker`: the run waits for a first
+    worker to join (a running scheduler or SLURM, whose workers may still be queued)."""
+
+    dashboard: str
+    waiting_for_worker: bool
+
+
+@dataclass(frozen=True)
+class ShardEvent:
+    """The base of the events about one shard: `index` is the shard's place in the plan
+    (`ShardRange.index`, the number in its file names)."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class ShardProgress(ShardEvent):
+    """Images a running shard has finished so far (per batch; from the Dask client's thread)."""
+
+    images: int
+
+
+@dataclass(frozen=True)
+class ShardFinished(ShardEvent):
+    """A shard ended: `images` written; `equivalent` = its rows × X (failed rows count too). A shard
+    that failed sends one too (0 images) before its `ShardFailed`, so a progress bar still counts it."""
+
+    images: int
+    equivalent: int
+
+
+@dataclass(frozen=True)
+class ShardFailed(ShardEvent):
+    """A shard task failed after its retries (its rows are failures of stage `task`)."""
+
+    retries: int
+    reason: str
+    stops_run: bool  # OUT cannot be written: the run stops (`Summary.stopped` says why)
+
+
+RunEvent = PlanMade | LockTakenOver | RowsRefused | ClusterReady | ShardProgress | ShardFinished | ShardFailed
+EventSink = Callable[[RunEvent], None]
+
+
+def log_event(event: RunEvent) -> None:
+    """The default sink: the notes to `logging` (per-batch progress is dropped)."""
+    if isinstance(event, PlanMade):
+        log.info(
+            "plan: %d rows in %d shards of %d → %s (%d shards already done, %d to do)",
+            event.rows, event.shards, event.shard_size, event.out, event.shards_done, event.shards_todo,
+        )  # fmt: skip
+        if event.invalid:
+            log.warning("%d shard(s) were invalid and are redone: %s", len(event.invalid), event.invalid)
+    elif isinstance(event, LockTakenOver):
+        log.warning("took over the lock of %s left by %s (not running)", event.out, event.owner)
+    elif isinstance(event, RowsRefused):
+        log.warning("validation: %d row(s) cannot be generated; they are recorded as failures", event.rows)
+    elif isinstance(event, ClusterReady):
+        log.info("%s", event.dashboard)
+    elif isinstance(event, ShardFailed) and not event.stops_run:
+        log.error("shard %d failed after %d retries: %s", event.index, event.retries, event.reason)
+
+
+# ----------------------------------------------------------------------------- execution
+
+
+def _task_failures(spec: ShardSpec, error: BaseException) -> list[Failure]:
+    """A shard that failed after its retries: every row of it is a failure (no marker is written,
+    so a rerun tries the shard again)."""
+    if rundir.is_permanent(error):
+        reason = rundir.output_problem(error, spec.out)
+    else:
+        reason = f"{type(error).__name__}: {error}".strip()[:500]
+    pre = {f.row: f for f in spec.failures}
+    by_row = {s.row: s for s in spec.samples}
+    return [
+        replace(pre.get(row) or failure(by_row.get(row), "task", reason, row=row), shard=spec.shard.name)
+        for row in range(spec.shard.start, spec.shard.stop)
+    ]
+
+
+@dataclass(frozen=True)
+class _Execution:
+    """What both executors (`_run_sync`, `_run_dask`) are handed: the shards still to run, the job
+    and its factories, where each shard's end goes (`on_done`, `on_error`) and the events (`emit`);
+    `stop` is set when OUT cannot be written, and no shard is started after it."""
+
+    specs: Iterator[ShardSpec]
+    job: Job
+    factories: tuple[GeneratorFactory | None, ConditionFactory | None]
+    on_done: Callable[[ShardSpec, ShardStats], None]
+    on_error: Callable[[ShardSpec, BaseException], None]
+    emit: EventSink
+    stop: threading.Event
+
+
+def _run_sync(ex: _Execution) -> None:
+    """The shard tasks in this process, two in flight (`worker.MAX_SHARDS_IN_FLIGHT`, as on a
+    Dask worker): one shard's write overlaps the next one's generation. Results, retries and every
+    event (progress included) are handled on this thread, one at a time; no shard is started once
+    `stop` is set. Interrupted, the shards in flight are cancelled and waited for, so nothing
+    writes into OUT after the run's lock is let go."""
+    progress: queue.SimpleQueue[ShardProgress] = queue.SimpleQueue()
+    cancel = threading.Event()
+    attempts: dict[Future[ShardStats], tuple[ShardSpec, int]] = {}
+    pool = ThreadPoolExecutor(MAX_SHARDS_IN_FLIGHT, thread_name_prefix="difaug-shard")
+
+    def submit(spec: ShardSpec, attempt: int) -> None:
+        def report(index: int, images: int) -> None:
+            progress.put(ShardProgress(index, images))
+
+        future = pool.submit(run_shard, spec, ex.job, *ex.factories, progress=report, cancel=cancel)
+        attempts[future] = (spec, attempt)
+
+    def emit_progress() -> None:
+        while not progress.empty():
+            ex.emit(progress.get())
+
+    try:
+        while True:
+            while len(attempts) < MAX_SHARDS_IN_FLIGHT and not ex.stop.is_set():
+                spec = next(ex.specs, None)
+                if spec is None:
+                    break
+                submit(spec, 0)
+            if not attempts:
+                return
+            finished, _ = wait(attempts, timeout=0.1, return_when=FIRST_COMPLETED)
+            emit_progress()
+            for future in finished:
+                spec, attempt = attempts.pop(future)
+                error = future.exception()
+                if error is None:
+                    ex.on_done(spec, future.result())
+                elif not isinstance(error, Exception):
+                    raise error
+                elif (
+                    attempt < ex.job.runtime.retries
+                    and not rundir.is_permanent(error)
+                    and not ex.stop.is_set()
+                ):
+                    submit(spec, attempt + 1)  # no retry can fix a permanent error
+                else:
+                    ex.on_error(spec, error)
+    except BaseException:
+        cancel.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_dask(client: Any, ex: _Execution, resources: dict[str, float] | None) -> None:
+    from distributed import as_completed
+
+    def on_event(event: tuple[float, dict]) -> None:
+        msg = event[1]
+        ex.emit(ShardProgress(msg["shard"], msg["images"]))
+
+    client.subscribe_topic(PROGRESS_TOPIC, on_event)
+    in_flight: dict[str, ShardSpec] = {}
+    pending = as_completed()
+
+    def capacity() -> int:
+        # A few shards per worker keep every worker busy without the driver holding the whole plan:
+        # the two a worker runs at once (`MAX_SHARDS_IN_FLIGHT`) and one waiting for its turn.
+        n = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+        per_worker = MAX_SHARDS_IN_FLIGHT + 1
+        return max(4, per_worker * ex.job.runtime.workers, per_worker * n)
+
+    def submit_more() -> None:
+        limit = capacity()  # one scheduler query per completed shard, not one per submission
+        while len(in_flight) < limit and not ex.stop.is_set():
+            spec = next(ex.specs, None)
+            if spec is None:
+                return
+            key = f"shard-{spec.shard.index:05d}-{spec.plan_hash[:8]}"
+            future = client.submit(
+                run_shard,
+                spec,
+                ex.job,
+                *ex.factories,
+                pure=False,
+                retries=ex.job.runtime.retries,
+                key=key,
+                resources=resources,
+            )
+            in_flight[future.key] = spec
+            pending.add(future)
+
+    submit_more()
+    try:
+        for future in pending:
+            spec = in_flight.pop(future.key)
+            if future.status == "finished":
+                ex.on_done(spec, future.result())
+            else:
+                try:
+                    error = future.exception()
+                except Exception as e:  # cancelled: no exception object to fetch
+                    error = e
+                ex.on_error(spec, error)
+            future.release()
+            submit_more()
+    finally:
+        client.unsubscribe_topic(PROGRESS_TOPIC)
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def _refuse_before_plan(job: Job, manifest: Manifest) -> None:
+    """What must hold before the plan is written: the manifest has rows, and OUT is a folder this
+    process can write into. Raises ManifestError, or the OSError of the failed probe (naming the
+    path: PermissionError, read-only or full file system, FileExistsError when OUT is a file),
+    which the CLI turns into one line; nothing in OUT is changed by a refusal."""
+    import os
+    import uuid
+
+    from difaug.inputs.manifest import ManifestError
+
+    if not manifest.samples and not manifest.problems:
+        raise ManifestError(
+            f"{manifest.path}: the manifest has no rows (only a header, or nothing); add one row per "
+            "support image and class, e.g. with `difaug manifest build`"
+        )
+    out = Path(job.out)
+    out.mkdir(parents=True, exist_ok=True)  # FileExistsError / NotADirectoryError name the path
+    probe = out / f".difaug-write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.write_bytes(b"difaug")
+    except OSError as e:  # a failed write() (disk full) names no file: say which
+        raise OSError(e.errno, e.strerror, str(out)) from e
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def _preflight(job: Job) -> None:
+    """Resolve the model spec on the driver, so a wrong `--model` fails before any task does."""
+    from difaug.diffusion.models import ModelSpec
+
+    ModelSpec.from_config(job.config)
+
+
+def run(
+    job: Job,
+    *,
+    generator_factory: GeneratorFactory | None = None,
+    condition_factory: ConditionFactory | None = None,
+    on_event: EventSink | None = None,
+    force_unlock: bool = False,
+    command: str = "",
+) -> Summary:
+    """Run (or resume) `job`; returns the summary (also written to OUT/summary.json). Raises
+    PlanError / ManifestError / ConfigError / ModelLoadError / RunDirError (LockError, OutputError)
+    before any work starts when the job cannot run.
+
+    Nothing is printed: `on_event` receives the typed events (`PlanMade`, `LockTakenOver`,
+    `RowsRefused`, `ClusterReady`, `ShardProgress`, `ShardFinished`, `ShardFailed`) — from this
+    thread, and `ShardProgress` also from the Dask client's — default `log_event` (to `logging`).
+    The CLI draws them (`difaug.cli._progress`).
+
+    The whole run holds OUT's lock (`difaug.run.rundir.RunLock`; `force_unlock` breaks another host's).
+    `generator_factory(cfg, runtime)` builds the image generator on each worker (default:
+    `AuxGenerator.from_config`); `condition_factory(cfg, runtime)` the condition (default:
+    `make_condition`). Both must be picklable: module-level functions or functools.partial.
+    `command` (the CLI's command line) is recorded in a new plan, so `inspect` can name it."""
+    emit = on_event or log_event
+    t0 = time.perf_counter()
+    # The worker's model-cache key pickles the factories: an unpicklable one fails here, before
+    # the plan is written, rather than in every task.
+    factory_key(
+        generator_factory or default_generator_factory, condition_factory or default_condition_factory, job
+    )
+    if generator_factory is None:
+        _preflight(job)
+    manifest = read_manifest(job.manifest)
+    _refuse_before_plan(job, manifest)
+    the_plan = plan_mod.build_plan(job, manifest, command=command)
+    with RunLock(job.out, force=force_unlock) as lock:
+        if lock.took_over is not None:
+            emit(LockTakenOver(job.out, str(lock.took_over)))
+        return _run_locked(job, manifest, the_plan, (generator_factory, condition_factory), emit, t0)
+
+
+def _run_locked(
+    job: Job,
+    manifest: Manifest,
+    the_plan: Plan,
+    factories: tuple[GeneratorFactory | None, ConditionFactory | None],
+    emit: EventSink,
+    t0: float,
+) -> Summary:
+    from difaug.diffusion.models import runtime_for_plan
+    from difaug.run.cluster import dashboard_text, gpu_resources, open_client, uses_client
+
+    check = plan_mod.prepare_run_dir(job, the_plan)
+    the_plan = check.plan
+    pending = check.unfinished
+    summary = Summary(out=job.out, rows=the_plan.rows, shards=len(the_plan.shards))
+    summary.redone_shards = {c.shard.name: c.reason for c in check.invalid}
+    for c in check.done:
+        assert c.stats is not None
+        summary.skipped += c.stats.done + c.stats.failed
+        summary.skipped_failed += c.stats.failed
+        summary.shards_skipped += 1
+    x = job.config.num_aux
+    planned_images = sum(len(r) for r in pending) * x
+    # The speed settings that need the plan: compile "auto" off for short jobs, the compile cache.
+    job = replace(job, runtime=runtime_for_plan(job.runtime, job.out, planned_images))
+    emit(
+        PlanMade(
+            out=job.out,
+            rows=the_plan.rows,
+            shards=len(the_plan.shards),
+            shard_size=job.config.shard_size,
+            shards_done=len(check.done),
+            shards_todo=len(pending),
+            images_todo=planned_images,
+            invalid=dict(summary.redone_shards),
+        )
+    )
+    failures = pre_failures(manifest, pending, SizeLimits.for_job(job))
+    if failures:
+        emit(RowsRefused(len(failures)))
+    specs = iter_specs(job.out, the_plan, manifest, pending, failures)
+    stop = threading.Event()
+
+    def on_done(spec: ShardSpec, stats: ShardStats) -> None:
+        summary.done += stats.done
+        summary.failed += stats.failed
+        summary.images += stats.images
+        summary.shards_done += 1
+        summary.failures.extend(replace(f, shard=spec.shard.name) for f in stats.failures)
+        emit(ShardFinished(spec.shard.index, stats.images, spec.shard.num_rows * x))
+
+    def on_error(spec: ShardSpec, error: BaseException) -> None:
+        rows = _task_failures(spec, error)
+        summary.failed += len(rows)
+        summary.failed_shards.append(spec.shard.index)
+        summary.failures.extend(rows)
+        permanent = rundir.is_permanent(error)
+        if permanent and not stop.is_set():  # OUT cannot be written: stop, say where and what to do
+            summary.stopped = rundir.output_problem(error, job.out)
+            stop.set()
+        emit(ShardFinished(spec.shard.index, 0, spec.shard.num_rows * x))
+        emit(ShardFailed(spec.shard.index, job.runtime.retries, rows[0].reason, stops_run=permanent))
+
+    execution = _Execution(specs, job, factories, on_done, on_error, emit, stop)
+    if pending and uses_client(job.runtime):
+        with open_client(job.runtime) as client:
+            summary.dashboard = dashboard_text(client)
+            waits = bool(job.runtime.scheduler_address or job.runtime.cluster == "slurm")
+            emit(ClusterReady(summary.dashboard, waiting_for_worker=waits))
+            if waits:
+                client.wait_for_workers(1)
+            resources = gpu_resources(client, job.runtime)
+            _run_dask(client, execution, resources)
+    elif pending:
+        _run_sync(execution)
+    summary.not_run = sum(spec.shard.num_rows for spec in specs)  # what a stopped run never started
+    try:
+        rundir.remove_temp_files(job.out)  # left by workers killed mid-write (never read)
+    except OSError as e:
+        log.warning("%s: temp files not removed (%s)", job.out, e)
+    summary.seconds = time.perf_counter() - t0
+    summary.failures.sort(key=lambda f: f.row or 0)
+    summary.failed_shards.sort()
+    summary.reconcile()
+    summary.all_failures = _all_failures(summary, job.out, the_plan)
+    try:
+        rundir.write_summary(job.out, summary)
+    except (OSError, rundir.RunDirError) as e:
+        note = f"summary not written: {e}"
+        summary.stopped = f"{summary.stopped}; {note}" if summary.stopped else note
+    return summary
+
+
+def _all_failures(summary: Summary, out: str, plan: Plan) -> list[Failure]:
+    """This run's failures plus those recorded in the verified markers of earlier runs."""
+    seen = {(f.row, f.stage) for f in summary.failures}
+    previous = rundir.failures_of(rundir.verify_run(out, plan).done)
+    return sorted(
+        summary.failures + [f for f in previous if (f.row, f.stage) not in seen], key=lambda f: f.row or 0
+    )
