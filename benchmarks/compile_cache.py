@@ -28,7 +28,7 @@ torch.set_num_threads(1)
 from difaug.core.config import JobConfig, RuntimeConfig
 from difaug.diffusion.sampler import AuxGenerator, make_work_items
 from difaug.inputs.manifest import Sample
-from difaug.diffusion.models import compile_pipeline
+from difaug.diffusion.speed import compile_pipeline
 model, cache, parts = sys.argv[1], sys.argv[2], tuple(sys.argv[3].split(","))
 device = "cuda" if torch.cuda.is_available() else "cpu"
 size = 512 if device == "cuda" else 64

@@ -6,7 +6,7 @@ What it measures
   one VAE encode + one UNet evaluation at 512² with the capture processors on `attn1`, plus the
   merging's matrix products (counted analytically: 3 products of 256 anchors × 4096² maps);
   compared with one generated image (20 steps, CFG, ControlNet, VAE decode).
-- Seconds per scored image of `DiffSeg.score` with the tiny random model on this CPU (the tiny
+- Seconds per scored image of `DiffSeg.drift_scores` with the tiny random model on this CPU (the tiny
   model's native 64² input, so the attention grid is 16×16; it shows the code path's overhead,
   not SD1.5's cost).
 - Peak memory of capturing self-attention at 64×64 tokens (SD1.5's first level: 8 heads, 320
@@ -79,7 +79,8 @@ def tiny_seconds_per_image(n_images: int) -> float:
     import torch
 
     from difaug.diffusion import diffseg
-    from difaug.diffusion.models import ModelSpec, load_pipeline
+    from difaug.diffusion.loading import load_pipeline
+    from difaug.diffusion.specs import ModelSpec
     from difaug.testing.tiny import make_tiny
 
     torch.set_num_threads(1)
@@ -98,9 +99,9 @@ def tiny_seconds_per_image(n_images: int) -> float:
         masks = [np.zeros((375, 500), np.uint8) for _ in range(n_images)]
         for m in masks:
             m[100:300, 150:350] = 1
-        seg.score(images[:1], masks[:1], [1])  # warm-up
+        seg.drift_scores(images[:1], masks[:1], [1])  # warm-up
         t0 = time.perf_counter()
-        seg.score(images, masks, [1] * n_images)
+        seg.drift_scores(images, masks, [1] * n_images)
         return (time.perf_counter() - t0) / n_images
 
 

@@ -16,7 +16,7 @@ What it measures
 - That the later merges' single matrix product gives the labels of a per-group mean.
 
 With `--device cuda`: SD1.5's UNet and VAE with random fp16 weights built on the GPU, and the
-milliseconds per image of each stage of `DiffSeg.score` (batch 16 at 512²: images → latents, the
+milliseconds per image of each stage of `DiffSeg.drift_scores` (batch 16 at 512²: images → latents, the
 UNet pass with the capture, aggregation, merging, NMS, drift score; synchronised after each) and
 of the whole call unsynchronised. `--device cpu --tiny` runs that path on the tiny model.
 
@@ -249,7 +249,7 @@ def scorer(device: str, tiny: bool) -> Any:
 
 
 def device_stages(device: str, tiny: bool, batch: int, size: int, repeats: int) -> dict[str, float]:
-    """Milliseconds per image of each stage of `DiffSeg.score` on `device` (synchronised after
+    """Milliseconds per image of each stage of `DiffSeg.drift_scores` on `device` (synchronised after
     each), and of the whole call unsynchronised, for `batch` random images at `size`²."""
     import torch
 
@@ -285,9 +285,9 @@ def device_stages(device: str, tiny: bool, batch: int, size: int, repeats: int) 
         stage(
             "drift score", lambda: [diffseg.drift_score(x, m, 1) for x, m in zip(labels, masks, strict=True)]
         )
-        stage("score() whole", lambda: seg.score(list(images), masks, [1] * batch))
+        stage("drift_scores() whole", lambda: seg.drift_scores(list(images), masks, [1] * batch))
 
-    seg.score(list(images), masks, [1] * batch)  # warm-up
+    seg.drift_scores(list(images), masks, [1] * batch)  # warm-up
     for _ in range(repeats):
         steps()
     ms["UNet pass"] = ms.pop("latents + UNet pass") - ms["images → latents"]
@@ -298,7 +298,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one image per thread count")
     ap.add_argument("--images", type=int, default=0, help="images per thread count (quick: 1, else 3)")
-    ap.add_argument("--device", default="", help="time DiffSeg.score's stages on this device (e.g. cuda)")
+    ap.add_argument(
+        "--device", default="", help="time DiffSeg.drift_scores's stages on this device (e.g. cuda)"
+    )
     ap.add_argument("--tiny", action="store_true", help="with --device: the tiny model (a CPU check)")
     ap.add_argument("--batch", type=int, default=16, help="with --device: images per score call")
     ap.add_argument("--size", type=int, default=0, help="with --device: image side (512; tiny: 64)")
@@ -307,10 +309,10 @@ def main() -> None:
     if args.device:
         size = args.size or (64 if args.tiny else 512)
         ms = device_stages(args.device, args.tiny, args.batch, size, n_images)
-        print(f"DiffSeg.score on {args.device}, batch {args.batch}, {size}², ms per image:")
+        print(f"DiffSeg.drift_scores on {args.device}, batch {args.batch}, {size}², ms per image:")
         for name, value in ms.items():
             print(f"  {name:<18} {value:8.2f}")
-        print(f"diffseg_score_ms_per_image: {ms['score() whole']:.2f}")
+        print(f"diffseg_score_ms_per_image: {ms['drift_scores() whole']:.2f}")
         return
 
     print(f"synthetic attention at {SIDE}×{SIDE} tokens (aggregated map 4096×4096), labels at 512²")

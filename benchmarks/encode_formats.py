@@ -4,8 +4,8 @@ The encode stage is the largest host cost per image; at 40 images/s per GPU (LCM
 many encoder threads a worker needs (`RuntimeConfig.encode_threads`, default from the core count).
 Input: the demo photos resized to 512² (photo-like content; noise would compress very differently).
 Printed per setting: ms per image on one core (median of `--repeat`), kB, and whether it decodes
-back to the same pixels. difaug's PNG is the `difaug PNG` row (`worker.encode_aux`: level 1, Up filter);
-JPEG q95 is `--image-format jpeg` (what DifFSS saved; lossy).
+back to the same pixels. difaug's PNG is the `difaug PNG` row (`imageio.encode_png(fast=True)`: level 1,
+Up filter); JPEG q95 is `--image-format jpeg` (what DifFSS saved; lossy).
 
     python benchmarks/encode_formats.py [--quick]
 
@@ -58,10 +58,9 @@ def ocv(ext: str, params: list[int]):
 
 
 def difaug_png(img: np.ndarray) -> bytes:
-    from difaug.core.config import JobConfig
-    from difaug.run.worker import encode_aux
+    from difaug.core.imageio import encode_png
 
-    return encode_aux(img, JobConfig())
+    return encode_png(img, fast=True)
 
 
 def main() -> None:

@@ -201,7 +201,7 @@ def build_generator(
     from diffusers import PNDMScheduler, StableDiffusionControlNetPipeline
 
     from difaug.core.config import JobConfig, RuntimeConfig
-    from difaug.diffusion.models import prepare_pipeline
+    from difaug.diffusion.loading import prepare_pipeline
     from difaug.diffusion.sampler import AuxGenerator
     from difaug.testing.tiny import SD15_SCHEDULER
 

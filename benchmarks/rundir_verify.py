@@ -1,4 +1,4 @@
-"""What verifying a run directory costs: `difaug.run.rundir.verify_run` on N shards of S MB.
+"""What verifying a run directory costs: `difaug.run.verify.verify_run` on N shards of S MB.
 
 Every resume, `inspect`, `export` and `AuxIndex` verifies each shard against its marker (size +
 sha256). This measures the first verification in a process (every file hashed; the files are in
@@ -17,28 +17,28 @@ import tempfile
 import time
 from pathlib import Path
 
-from difaug.run import rundir
+from difaug.run import layout, records, verify
 
 
-def make_run(out: Path, shards: int, mb: int) -> rundir.Plan:
-    plan = rundir.Plan(
+def make_run(out: Path, shards: int, mb: int) -> records.Plan:
+    plan = records.Plan(
         config={"num_aux": 1},
         config_fingerprint="bench",
-        manifest=rundir.ManifestRef("manifest.csv", str(out), "bench", shards),
+        manifest=records.ManifestRef("manifest.csv", str(out), "bench", shards),
         limit=0,
         rows=shards,
         shard_size=1,
-        shards=tuple(rundir.cut(shards, 1)),
+        shards=tuple(records.cut(shards, 1)),
     )
-    rundir.write_plan(out, plan)
+    layout.write_plan(out, plan)
     for s in plan.shards:
-        path = rundir.shard_path(out, s.index)
+        path = layout.shard_path(out, s.index)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(os.urandom(mb << 20))  # incompressible, like encoded images
-        stats = rundir.ShardStats(
-            s.index, (s.start, s.stop), plan.plan_hash, 1, 0, 1, rundir.file_record(path, 1)
+        stats = records.ShardStats(
+            s.index, (s.start, s.stop), plan.plan_hash, 1, 0, 1, verify.file_record(path, 1)
         )
-        rundir.write_marker(out, stats)
+        layout.write_marker(out, stats)
     return plan
 
 
@@ -52,12 +52,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="difaug-verify-") as tmp:
         out = Path(tmp)
         plan = make_run(out, shards, mb)
-        rundir._SHA_CACHE.clear()  # make_run hashed them: start this process's verification afresh
+        verify._SHA_CACHE.clear()  # make_run hashed them: start this process's verification afresh
         t0 = time.perf_counter()
-        first = rundir.verify_run(out, plan)
+        first = verify.verify_run(out, plan)
         cold = time.perf_counter() - t0
         t0 = time.perf_counter()
-        again = rundir.verify_run(out, plan)
+        again = verify.verify_run(out, plan)
         warm = time.perf_counter() - t0
         assert len(first.done) == len(again.done) == shards
     gb = shards * mb / 1024

@@ -23,13 +23,13 @@ import argparse
 import functools
 import os
 import tempfile
-import threading
 import time
 import zlib
 from pathlib import Path
 
-from difaug.run import shards, worker
 from difaug.run.driver import run
+from difaug.run.shard_process import shards_in_flight
+from difaug.run.verify import verify_run
 from difaug.testing.standins import make_bench_set, sleep_generator_factory, small_job
 
 
@@ -50,18 +50,15 @@ def measure(
     )  # fmt: skip
     # One shard at a time, so each shard's process CPU (`cpu_seconds`) is its own: a worker normally
     # overlaps two shards, and then both count the seconds they share.
-    slots, worker._SHARD_SLOTS = worker._SHARD_SLOTS, threading.BoundedSemaphore(1)
-    try:
+    with shards_in_flight(1):
         summary = run(j, generator_factory=functools.partial(sleep_generator_factory, ms_per_image=0.0))
-    finally:
-        worker._SHARD_SLOTS = slots
-    stats = shards.load_stats(out)[1:]  # the first shard pays one-off warm-ups (imports, first calls)
-    images = sum(s["images"] for s in stats) or summary.images
+    stats = [c.stats for c in verify_run(out).done if c.stats][1:]  # the first pays one-off warm-ups
+    images = sum(s.images for s in stats) or summary.images
     busy: dict[str, float] = {}
     cpu = 0.0
     for s in stats:
-        cpu += s["cpu_seconds"] or 0.0  # the task's process CPU: a total, apart from the stages
-        for k, v in s["seconds"].items():
+        cpu += s.cpu_seconds or 0.0  # the task's process CPU: a total, apart from the stages
+        for k, v in s.seconds.items():
             busy[k] = busy.get(k, 0.0) + v
     return 1000 * cpu / images, {k: 1000 * v / images for k, v in busy.items()}, images
 

@@ -32,15 +32,16 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from difaug.run import shards
 from difaug.run.driver import run
+from difaug.run.records import ShardStats
+from difaug.run.verify import verify_run
 from difaug.testing.standins import make_bench_set, sleep_generator_factory, small_job
 
 
-def span(out: Path) -> tuple[float, list[dict]]:
-    stats = shards.load_stats(out)
-    start = min(datetime.fromisoformat(s["started"]) for s in stats)
-    end = max(datetime.fromisoformat(s["finished"]) for s in stats)
+def span(out: Path) -> tuple[float, list[ShardStats]]:
+    stats = [c.stats for c in verify_run(out).done if c.stats]
+    start = min(datetime.fromisoformat(s.started) for s in stats)
+    end = max(datetime.fromisoformat(s.finished) for s in stats)
     return (end - start).total_seconds(), stats
 
 
@@ -73,7 +74,7 @@ def main() -> None:
     ideal = 1000.0 / args.ms
     busy: dict[str, float] = {}
     for s in stats:
-        for k, v in s["seconds"].items():
+        for k, v in s.seconds.items():
             busy[k] = busy.get(k, 0.0) + v
     print(f"{images} images in {len(stats)} shards, T = {args.ms:g} ms, batch {args.batch_size}, "
           f"condition {args.condition}, cluster {args.cluster}; shards {seconds:.2f} s (whole run {wall:.2f} s)")  # fmt: skip

@@ -20,8 +20,9 @@ from PIL import Image
 from difaug.core.config import Job, JobConfig
 from difaug.core.imageio import encode
 from difaug.inputs.manifest import Sample, read_manifest, write_manifest
-from difaug.run import rundir, shards
+from difaug.run import layout, shards, verify
 from difaug.run.plan import build_plan
+from difaug.run.records import Failure, ShardStats
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -177,7 +178,7 @@ def make_run(
     run_dir = root / "run"
     job = Job(manifest=str(manifest_path), out=str(run_dir), config=cfg)
     plan = build_plan(job, manifest)
-    rundir.write_plan(run_dir, plan)
+    layout.write_plan(run_dir, plan)
 
     by_row = {s.row: s for s in manifest.samples}
     out = SyntheticRun(run_dir, manifest_path, num_aux, list(manifest.samples), {}, {}, [], tuple(unfinished))
@@ -191,9 +192,7 @@ def make_run(
             spec = specs[r - 1]
             if sample.sample_id in fail:
                 failures.append(
-                    rundir.Failure(
-                        r, sample.sample_id, "read", f"cannot decode {sample.image}: truncated file"
-                    )
+                    Failure(r, sample.sample_id, "read", f"cannot decode {sample.image}: truncated file")
                 )
                 continue
             w, h = spec.size
@@ -206,16 +205,16 @@ def make_run(
             ]
             out.aux[sample.sample_id] = auxes
             out.conditions[sample.sample_id] = cond
-        path = shards.write_shard(shards.shard_path(run_dir, index), rows)
+        path = shards.write_shard(layout.shard_path(run_dir, index), rows)
         out.failures += [f.to_dict() for f in failures]
-        marker = rundir.ShardStats(
+        marker = ShardStats(
             shard=index,
             rows=(start, stop),
             plan_hash=plan.plan_hash,
             done=len({r["sample_id"] for r in rows}),
             failed=len(failures),
             images=len(rows),
-            file=rundir.file_record(path, len(rows)),
+            file=verify.file_record(path, len(rows)),
             failures=tuple(failures),
             seconds={
                 "read": 0.01,
@@ -230,5 +229,5 @@ def make_run(
             started=(T0 + timedelta(seconds=10 * index)).isoformat(timespec="milliseconds"),
             finished=(T0 + timedelta(seconds=10 * index + 5)).isoformat(timespec="milliseconds"),
         )
-        rundir.write_marker(run_dir, marker)
+        layout.write_marker(run_dir, marker)
     return out

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from difaug.core.classes import voc_palette
@@ -371,3 +372,20 @@ def make_fss_trainer_tree(base: Path, per_class: int = 10) -> TrainerTree:
         (splits / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
     t.hsnet_splits = splits
     return t
+
+
+@pytest.fixture(scope="module")
+def pascal(tmp_path_factory: pytest.TempPathFactory) -> Tree:
+    """The PASCAL tree of `make_pascal_tree`, built once per test module that imports this fixture."""
+    return make_pascal_tree(tmp_path_factory.mktemp("pascal"))
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory: pytest.TempPathFactory) -> Tree:
+    """The COCO tree of `make_coco_tree`, built once per test module that imports this fixture."""
+    return make_coco_tree(tmp_path_factory.mktemp("coco"))
+
+
+def sample_ids(result) -> list[str]:
+    """The sample_ids of a builder's rows, in order."""
+    return [r["sample_id"] for r in result.rows]

@@ -203,7 +203,7 @@ def test_checker_finds_upward_imports_circles_and_unmapped_modules(tmp_path: Pat
         ("difaug.conditions.hed", "difaug.conditions"),
         ("difaug", "difaug"),
         ("difaug.cli.manifest", "difaug.cli"),
-        ("difaug.run.worker", "difaug.run"),
+        ("difaug.run.task", "difaug.run"),
     ],
 )
 def test_part_of_takes_the_longest_prefix(module: str, part: str) -> None:

@@ -5,7 +5,7 @@
 - `AuxShotDataset(base, index, k, key_fn)` — append K aux shots per support to any FSS episode;
   `hsnet_keys` is the `key_fn` of HSNet-style episodes (HSNet, Matcher, DiffewS).
 
-Names resolve lazily so `import difaug.adapters.export` (the CLI) does not import torch.
+Names resolve lazily so importing the export (the CLI) does not import torch.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ _EXPORTS = {
     "EpisodeFormat": "difaug.adapters.torch_dataset",
     "binary_mask": "difaug.adapters.torch_dataset",
     "to_tensor": "difaug.adapters.torch_dataset",
-    "export_run": "difaug.adapters.export",
-    "ExportError": "difaug.adapters.export",
-    "ExportResult": "difaug.adapters.export",
-    "LAYOUTS": "difaug.adapters.export",
+    "export_run": "difaug.adapters.export.exporter",
+    "ExportError": "difaug.adapters.export.result",
+    "ExportResult": "difaug.adapters.export.result",
+    "LAYOUTS": "difaug.adapters.export.layouts",
     "open_run": "difaug.adapters.run",
     "RunError": "difaug.adapters.run",
 }

@@ -6,6 +6,7 @@ import typer
 
 from difaug import __version__
 from difaug.cli import conditions, export, generate, inspect, manifest, models, score, segment
+from difaug.cli._help import use_help_classes
 from difaug.cli.errors import guard_app
 
 app = typer.Typer(
@@ -26,8 +27,10 @@ app.command("inspect")(inspect.inspect)
 app.command("export")(export.export)
 app.command("score")(score.score)
 app.command("segment")(segment.segment)
-# Every verb: difaug's errors and OS errors (read-only OUT, disk full, …) → one line, exit 2.
+# Every verb: difaug's errors and OS errors (read-only OUT, disk full, …) → one line, exit 2;
+# and a help text that reads the same at any terminal width.
 guard_app(app)
+use_help_classes(app)
 
 
 def _version(value: bool) -> None:

@@ -18,8 +18,8 @@ Command = TypeVar("Command", bound=Callable[..., Any])
 
 
 def add_options(declared: Iterable[inspect.Parameter]) -> Callable[[Command], Command]:
-    """Give a typer command options declared once elsewhere (shared by several commands, or made
-    from a table): in the signature typer reads (and so in `--help`) they follow the command's own
+    """Give a typer command options declared once elsewhere (shared by several commands, or derived
+    from the config fields, `difaug.cli.generate.flag_options`): in the signature typer reads (and so in `--help`) they follow the command's own
     parameters, except its keyword-only ones (after `*`), which come last; their values arrive in
     the command's `**options`. A name declared twice fails at import."""
     extra = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in declared]

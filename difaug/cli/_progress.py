@@ -16,8 +16,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from difaug.core.text import display_text
-from difaug.run import driver as runner
-from difaug.run.rundir import Summary, summary_path
+from difaug.run import driver
+from difaug.run.layout import summary_path
+from difaug.run.records import Summary
 
 MAX_LISTED_FAILURES = 20
 
@@ -44,21 +45,21 @@ class GenerateView:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __call__(self, event: runner.RunEvent) -> None:
+    def __call__(self, event: driver.RunEvent) -> None:
         c = self.console
-        if isinstance(event, runner.ShardProgress):
+        if isinstance(event, driver.ShardProgress):
             with self.lock:
                 if event.index not in self.closed:
                     self.live[event.index] = event.images
                     self._refresh()
-        elif isinstance(event, runner.ShardFinished):
+        elif isinstance(event, driver.ShardFinished):
             with self.lock:
                 self.closed.add(event.index)
                 self.live.pop(event.index, None)
                 self.generated += event.images
                 self.finished += event.equivalent
                 self._refresh()
-        elif isinstance(event, runner.PlanMade):
+        elif isinstance(event, driver.PlanMade):
             c.print(
                 f"plan: {event.rows} rows in {event.shards} shards of {event.shard_size} → {event.out} "
                 f"({event.shards_done} shards already done, {event.shards_todo} to do)",
@@ -71,18 +72,18 @@ class GenerateView:
                     highlight=False,
                 )
             self._start(event.images_todo)
-        elif isinstance(event, runner.LockTakenOver):
+        elif isinstance(event, driver.LockTakenOver):
             c.print(
                 f"[yellow]note:[/] took over the lock of {event.out} left by {event.owner} (not running)",
                 highlight=False,
             )
-        elif isinstance(event, runner.RowsRefused):
+        elif isinstance(event, driver.RowsRefused):
             c.print(f"validation: {event.rows} row(s) cannot be generated; they are recorded as failures")
-        elif isinstance(event, runner.ClusterReady):
+        elif isinstance(event, driver.ClusterReady):
             c.print(event.dashboard, highlight=False)
             if event.waiting_for_worker:
                 c.print("waiting for a worker…")
-        elif isinstance(event, runner.ShardFailed) and not event.stops_run:
+        elif isinstance(event, driver.ShardFailed) and not event.stops_run:
             # (a run stopped by an unwritable OUT says so once, in the summary)
             c.print(
                 f"[red]shard {event.index} failed after {event.retries} retries:[/] {escape(event.reason)}"

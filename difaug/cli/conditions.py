@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
 
 from difaug.cli._common import console, err_console, fail
-from difaug.core.config import CONDITIONS as CONDITION_CHOICES
+from difaug.core.config import CONDITIONS
 from difaug.core.text import display_text
+
+if TYPE_CHECKING:
+    from difaug.conditions import Condition
+    from difaug.conditions.preview import PreviewResult
+    from difaug.inputs.manifest import RowProblem, Sample
 
 
 def conditions(
@@ -43,36 +49,43 @@ def conditions(
 
         difaug conditions --manifest manifests/demo/manifest.csv --condition hed --out previews/hed
     """
-    if condition not in CONDITION_CHOICES:
-        fail(f"unknown condition {condition!r}; use one of {', '.join(CONDITION_CHOICES)}")
+    if condition not in CONDITIONS:
+        fail(f"unknown condition {condition!r}; use one of {', '.join(CONDITIONS)}")
+    from difaug.conditions import make_condition
+    from difaug.inputs.manifest import read_manifest
 
+    mf = read_manifest(manifest)
+    samples = [s for s in mf.samples if limit is None or s.row <= limit]
+    problems = [p for p in mf.problems if limit is None or p.row <= limit]
+    cond = make_condition(
+        condition,
+        style=condition_style,
+        resolution=resolution,
+        hed_weights=hed_weights,
+        device=device,
+        batch_size=batch_size,
+        detect_resolution=detect_resolution,
+    )
+    result = _write_with_bar(samples, cond, out, condition, batch_size)
+    console.print(
+        f"wrote {len(result.written)} {condition} condition(s) ({condition_style}, resolution "
+        f"{resolution}) to {escape(str(out))}; contact sheet {escape(str(result.sheet))}",
+        highlight=False,
+    )
+    _print_fallbacks(result.fallbacks)
+    problems = sorted([*problems, *result.problems], key=lambda p: p.row)
+    _print_problems(problems)
+    if problems:
+        raise typer.Exit(1)
+
+
+def _write_with_bar(
+    samples: list[Sample], cond: Condition, out: Path, condition: str, batch_size: int
+) -> PreviewResult:
+    """`write_conditions` with a transient progress bar on stderr."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from difaug.conditions import ConditionError, make_condition
     from difaug.conditions.preview import write_conditions
-    from difaug.conditions.seg import FALLBACK_COLOUR
-    from difaug.inputs.manifest import ManifestError, read_manifest
-
-    try:
-        mf = read_manifest(manifest)
-    except ManifestError as e:
-        fail(str(e))
-    samples = mf.samples
-    problems = [p for p in mf.problems if limit is None or p.row <= limit]
-    if limit is not None:
-        samples = [s for s in samples if s.row <= limit]
-    try:
-        cond = make_condition(
-            condition,
-            style=condition_style,
-            resolution=resolution,
-            hed_weights=hed_weights,
-            device=device,
-            batch_size=batch_size,
-            detect_resolution=detect_resolution,
-        )
-    except ConditionError as e:
-        fail(str(e))
 
     with Progress(
         TextColumn(f"[bold]{condition}[/]"),
@@ -83,26 +96,24 @@ def conditions(
         transient=True,
     ) as progress:
         task = progress.add_task(condition, total=len(samples))
-        result = write_conditions(
-            samples,
-            cond,
-            out,
-            batch_size=batch_size,
-            on_progress=lambda n: progress.advance(task, n),
+        return write_conditions(
+            samples, cond, out, batch_size=batch_size, on_progress=lambda n: progress.advance(task, n)
         )
 
-    problems = sorted([*problems, *result.problems], key=lambda p: p.row)
-    console.print(
-        f"wrote {len(result.written)} {condition} condition(s) ({condition_style}, resolution "
-        f"{resolution}) to {escape(str(out))}; contact sheet {escape(str(result.sheet))}",
-        highlight=False,
-    )
-    for name, count in sorted(result.fallbacks.items()):
+
+def _print_fallbacks(fallbacks: dict[str, int]) -> None:
+    """The classes the seg condition painted in the fallback colour (no ADE20K entry for them)."""
+    from difaug.conditions.seg import FALLBACK_COLOUR
+
+    for name, count in sorted(fallbacks.items()):
         console.print(
-            f"[yellow]note:[/] class {escape(display_text(repr(name)))} has no ADE20K mapping; {count} sample(s) use the fallback "
-            f"colour {FALLBACK_COLOUR}",
+            f"[yellow]note:[/] class {escape(display_text(repr(name)))} has no ADE20K mapping; "
+            f"{count} sample(s) use the fallback colour {FALLBACK_COLOUR}",
             highlight=False,
         )
+
+
+def _print_problems(problems: list[RowProblem]) -> None:
     for p in problems:
         where = f"{p.file}: " if p.file else ""
         err_console.print(
@@ -111,4 +122,3 @@ def conditions(
         )
     if problems:
         err_console.print(f"[bold red]{len(problems)} row(s) failed[/]", highlight=False)
-        raise typer.Exit(1)

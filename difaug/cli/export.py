@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from difaug.cli._common import console, err_console, fail
+from difaug.adapters.export.layouts import LAYOUTS, get_layout
+from difaug.cli._common import console, err_console
 from difaug.cli._common import escape_text as escape
+
+if TYPE_CHECKING:
+    from difaug.adapters.export.layouts import Layout
+    from difaug.adapters.export.result import ExportResult
+    from difaug.core.folderlock import LockOwner
+
+# One line per registered layout: a layout added to the registry is listed here by itself.
+LAYOUT_HELP = "; ".join(f"{name}: {layout.help}" for name, layout in LAYOUTS.items()) + "."
 
 
 def export(
     run: Path = typer.Argument(..., help="Run directory written by `difaug generate`."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the files into (BAM: aux_data_dir)."),
-    layout: str = typer.Option(
-        "diffss-bam",
-        "--layout",
-        "-l",
-        help="diffss-bam: {stem}_{class_id}_{k}.jpg (COCO: {train2014|val2014}/…), as DifFSS-BAM "
-        "reads them; fss: {class folder}/{idx}_1_{k}.jpg, DifFSS's FSS-1000 output; "
-        "folder: {class_name}/{sample_id}_{k}.png.",
-        show_default=True,
-    ),
+    layout: str = typer.Option("diffss-bam", "--layout", "-l", help=LAYOUT_HELP, show_default=True),
     image_format: str | None = typer.Option(
         None,
         "--format",
@@ -75,36 +77,40 @@ def export(
 
         difaug export runs/fss1000-hed --layout fss --with-conditions --out aux/fss-hed/
     """
-    from rich.table import Table
+    from difaug.adapters.export.exporter import export_run
 
-    from difaug.adapters.export import LAYOUTS, ExportError, export_run
-    from difaug.adapters.run import RunError
-    from difaug.core.names import UnsafePathError
-    from difaug.run.rundir import LockOwner, RunDirError
-
-    if layout not in LAYOUTS:
-        fail(f"unknown layout {layout!r}; use one of: {', '.join(LAYOUTS)}")
+    chosen = get_layout(layout)  # the library's check: an unknown name fails before the run is read
 
     def waiting(owner: LockOwner | None) -> None:
-        who = f"{owner.command} ({owner})" if owner else "another export"
-        err_console.print(f"waiting for {escape(who)} to finish with {escape(str(out))} …", highlight=False)
+        from difaug.core.folderlock import wait_message
 
-    try:
-        result = export_run(
-            run, out, layout, image_format=image_format, quality=quality, workers=workers,
-            with_conditions=with_conditions, min_drift_iou=min_drift_iou, on_wait=waiting,
-            force_unlock=force_unlock,
-        )  # fmt: skip
-    except (ExportError, RunError, RunDirError, UnsafePathError) as e:  # RunDirError: OUT's lock
-        fail(str(e))
+        err_console.print(escape(wait_message(out, owner)), highlight=False)
 
+    result = export_run(
+        run, out, chosen.name, image_format=image_format, quality=quality, workers=workers,
+        with_conditions=with_conditions, min_drift_iou=min_drift_iou, on_wait=waiting,
+        force_unlock=force_unlock,
+    )  # fmt: skip
     if result.lock_taken_over:
         err_console.print(
             f"[yellow]note:[/] took over the lock of {escape(str(out))} left by {escape(result.lock_taken_over)}"
         )
+    _print_files(result, show)
+    if min_drift_iou is not None:
+        n = sum(result.filtered.values())
+        console.print(
+            f"drift filter (drift_iou >= {min_drift_iou}): {n} aux image(s) left out, "
+            f"from {len(result.filtered)} support(s)"
+        )
+    _print_coverage(result, chosen, show)
+    if strict and (result.missing_not_filtered or result.not_generated or result.skipped):
+        raise typer.Exit(1)
 
+
+def _print_files(result: ExportResult, show: int) -> None:
+    """What is in OUT now: the files written and kept, removed or left from an earlier export."""
     console.print(
-        f"[bold]{result.files}[/] files in [bold]{escape(str(result.out))}[/] ({layout}, {result.image_format}): "
+        f"[bold]{result.files}[/] files in [bold]{escape(str(result.out))}[/] ({result.layout}, {result.image_format}): "
         f"{result.written} written, {result.unchanged} already up to date."
     )
     x = result.expected_per_support
@@ -129,17 +135,16 @@ def export(
             "recorded no file list: files of it that this export does not write (e.g. higher k) were not "
             "removed. Export into a fresh folder to be sure; from now on re-exports clean up."
         )
-    if min_drift_iou is not None:
-        n = sum(result.filtered.values())
-        console.print(
-            f"drift filter (drift_iou >= {min_drift_iou}): {n} aux image(s) left out, "
-            f"from {len(result.filtered)} support(s)"
-        )
+
+
+def _print_coverage(result: ExportResult, chosen: Layout, show: int) -> None:
+    """The images not exported, the supports without all X, the unfinished shards, the totals."""
+    from rich.table import Table
+
     if result.skipped:
         console.print(f"[red]{len(result.skipped)} image(s) not exported[/]:")
         for sk in result.skipped[: max(show, 1)]:
-            what = "condition" if sk.aux_index < 0 else f"aux {sk.aux_index}"
-            console.print(f"  {escape(sk.sample_id)} {what}: {escape(sk.reason)}", highlight=False)
+            console.print(f"  {escape(sk.sample_id)} {sk.what}: {escape(sk.reason)}", highlight=False)
     if result.incomplete and show:
         table = Table(title="supports without all their aux images", title_justify="left")
         for col in ("sample_id", "row", "have", "why"):
@@ -156,11 +161,8 @@ def export(
             f"shard {shard['name']} (manifest rows {shard['start']}–{shard['stop'] - 1}) has not finished: "
             "run `difaug generate` again with the same arguments to complete it"
         )
-    if layout == "diffss-bam" and (result.incomplete or result.not_generated):
-        err_console.print(
-            "[yellow]note:[/] DifFSS-BAM silently falls back to the real support image for every "
-            "missing file listed above."
-        )
+    if chosen.missing_note and (result.incomplete or result.not_generated):
+        err_console.print(f"[yellow]note:[/] {chosen.missing_note}")
     total = result.folder_total
     if int(total.get("runs") or 0) > 1:
         console.print(
@@ -168,5 +170,3 @@ def export(
             f"{total['complete']} complete, {total['incomplete']} incomplete, "
             f"{total['not_generated']} not generated yet (difaug-export.json)"
         )
-    if strict and (result.missing_not_filtered or result.not_generated or result.skipped):
-        raise typer.Exit(1)

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 import typer
 
-from difaug.cli._common import add_options, console, fail
+from difaug.cli._common import add_options, console
 
 _EXECUTION = "Execution (may change between a run and its resume)"
 _JOB = "What is generated (a rerun must match)"
@@ -103,21 +103,14 @@ def generate(
     import shlex
     import sys
 
-    from difaug.core.config import ConfigError, resolve_job
-    from difaug.diffusion.models import ModelLoadError
-    from difaug.inputs.manifest import ManifestError
-    from difaug.run.rundir import RunDirError
+    from difaug.cli._progress import GenerateView, print_summary
+    from difaug.core.config import resolve_job
+    from difaug.run.driver import run
 
     command = shlex.join(["difaug", *sys.argv[1:]]) if sys.argv[1:2] == ["generate"] else ""
-    try:
-        job = resolve_job(config, manifest=manifest, out=out, **flags)
-        from difaug.cli._progress import GenerateView, print_summary
-        from difaug.run.driver import run
-
-        with GenerateView(console, bar=job.runtime.progress) as view:
-            summary = run(job, on_event=view, force_unlock=force_unlock, command=command)
-    except (ConfigError, ManifestError, RunDirError, ModelLoadError) as e:  # PlanError, LockError, …
-        fail(str(e))
+    job = resolve_job(config, manifest=manifest, out=out, **flags)
+    with GenerateView(console, bar=job.runtime.progress) as view:
+        summary = run(job, on_event=view, force_unlock=force_unlock, command=command)
     print_summary(summary, console)
 
     if summary.stopped and summary.failed_shards and not summary.shards_done:

@@ -8,11 +8,14 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from difaug.cli._common import console, fail
+from difaug.cli._common import console
 from difaug.cli._common import escape_text as escape
 
 if TYPE_CHECKING:
-    from difaug.report.data import ScoreStats
+    from rich.table import Table
+
+    from difaug.report.data import RunReport, ScoreStats
+    from difaug.report.sheets import SheetRow
 
 
 def _num(value: float | None, digits: int = 2) -> str:
@@ -47,104 +50,18 @@ def inspect(
 
         difaug inspect runs/demo --sheet runs/demo/contact_sheet.png --html runs/demo/index.html
     """
-    from rich.table import Table
+    from difaug.report import data
 
-    from difaug.adapters.run import RunError
-    from difaug.report import data as rpt
-
-    try:
-        rep = rpt.summarise(run)
-    except RunError as e:
-        fail(str(e))
-
-    scores = rpt.score_stats(run, lowest)
-    low_rows = rpt.lowest_sheet_rows(run, scores) if (sheet or html) and scores.lowest else []
-    if sheet or html:
-        rows = rpt.sheet_rows(run, max_samples)
-        if sheet:
-            rpt.write_sheet(sheet, rows, rep.num_aux, thumb)
-            if low_rows:
-                rpt.write_sheet(_lowest_sheet_path(sheet), low_rows, 1, thumb)
-        if html:
-            rpt.write_html(html, rep, rows, extra=rpt.scores_html(scores, low_rows))
+    report = data.summarise(run)
+    scores = data.score_stats(run, lowest)
+    low_rows = _draw(run, report, scores, sheet, html, max_samples, thumb)
     if as_json:
-        console.print_json(json.dumps(rep.to_dict() | {"drift_scores": scores.to_dict()}, default=str))
+        console.print_json(json.dumps(report.to_dict() | {"drift_scores": scores.to_dict()}, default=str))
         return
-
-    totals = Table(title=f"run {escape(rep.run_dir)}", title_justify="left", show_header=False)
-    totals.add_column(style="bold")
-    totals.add_column()
-    for k, v in (
-        ("manifest rows (planned)", rep.manifest_rows),
-        ("aux images", rep.rows),
-        ("samples with images", f"{rep.samples}  (X = {rep.num_aux} each)"),
-        ("classes", len(rep.classes)),
-        ("failed rows", len(rep.failures)),
-        ("shards finished / planned", f"{rep.shards_done} / {rep.shards_planned}"),
-        ("disk: run dir / shards", f"{rpt.human_bytes(rep.disk_bytes)} / {rpt.human_bytes(rep.shard_bytes)}"),
-        ("wall time", f"{_num(rep.wall_seconds, 1)} s"),
-        ("images/s overall", _num(rep.images_per_s)),
-        ("GPU-seconds (generate)", _num(rep.device_seconds, 1)),
-        ("seconds by stage", ", ".join(f"{k} {v:,.1f}" for k, v in rep.stage_seconds.items()) or "–"),
-        (
-            "task totals (overlap the stages)",
-            ", ".join(f"{rpt.TASK_TOTAL_LABELS[k]} {v:,.1f}" for k, v in rep.task_seconds.items()) or "–",
-        ),
-    ):
-        totals.add_row(k, "–" if v is None else escape(str(v)))
-    console.print(totals)
-
-    cfg = Table(title="config", title_justify="left", show_header=False)
-    cfg.add_column(style="bold")
-    cfg.add_column(overflow="fold")
-    for k, v in rep.config.items():
-        cfg.add_row(k, escape(str(v)))
-    for k, values in rep.provenance.items():
-        cfg.add_row(f"{k} (shards)", escape(", ".join(values)))
-    console.print(cfg)
-
-    shards = Table(title="per shard", title_justify="left")
-    for col in ("shard", "images", "seconds", "GPU-s", "images/s"):
-        shards.add_column(col, justify="right")
-    for t in rep.per_shard[:show]:
-        shards.add_row(t.shard, str(t.images), _num(t.seconds), _num(t.device_seconds), _num(t.images_per_s))
-    console.print(shards)
-    if len(rep.per_shard) > show:
-        console.print(f"… {len(rep.per_shard) - show} more shards")
-    for name, n in rep.condition_fallbacks.items():
-        console.print(
-            f"[yellow]note:[/] class {escape(repr(name))} has no ADE20K mapping: {n} sample(s) used the seg fallback colour"
-        )
-    if rep.invalid_shards:
-        console.print(
-            f"[red]{len(rep.invalid_shards)} invalid shard(s)[/] (not counted above; their rows are redone):"
-        )
-        for name, reason in list(rep.invalid_shards.items())[:show]:
-            console.print(f"  {name}: {escape(reason)}", highlight=False)
-    if rep.unfinished_shards:
-        console.print(f"[yellow]unfinished shards:[/] {', '.join(rep.unfinished_shards[:show])}")
-    if rep.invalid_shards or rep.unfinished_shards:
-        console.print(f"fix: {escape(rep.fix)}", highlight=False)
-
-    if rep.failures:
-        reasons = Table(title="failures by reason", title_justify="left")
-        reasons.add_column("rows", justify="right")
-        reasons.add_column("reason", overflow="fold")
-        for reason, n in rep.failures_by_reason.items():
-            reasons.add_row(str(n), escape(reason))
-        console.print(reasons)
-        failed = Table(title="failed rows", title_justify="left")
-        for col in ("row", "sample_id", "stage", "reason"):
-            failed.add_column(col, overflow="fold")
-        for f in rep.failures[:show]:
-            failed.add_row(
-                str(f.row if f.row is not None else ""), escape(f.sample_id), f.stage, escape(f.reason)
-            )
-        console.print(failed)
-        if len(rep.failures) > show:
-            console.print(f"… {len(rep.failures) - show} more failed rows (--json lists all)")
-    else:
-        console.print("[green]no failed rows[/]")
+    _print_totals(report)
+    _print_config(report)
+    _print_shards(report, show)
+    _print_failures(report, show)
     _print_scores(scores)
     if sheet:
         console.print(f"contact sheet: {escape(str(sheet))}")
@@ -154,13 +71,133 @@ def inspect(
         console.print(f"html: {escape(str(html))}")
 
 
+def _draw(
+    run: Path,
+    report: RunReport,
+    scores: ScoreStats,
+    sheet: Path | None,
+    html: Path | None,
+    max_samples: int,
+    thumb: int,
+) -> list[SheetRow]:
+    """Write the contact sheets and the page that were asked for; the lowest-score rows drawn."""
+    from difaug.report import html as page
+    from difaug.report import sheets
+
+    if not (sheet or html):
+        return []
+    low_rows = sheets.lowest_sheet_rows(run, scores) if scores.lowest else []
+    rows = sheets.sheet_rows(run, max_samples)
+    if sheet:
+        sheets.write_sheet(sheet, rows, report.num_aux, thumb)
+        if low_rows:
+            sheets.write_sheet(_lowest_sheet_path(sheet), low_rows, 1, thumb)
+    if html:
+        page.write_html(html, report, rows, extra=page.scores_html(scores, low_rows))
+    return low_rows
+
+
 def _lowest_sheet_path(sheet: Path) -> Path:
     return sheet.with_name(f"{sheet.stem}-lowest{sheet.suffix or '.png'}")
 
 
+def _key_value_table(title: str) -> Table:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    return table
+
+
+def _print_totals(report: RunReport) -> None:
+    from difaug.report.data import TASK_TOTAL_LABELS
+    from difaug.report.text import human_bytes
+
+    totals = _key_value_table(f"run {escape(report.run_dir)}")
+    task_totals = ", ".join(f"{TASK_TOTAL_LABELS[k]} {v:,.1f}" for k, v in report.task_seconds.items())
+    for k, v in (
+        ("manifest rows (planned)", report.manifest_rows),
+        ("aux images", report.rows),
+        ("samples with images", f"{report.samples}  (X = {report.num_aux} each)"),
+        ("classes", len(report.classes)),
+        ("failed rows", len(report.failures)),
+        ("shards finished / planned", f"{report.shards_done} / {report.shards_planned}"),
+        ("disk: run dir / shards", f"{human_bytes(report.disk_bytes)} / {human_bytes(report.shard_bytes)}"),
+        ("wall time", f"{_num(report.wall_seconds, 1)} s"),
+        ("images/s overall", _num(report.images_per_s)),
+        ("GPU-seconds (generate)", _num(report.device_seconds, 1)),
+        ("seconds by stage", ", ".join(f"{k} {v:,.1f}" for k, v in report.stage_seconds.items()) or "–"),
+        ("task totals (overlap the stages)", task_totals or "–"),
+    ):
+        totals.add_row(k, "–" if v is None else escape(str(v)))
+    console.print(totals)
+
+
+def _print_config(report: RunReport) -> None:
+    cfg = _key_value_table("config")
+    for k, v in report.config.items():
+        cfg.add_row(k, escape(str(v)))
+    for k, values in report.provenance.items():
+        cfg.add_row(f"{k} (shards)", escape(", ".join(values)))
+    console.print(cfg)
+
+
+def _print_shards(report: RunReport, show: int) -> None:
+    """Per-shard timings, seg fallbacks, and the shards that are invalid or unfinished."""
+    from rich.table import Table
+
+    shards = Table(title="per shard", title_justify="left")
+    for col in ("shard", "images", "seconds", "GPU-s", "images/s"):
+        shards.add_column(col, justify="right")
+    for t in report.per_shard[:show]:
+        shards.add_row(t.shard, str(t.images), _num(t.seconds), _num(t.device_seconds), _num(t.images_per_s))
+    console.print(shards)
+    if len(report.per_shard) > show:
+        console.print(f"… {len(report.per_shard) - show} more shards")
+    for name, n in report.condition_fallbacks.items():
+        console.print(
+            f"[yellow]note:[/] class {escape(repr(name))} has no ADE20K mapping: {n} sample(s) used the seg fallback colour"
+        )
+    if report.invalid_shards:
+        console.print(
+            f"[red]{len(report.invalid_shards)} invalid shard(s)[/] (not counted above; their rows are redone):"
+        )
+        for name, reason in list(report.invalid_shards.items())[:show]:
+            console.print(f"  {name}: {escape(reason)}", highlight=False)
+    if report.unfinished_shards:
+        console.print(f"[yellow]unfinished shards:[/] {', '.join(report.unfinished_shards[:show])}")
+    if report.invalid_shards or report.unfinished_shards:
+        console.print(f"fix: {escape(report.fix)}", highlight=False)
+
+
+def _print_failures(report: RunReport, show: int) -> None:
+    from rich.table import Table
+
+    if not report.failures:
+        console.print("[green]no failed rows[/]")
+        return
+    reasons = Table(title="failures by reason", title_justify="left")
+    reasons.add_column("rows", justify="right")
+    reasons.add_column("reason", overflow="fold")
+    for reason, n in report.failures_by_reason.items():
+        reasons.add_row(str(n), escape(reason))
+    console.print(reasons)
+    failed = Table(title="failed rows", title_justify="left")
+    for col in ("row", "sample_id", "stage", "reason"):
+        failed.add_column(col, overflow="fold")
+    for f in report.failures[:show]:
+        failed.add_row(
+            str(f.row if f.row is not None else ""), escape(f.sample_id), f.stage, escape(f.reason)
+        )
+    console.print(failed)
+    if len(report.failures) > show:
+        console.print(f"… {len(report.failures) - show} more failed rows (--json lists all)")
+
+
 def _print_scores(scores: ScoreStats) -> None:
     """The drift-score distribution (difaug.diffusion.diffseg): numbers, a text histogram, the lowest rows."""
-    from difaug.report.data import text_histogram
+    from difaug.report.text import text_histogram
 
     if not scores.scored:
         console.print(f"drift scores: none of {scores.rows} rows scored (`difaug score RUN` fills them)")

@@ -135,12 +135,9 @@ def validate(
     from rich.table import Table
 
     from difaug.core.config import JobConfig, RuntimeConfig
-    from difaug.inputs.manifest import ManifestError, SizeLimits, read_manifest, validate_manifest
+    from difaug.inputs.manifest import SizeLimits, read_manifest, validate_manifest
 
-    try:
-        manifest = read_manifest(file)
-    except ManifestError as e:
-        fail(str(e))
+    manifest = read_manifest(file)
     if not manifest.samples and not manifest.problems:
         fail(
             f"{file}: the manifest has no rows (only a header, or nothing); add one row per support image and class"
@@ -249,14 +246,9 @@ def _write_skips(result: BuildResult, path: Path) -> None:
 
 
 def _run(build, out: Path, root: Path, absolute: bool, skipped_out: Path | None, name: str, **kwargs) -> None:
-    from difaug.inputs.datasets import BuildError
-
     _check_out(out)
-    try:
-        with progress_bar() as progress:
-            result = build(root, progress=progress, **kwargs)
-    except BuildError as e:
-        fail(str(e))
+    with progress_bar() as progress:
+        result = build(root, progress=progress, **kwargs)
     _finish(result, out, root, absolute, skipped_out, name)
 
 
@@ -280,48 +272,35 @@ def _run_splits(
     **kwargs,
 ) -> None:
     """One build per split the trainer (or --list SPLIT=…) asks for, merged into one manifest."""
-    from difaug.inputs.datasets import DEFAULT_MIN_AREA, BuildError, build_splits, trainer_preset
+    from difaug.inputs.datasets import DEFAULT_MIN_AREA, build_splits, trainer_preset
     from difaug.inputs.datasets.trainers import parse_list_options, plan_splits
 
     _check_out(out)
-    try:
-        preset = trainer_preset(trainer) if trainer else None
-        plan = plan_splits(
-            dataset,
-            preset,
-            fold=fold,
-            split=split,
-            lists=parse_list_options(lists, split),
-            splits_dir=splits_dir,
-        )
-        default_area = 0 if dataset == "fss1000" else DEFAULT_MIN_AREA
-        if dataset != "fss1000":
-            kwargs["fold"] = fold
-            kwargs["list_format"] = list_format or "auto"  # detected: a preset's lists may be either kind
-        kwargs["min_area"] = (
-            min_area if min_area is not None else (preset.min_area if preset else default_area)
-        )
-        flt = (
-            filter_intersection
-            if filter_intersection is not None
-            else bool(preset and preset.filter_intersection)
-        )
-        if len(plan) == 1 and None in plan:  # no split named: one build, as before presets
+    preset = trainer_preset(trainer) if trainer else None
+    plan = plan_splits(
+        dataset, preset, fold=fold, split=split, lists=parse_list_options(lists, split), splits_dir=splits_dir
+    )
+    if dataset != "fss1000":
+        kwargs["fold"] = fold
+        kwargs["list_format"] = list_format or "auto"  # detected: a preset's lists may be either kind
+    default_area = 0 if dataset == "fss1000" else DEFAULT_MIN_AREA
+    kwargs["min_area"] = min_area if min_area is not None else (preset.min_area if preset else default_area)
+    flt = (
+        filter_intersection
+        if filter_intersection is not None
+        else bool(preset and preset.filter_intersection)
+    )
+    with progress_bar() as progress:
+        if len(plan) == 1 and None in plan:  # no split named: one build of the lists given
             files = plan[None] or []
             if dataset != "fss1000":
                 kwargs["filter_intersection"] = flt
-            with progress_bar() as progress:
-                result = build(
-                    root, progress=progress, split=split, **kwargs,
-                    list_file=(files[0] if len(files) == 1 else files) or None,
-                )  # fmt: skip
+            list_file = (files[0] if len(files) == 1 else files) or None
+            result = build(root, progress=progress, split=split, list_file=list_file, **kwargs)
         else:
-            with progress_bar() as progress:
-                result = build_splits(
-                    build, dataset, root, plan, filter_intersection=flt, progress=progress, **kwargs
-                )
-    except BuildError as e:
-        fail(str(e))
+            result = build_splits(
+                build, dataset, root, plan, filter_intersection=flt, progress=progress, **kwargs
+            )
     if preset is not None:
         result.notes.append(f"--trainer {preset.name}: rules read from {preset.source}")
     _finish(result, out, root, absolute, skipped_out, name)

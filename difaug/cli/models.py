@@ -25,6 +25,7 @@ def make_tiny(
     The images it makes are noise; it exists so that every code path runs without downloads.
 
     Example:
+
         difaug models make-tiny models/tiny
         difaug generate --manifest manifests/demo/manifest.csv --model models/tiny --out runs/demo
     """
@@ -52,19 +53,17 @@ def show(
     """Print the base model, ControlNet and HED weights a job would load (nothing is loaded).
 
     Example:
+
         difaug models show --model models/tiny --condition seg
     """
-    from difaug.core.config import ConfigError, JobConfig
-    from difaug.diffusion.models import ModelLoadError, ModelSpec
+    from difaug.core.config import JobConfig
+    from difaug.diffusion.specs import ModelSpec
 
     overrides = {"base_model": base_model, "controlnet": controlnet, "hed_weights": hed_weights}
-    try:
-        cfg = JobConfig(
-            condition=condition, model=model, **{k: v for k, v in overrides.items() if v is not None}
-        ).validate()
-        spec = ModelSpec.from_config(cfg)
-    except (ConfigError, ModelLoadError) as exc:
-        fail(str(exc))
+    cfg = JobConfig(
+        condition=condition, model=model, **{k: v for k, v in overrides.items() if v is not None}
+    ).validate()
+    spec = ModelSpec.from_config(cfg)
     console.print(f"base model : {escape(spec.base)}", highlight=False)
     console.print(f"controlnet : {escape(spec.controlnet)}", highlight=False)
     console.print(f"hed weights: {escape(spec.hed_weights)}", highlight=False)

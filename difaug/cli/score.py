@@ -25,26 +25,22 @@ def score(
 
         difaug score runs/demo && difaug inspect runs/demo
     """
-    from difaug.core.config import ConfigError, RuntimeConfig
-    from difaug.run import rescore as sc
-    from difaug.run.rundir import RunDirError
+    from difaug.core.config import RuntimeConfig
+    from difaug.run import rescore
 
     if not (run / "difaug.json").is_file():
         fail(f"{run} is not a run directory (no difaug.json); pass the --out of `difaug generate`")
+    cfg = rescore.run_config(run)
+    runtime = RuntimeConfig(device=device, dtype=dtype, batch_size=batch_size).validate()
     try:
-        cfg = sc.run_config(run)
-        runtime = RuntimeConfig(device=device, dtype=dtype, batch_size=batch_size).validate()
-        scorer = sc.load_scorer(cfg, runtime)
-    except (ConfigError, OSError) as e:
+        scorer = rescore.load_scorer(cfg, runtime)
+    except OSError as e:  # a model that cannot be loaded: the loader's words name it, not a path to write
         fail(str(e))
 
     def progress(index: int, what: str) -> None:
         console.print(f"shard {index:05d}: {what}")
 
-    try:
-        summary = sc.score_run(run, scorer, batch_size=batch_size, progress=progress)
-    except RunDirError as e:  # the run's lock is held (a generate or another score in progress)
-        fail(str(e))
+    summary = rescore.score_run(run, scorer, batch_size=batch_size, progress=progress)
     console.print(
         f"scored {summary.rows} aux images in {len(summary.scored_shards)} shard(s); "
         f"{len(summary.skipped_shards)} shard(s) already scored; {summary.seconds:.1f} s"

@@ -33,7 +33,7 @@ def segment(
 
         difaug segment --manifest manifests/demo/manifest.csv --out runs/demo-seg --sheet runs/demo-seg/sheet.png
     """
-    from difaug.core.config import ConfigError, JobConfig, RuntimeConfig
+    from difaug.core.config import JobConfig, RuntimeConfig
     from difaug.core.names import safe_component
     from difaug.diffusion import diffseg
 
@@ -60,10 +60,11 @@ def segment(
         inputs = inputs[:limit]
     if not inputs:
         fail("no images to segment")
+    cfg = JobConfig(model=model).validate()
+    runtime = RuntimeConfig(device=device, dtype=dtype).validate()
     try:
-        cfg = JobConfig(model=model).validate()
-        seg = diffseg.load(cfg, RuntimeConfig(device=device, dtype=dtype).validate())
-    except (ConfigError, OSError) as e:
+        seg = diffseg.load(cfg, runtime)
+    except OSError as e:  # a model that cannot be loaded: the loader's words name it, not a path to write
         fail(str(e))
     result = diffseg.segment_files(inputs, seg, out, batch_size=batch_size)
     console.print(f"{len(result.written)} label maps in {escape(str(out))}")
@@ -76,7 +77,7 @@ def segment(
             f"({result.counts.classes()} classes, Hungarian matching per image)"
         )
     if sheet:
-        from difaug.report import data as report
+        from difaug.report.sheets import write_segment_sheet
 
-        report.write_segment_sheet(sheet, result.previews)
+        write_segment_sheet(sheet, result.previews)
         console.print(f"contact sheet: {escape(str(sheet))}")

@@ -25,19 +25,18 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from difaug.core.config import CONDITION_STYLES, CONDITIONS, DEFAULT_HED_WEIGHTS
-from difaug.core.geometry import DEFAULT_RESOLUTION, ConditionError, working_size
+from difaug.core.geometry import DEFAULT_RESOLUTION, ConditionError
 from difaug.inputs.manifest import Sample
 
+# The HED weights file, in the hub repo `lllyasviel/Annotators` and in a model bundle's folder.
 HED_FILENAME = "ControlNetHED.pth"
-# HED always sees the image at this short side (DifFSS / ControlNet's detect_resolution); its map
-# is then resized to the working size, so `resolution` changes the output size, not the edges.
-DEFAULT_DETECT_RESOLUTION = 512
+# HED always sees the image at this short side (DifFSS / ControlNet's detect_resolution, the
+# working size's default); its map is then resized to the working size, so `resolution` changes
+# the output size, not the edges.
+DEFAULT_DETECT_RESOLUTION = DEFAULT_RESOLUTION
 # Images per HED forward pass when `make_condition` is not told (a job passes its
 # `RuntimeConfig.hed_batch_size`, `difaug conditions` its --batch-size).
 DEFAULT_HED_BATCH = 16
-# Defined once, in difaug.core.config (which validates them); the names here are the API of this package.
-CONDITION_NAMES = CONDITIONS
-STYLES = CONDITION_STYLES
 
 
 @dataclass
@@ -183,8 +182,8 @@ def make_condition(
     `device=None` picks CUDA when present, else CPU; `dtype=None` picks fp16 on CUDA, fp32 on CPU.
     `batch_size` bounds how many images go through the HED network in one forward pass;
     `detect_resolution` is the short side HED runs at (`hed`, `scribble`)."""
-    if style not in STYLES:
-        raise ConditionError(f"unknown condition style {style!r}; use one of {', '.join(STYLES)}")
+    if style not in CONDITION_STYLES:
+        raise ConditionError(f"unknown condition style {style!r}; use one of {', '.join(CONDITION_STYLES)}")
     if resolution < 64:
         raise ConditionError(f"resolution {resolution} is too small; use at least 64")
     if name == "seg":
@@ -204,25 +203,4 @@ def make_condition(
             batch_size=batch_size,
             detect_resolution=detect_resolution,
         )
-    raise ConditionError(f"unknown condition {name!r}; use one of {', '.join(CONDITION_NAMES)}")
-
-
-__all__ = [
-    "CONDITION_NAMES",
-    "DEFAULT_DETECT_RESOLUTION",
-    "DEFAULT_HED_BATCH",
-    "DEFAULT_HED_WEIGHTS",
-    "DEFAULT_RESOLUTION",
-    "HED_FILENAME",
-    "STYLES",
-    "Condition",
-    "ConditionError",
-    "ConditionInput",
-    "SampleLoadError",
-    "conditions_or_errors",
-    "foreground",
-    "load_input",
-    "make_condition",
-    "prepare_input",
-    "working_size",
-]
+    raise ConditionError(f"unknown condition {name!r}; use one of {', '.join(CONDITIONS)}")

@@ -7,7 +7,7 @@ tensors), loaded with `torch.load(weights_only=True)` the way `HEDdetector.from_
 same layout for tests and the tiny demo bundle.
 
 The edge map follows `controlnet_aux.hed.HEDdetector.__call__` step by step — HWC3, resize to the
-detect resolution (512 by default, whatever the working `resolution`), network on 0..255 float
+detect resolution (512, the working size's default, whatever the working `resolution`), network on 0..255 float
 input, each of the five side outputs bilinearly upsampled to the input size, mean, sigmoid, ×255,
 truncated to uint8 — but runs a whole batch per forward pass on the device (grouped by size), with
 the upsampling, mean and sigmoid done there too; only the uint8 map comes back to the host. As in
@@ -40,16 +40,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from difaug.conditions import (
-    DEFAULT_HED_WEIGHTS,
-    HED_FILENAME,
-    ConditionError,
-    ConditionInput,
-    foreground,
-    prepare_input,
-    working_size,
-)
+from difaug.conditions import HED_FILENAME, ConditionInput, foreground, prepare_input
 from difaug.conditions.resize import hwc3, resize_image, resize_mask
+from difaug.core.config import DEFAULT_HED_WEIGHTS
+from difaug.core.geometry import ConditionError, working_size
 
 if TYPE_CHECKING:
     import torch

@@ -16,16 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from difaug.conditions import (
-    Condition,
-    ConditionError,
-    ConditionInput,
-    SampleLoadError,
-    conditions_or_errors,
-    load_input,
-)
+from difaug.conditions import Condition, ConditionInput, SampleLoadError, conditions_or_errors, load_input
 from difaug.core import fsio, imageio
 from difaug.core.classes import IGNORE_VALUE
+from difaug.core.geometry import ConditionError
 from difaug.core.names import plain_stem
 from difaug.core.sheet import SheetLine, draw_sheet
 from difaug.inputs.manifest import RowProblem, Sample, repeated_ids
@@ -43,9 +37,6 @@ class PreviewResult:
     sheet: Path | None = None
 
 
-safe_name = plain_stem  # a preview file's stem (difaug.core.names)
-
-
 def output_names(samples: Iterable[Sample]) -> dict[str, str]:
     """`{sample_id: file stem}`, unique and never the contact sheet's name.
 
@@ -54,7 +45,7 @@ def output_names(samples: Iterable[Sample]) -> dict[str, str]:
     taken = {SHEET_NAME}
     out: dict[str, str] = {}
     for s in samples:
-        stem = safe_name(s.sample_id)
+        stem = plain_stem(s.sample_id)
         if stem.lower() in taken:
             stem = f"{stem}-r{s.row}"
         n = 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from difaug.conditions import working_size
+from difaug.core.geometry import working_size
 
 
 def hwc3(x: np.ndarray) -> np.ndarray:

@@ -31,9 +31,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from difaug.conditions import DEFAULT_RESOLUTION, ConditionInput, foreground, prepare_input, working_size
+from difaug.conditions import ConditionInput, foreground, prepare_input
 from difaug.conditions.resize import resize_mask
 from difaug.core.classes import ade_index_by_name, ade_palette, class_table, normalise_name
+from difaug.core.geometry import DEFAULT_RESOLUTION, working_size
 
 FALLBACK_COLOUR = (255, 255, 255)
 DATASET_TABLES = ("pascal", "coco", "fss1000")

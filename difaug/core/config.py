@@ -231,10 +231,7 @@ class RuntimeConfig:
         dtype_name(self.dtype)
         check_device_name(self.device)
         _choice("compile_mode", self.compile_mode, COMPILE_MODES)
-        if compile_setting(self.compile) == "on" and self.offload:
-            raise ConfigError(
-                "compile and offload cannot be combined; choose one (--no-compile or --no-offload)"
-            )
+        check_compile_offload(compile_setting(self.compile) == "on", self.offload)
         for name in ("workers", "threads_per_worker", "batch_size", "max_side", "max_pixels"):
             _int_at_least(name, getattr(self, name), 1)
         _int_at_least("retries", self.retries, 0)
@@ -277,7 +274,7 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         )
 
 
-# Spellings of a dtype accepted on top of DTYPES (the HED API used to take these).
+# Spellings of a dtype accepted on top of DTYPES: the short names torch users type.
 _DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
 _DEVICE_NAME = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -308,6 +305,13 @@ def compile_setting(setting: bool | str) -> str:
     if value not in COMPILE_SETTINGS:
         raise ConfigError(f"compile={setting!r} is not one of: auto, on, off (or true/false)")
     return value
+
+
+def check_compile_offload(compile: bool, offload: bool) -> None:
+    """Refuse torch.compile together with CPU offload: offload's hooks move the networks between
+    devices on every call, which a compiled graph does not follow."""
+    if compile and offload:
+        raise ConfigError("compile and offload cannot be combined; choose one (--no-compile or --no-offload)")
 
 
 def _int_at_least(name: str, value: object, low: int) -> None:

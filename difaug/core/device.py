@@ -2,7 +2,7 @@
 
 `RuntimeConfig.validate` checks the *form* of both settings (no torch import, so a typo fails before
 any work); `resolve_device` / `resolve_dtype` decide what `auto` means on this machine and refuse
-what this machine cannot do (CUDA without a GPU, float16 on CPU). The pipeline (`difaug.diffusion.models`) and
+what this machine cannot do (CUDA without a GPU, float16 on CPU). The pipeline (`difaug.diffusion.loading`) and
 the HED network (`difaug.conditions.hed`) both use them, so they can never disagree.
 """
 
@@ -10,13 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from difaug.core.config import ConfigError, check_device_name, dtype_name
+from difaug.core.config import ConfigError, dtype_name
 
 if TYPE_CHECKING:
     import torch
-
-# The form checks (no torch needed) live in config, the lowest layer, which validates with them.
-__all__ = ["check_device_name", "dtype_name", "resolve_device", "resolve_dtype", "torch_dtype"]
 
 
 def resolve_device(device: str | None = "auto") -> str:
@@ -50,6 +47,7 @@ def resolve_dtype(dtype: str | None, device: str, *, cpu_half: bool = False) -> 
 
 
 def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a dtype name (any spelling `dtype_name` accepts, `auto` excluded)."""
     import torch
 
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype_name(name)]

@@ -5,10 +5,10 @@ fsynced, and renamed over the target, so a reader sees the whole old file or the
 never half. The temp name carries host, pid and a random part, so concurrent writers (threads, two
 attempts at one shard on a shared file system) never write into the same temp file, and a temp
 file left by a dead writer can be recognised (`TEMP_NAME`) and removed by its owner
-(`difaug.run.rundir.remove_temp_files`).
+(`difaug.run.layout.remove_temp_files`).
 
 OS errors are raised as they are (naming the path); the run directory turns the permanent ones
-into its own one-line error (`difaug.run.rundir.atomic_write`).
+into its own one-line error (`difaug.run.layout.atomic_write`).
 """
 
 from __future__ import annotations

@@ -6,8 +6,6 @@ working size a row would get, before any condition is made).
 
 from __future__ import annotations
 
-import numpy as np
-
 from difaug.core.errors import DifaugError
 
 DEFAULT_RESOLUTION = 512
@@ -15,8 +13,8 @@ DEFAULT_RESOLUTION = 512
 
 class ConditionError(DifaugError, ValueError):
     """A condition cannot be built or computed (bad option, missing weights, a size with no working
-    size); the message says why. Defined here, below `difaug.conditions`, which re-exports it,
-    because `working_size` raises it."""
+    size); the message says why. Defined here, below `difaug.conditions`, because `working_size`
+    raises it and manifest validation calls that."""
 
 
 def working_size(width: int, height: int, resolution: int = DEFAULT_RESOLUTION) -> tuple[int, int]:
@@ -24,6 +22,8 @@ def working_size(width: int, height: int, resolution: int = DEFAULT_RESOLUTION) 
 
     Returns `(w, h)`. Restates `controlnet_aux.util.resize_image` exactly (float64 scale, numpy
     round-half-to-even of `side / 64`), so our sizes agree with the annotators pixel for pixel."""
+    import numpy as np  # here, not at the top: the config (and so `difaug --help`) imports this module
+
     if width <= 0 or height <= 0:
         raise ConditionError(f"image size {width}×{height} is empty")
     if resolution < 64:

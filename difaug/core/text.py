@@ -5,7 +5,7 @@ Class names, sample ids and prompts are user data. A newline breaks a one-line c
 a right-to-left override mark (U+202E) makes `gpj.exe` read as `exe.jpg`, and a 10 000-character id
 pushes everything else off the sheet. `display_text` turns any such value into one short, visible
 line; the original stays untouched in the data (Parquet, summary JSON), only what is *shown* changes.
-File names have their own rules (`difaug.adapters.safe_names`), which use `INVISIBLE` from here.
+File names have their own rules (`difaug.core.names`), which use `INVISIBLE` from here.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from difaug.inputs.manifest import Sample
 if TYPE_CHECKING:
     import torch
 
-    from difaug.diffusion.models import ModelSpec
+    from difaug.diffusion.specs import ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ Shape = tuple[int, ...]
 
 class ShapeBuckets(Generic[T]):
     """Entries grouped by condition shape into batches of at most `batch_size`: the one place
-    batches are formed, for the shard task (a stream, `difaug.run.worker`) and for `generate` (a list).
+    batches are formed, for the shard task (a stream, `difaug.run.stages`) and for `generate` (a list).
 
     `add` puts an entry in its shape's bucket and returns the bucket as a batch once it holds
     `batch_size` entries; `drain` returns the partial buckets left, in order of their first entry.
@@ -168,7 +168,8 @@ class AuxGenerator:
         compile_cache_dir: str = "",
     ) -> None:
         from difaug.diffusion.deepcache import install_feature_cache
-        from difaug.diffusion.models import ModelSpec, is_compiled
+        from difaug.diffusion.specs import ModelSpec
+        from difaug.diffusion.speed import is_compiled
 
         self.pipe = pipe
         self.cfg = cfg
@@ -200,14 +201,11 @@ class AuxGenerator:
 
     @classmethod
     def from_config(cls, cfg: JobConfig, runtime: RuntimeConfig) -> AuxGenerator:
-        """Resolve the model spec and load the pipeline once (see `difaug.diffusion.models.load_pipeline`)."""
-        from difaug.diffusion.models import (
-            ModelSpec,
-            decide_compile,
-            load_pipeline,
-            resolve_device,
-            resolve_dtype,
-        )
+        """Resolve the model spec and load the pipeline once (see `difaug.diffusion.loading.load_pipeline`)."""
+        from difaug.core.device import resolve_device, resolve_dtype
+        from difaug.diffusion.loading import load_pipeline
+        from difaug.diffusion.specs import ModelSpec
+        from difaug.diffusion.speed import decide_compile
 
         spec = ModelSpec.from_config(cfg)
         device = resolve_device(runtime.device)
@@ -251,23 +249,14 @@ class AuxGenerator:
 
     def encode(self, prompt: str) -> torch.Tensor:
         """`(1, 77, D)` text embeddings of `prompt`, computed once and cached (LRU)."""
-        import torch
-
-        from difaug.diffusion.models import execution_device
+        from difaug.diffusion.loading import encode_alone
 
         cached = self._embeds.get(prompt)
         if cached is not None:
             self._embeds.move_to_end(prompt)
             return cached
-        # Encoded alone, exactly as the pipeline encodes a prompt or a negative prompt
-        # (padding to 77 tokens, no attention mask), so embeddings match a plain call.
-        with torch.no_grad():
-            embeds, _ = self.pipe.encode_prompt(
-                prompt,
-                execution_device(self.pipe),
-                num_images_per_prompt=1,
-                do_classifier_free_guidance=False,
-            )
+        # Encoded as the pipeline encodes a prompt or a negative prompt: embeddings match a plain call.
+        embeds = encode_alone(self.pipe, prompt)
         self._embeds[prompt] = embeds
         if len(self._embeds) > PROMPT_CACHE_SIZE:
             self._embeds.popitem(last=False)
@@ -276,6 +265,8 @@ class AuxGenerator:
     # ---- sampling --------------------------------------------------------------------------
 
     def _check_shape(self, items: Sequence[WorkItem]) -> tuple[int, int]:
+        from difaug.diffusion.loading import size_multiple
+
         shape = items[0].condition.shape
         for item in items:
             if item.condition.shape != shape:
@@ -284,8 +275,7 @@ class AuxGenerator:
                     f"{item.key} has {item.condition.shape}; use generate() or group_batches()"
                 )
         h, w = shape[:2]
-        # Latents are image/vae_scale_factor and the UNet halves them once per extra block.
-        multiple = self.pipe.vae_scale_factor * 2 ** (len(self.pipe.unet.config.block_out_channels) - 1)
+        multiple = size_multiple(self.pipe)
         if h % multiple or w % multiple:
             raise ValueError(
                 f"{items[0].key}: condition size {w}×{h} is not a multiple of {multiple}, which this "
@@ -323,7 +313,7 @@ class AuxGenerator:
         """`sample`, timing the first call of each batch shape (where compilation happens). A
         compiled first call that fails falls back to the eager modules, with a warning kept in
         `self.warnings`, and is redone eagerly: a broken compiler never fails a shard."""
-        from difaug.diffusion.models import is_compiled, restore_eager, save_compile_cache
+        from difaug.diffusion.speed import is_compiled, restore_eager, save_compile_cache
 
         shape = (len(items), *items[0].condition.shape)
         if shape in self._warm_shapes:
@@ -368,20 +358,3 @@ class AuxGenerator:
             for i, result in zip(batch, self.run_batch(chunk), strict=False):
                 out[i] = result
         return [r for r in out if r is not None]
-
-    def augment(
-        self,
-        samples: Sequence[Sample],
-        conditions: Sequence[np.ndarray],
-        out_sizes: Sequence[tuple[int, int]],
-    ) -> list[AuxResult]:
-        """Samples + their conditions + support sizes → `num_aux` results per sample, in order
-        (sample by sample, aux_index ascending). Each result carries its seed and prompts."""
-        if not len(samples) == len(conditions) == len(out_sizes):
-            raise ValueError("samples, conditions and out_sizes must have the same length")
-        items = [
-            item
-            for sample, cond, size in zip(samples, conditions, out_sizes, strict=True)
-            for item in make_work_items(sample, cond, size, self.cfg)
-        ]
-        return self.generate(items)

@@ -460,6 +460,17 @@ def validate_manifest(
     samples = manifest.samples
     if not samples and not problems:
         problems.append(RowProblem(0, "", manifest.path, "manifest has no rows"))
+    problems += _row_value_problems(samples)
+    checks = _check_files(samples, deep, workers, progress)
+    for s in samples:
+        problems += _file_problems(s, checks[("image", s.image)], checks[("mask", s.mask)], limits)
+    problems.sort(key=lambda p: (p.row, _COLUMN_ORDER.get(p.column, 99)))
+    return problems
+
+
+def _row_value_problems(samples: list[Sample]) -> list[RowProblem]:
+    """What the rows' own values get wrong: duplicate sample_ids, class ids that are no class."""
+    problems = []
     rows_by_id: dict[str, list[int]] = {}
     for s in samples:
         rows_by_id.setdefault(s.sample_id, []).append(s.row)
@@ -471,15 +482,18 @@ def validate_manifest(
                 RowProblem(s.row, "sample_id", "", f"duplicate sample_id (also row {also})", s.sample_id)
             )
         if s.class_id == IGNORE_VALUE:
-            problems.append(
-                RowProblem(
-                    s.row, "class_id", "", "class_id 255 is the ignore value, not a class", s.sample_id
-                )
-            )
+            why = "class_id 255 is the ignore value, not a class"
+            problems.append(RowProblem(s.row, "class_id", "", why, s.sample_id))
         elif s.class_id <= 0:
             why = "is background, not a class" if s.class_id == 0 else "must be a positive pixel value"
             problems.append(RowProblem(s.row, "class_id", "", f"class_id {s.class_id} {why}", s.sample_id))
+    return problems
 
+
+def _check_files(
+    samples: list[Sample], deep: bool, workers: int | None, progress: ProgressFn | None
+) -> dict[tuple[str, str], _FileCheck]:
+    """Every distinct image and mask checked once, on the thread pool; keyed by (kind, path)."""
     wanted: dict[str, set[int]] = {}
     for s in samples:
         if s.class_id not in (0, IGNORE_VALUE):
@@ -492,35 +506,23 @@ def validate_manifest(
         progress=progress,
         label="validating",
     )
-    checks = dict(zip(tasks, results, strict=True))
-    for s in samples:
-        image, mask = checks[("image", s.image)], checks[("mask", s.mask)]
-        if image.error:
-            problems.append(RowProblem(s.row, "image", s.image, image.error, s.sample_id))
-        elif too_big := limits.problem(image.width, image.height):
-            problems.append(RowProblem(s.row, "image", s.image, too_big, s.sample_id))
-        if mask.error:
-            problems.append(RowProblem(s.row, "mask", s.mask, mask.error, s.sample_id))
-            continue
-        if not image.error and (image.width, image.height) != (mask.width, mask.height):
-            problems.append(
-                RowProblem(
-                    s.row,
-                    "mask",
-                    s.mask,
-                    f"mask is {mask.width}×{mask.height} but image is {image.width}×{image.height}",
-                    s.sample_id,
-                )
-            )
-        if mask.missing and s.class_id in mask.missing:
-            problems.append(
-                RowProblem(
-                    s.row,
-                    "class_id",
-                    s.mask,
-                    f"mask has no pixel == {s.class_id} (values: {mask.missing[s.class_id]})",
-                    s.sample_id,
-                )
-            )
-    problems.sort(key=lambda p: (p.row, _COLUMN_ORDER.get(p.column, 99)))
+    return dict(zip(tasks, results, strict=True))
+
+
+def _file_problems(s: Sample, image: _FileCheck, mask: _FileCheck, limits: SizeLimits) -> list[RowProblem]:
+    """What one row's image and mask files get wrong: unreadable, too big, sizes apart, class absent."""
+    problems = []
+    if image.error:
+        problems.append(RowProblem(s.row, "image", s.image, image.error, s.sample_id))
+    elif too_big := limits.problem(image.width, image.height):
+        problems.append(RowProblem(s.row, "image", s.image, too_big, s.sample_id))
+    if mask.error:
+        problems.append(RowProblem(s.row, "mask", s.mask, mask.error, s.sample_id))
+        return problems
+    if not image.error and (image.width, image.height) != (mask.width, mask.height):
+        why = f"mask is {mask.width}×{mask.height} but image is {image.width}×{image.height}"
+        problems.append(RowProblem(s.row, "mask", s.mask, why, s.sample_id))
+    if mask.missing and s.class_id in mask.missing:
+        why = f"mask has no pixel == {s.class_id} (values: {mask.missing[s.class_id]})"
+        problems.append(RowProblem(s.row, "class_id", s.mask, why, s.sample_id))
     return problems

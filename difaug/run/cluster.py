@@ -1,7 +1,7 @@
 """Where the shard tasks run: a Dask client for `--cluster local|cuda|slurm` or `--scheduler-address`.
 
-`sync` has no client at all: the runner calls the same shard function in-process, which is what you
-want under a debugger. Optional cluster back-ends import lazily and say which extra to install.
+`sync` has no client at all: the in-process executor (`difaug.run.executors`) calls the same shard
+function, which is what you want under a debugger. Optional cluster back-ends import lazily and say which extra to install.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from difaug.core.config import ConfigError, RuntimeConfig
-from difaug.run.worker import MAX_SHARDS_IN_FLIGHT
+from difaug.run.shard_process import MAX_SHARDS_IN_FLIGHT
 
 # Dask threads per worker process. The second thread only overlaps one shard's last encodes and its
 # write with the next shard's generation: the worker's own locks keep one shard at a time on the

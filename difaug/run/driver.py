@@ -5,9 +5,9 @@
     summary = run(resolve_job("pipelines/demo.yaml", model="models/tiny"), on_event=print)
 
 The driver never touches images: it reads the manifest, writes the plan (`difaug.run.plan`), checks the
-rows of the shards still to do (`difaug.inputs.manifest.validate_manifest`), then hands each shard to
-`difaug.run.worker.run_shard` on the cluster (`difaug.run.cluster`) and keeps at most a few shards in
-flight, so its memory does not grow with the manifest. Every manifest row ends in a shard or as a
+rows of the shards still to do (`difaug.inputs.manifest.validate_manifest`), then hands each shard
+(`difaug.run.task.run_shard`) to an executor (`difaug.run.executors`: in this process, or on a Dask
+cluster), which keeps at most a few shards in flight, so its memory does not grow with the manifest. Every manifest row ends in a shard or as a
 recorded failure; the summary reconciles the counts with the plan.
 
 It prints nothing: what happens is sent as typed events (`RunEvent`) to the caller's sink, and the
@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import bisect
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from difaug.core.config import Job
+from difaug.core.folderlock import FolderLock
 from difaug.inputs.manifest import (
     Manifest,
+    ManifestError,
     RowProblem,
     Sample,
     SizeLimits,
@@ -37,21 +36,21 @@ from difaug.inputs.manifest import (
     repeated_ids,
     validate_manifest,
 )
-from difaug.run import plan as plan_mod
-from difaug.run import rundir
-from difaug.run.rundir import Failure, Plan, RunLock, ShardRange, ShardStats, Summary
-from difaug.run.worker import (
-    MAX_SHARDS_IN_FLIGHT,
-    PROGRESS_TOPIC,
+from difaug.run import layout, verify
+from difaug.run.compile_policy import runtime_for_plan
+from difaug.run.executors import Execution, open_executor
+from difaug.run.model_cache import (
     ConditionFactory,
     GeneratorFactory,
-    ShardSpec,
     default_condition_factory,
     default_generator_factory,
     factory_key,
-    failure,
-    run_shard,
 )
+from difaug.run.plan import build_plan, prepare_run_dir
+from difaug.run.records import Failure, Plan, RunDirError, ShardRange, ShardStats, Summary
+from difaug.run.stages import failure
+from difaug.run.task import ShardSpec
+from difaug.run.verify import RunCheck
 
 __all__ = [
     "ClusterReady",
@@ -60,7 +59,6 @@ __all__ = [
     "PlanMade",
     "RowsRefused",
     "RunEvent",
-    "RunSummary",
     "ShardEvent",
     "ShardFailed",
     "ShardFinished",
@@ -72,10 +70,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-RunSummary = Summary  # the summary record lives with the other run-directory records
-
-
 # ----------------------------------------------------------------------------- validation
+
+
+def _row_reason(p: RowProblem) -> str:
+    return f"{p.column}: {p.reason}" + (f" ({p.file})" if p.file else "")
 
 
 def _validate(
@@ -98,7 +97,7 @@ def pre_failures(
     out: dict[int, Failure] = {}
     for p in manifest.problems:
         if in_pending(p.row):
-            reason = f"{p.column}: {p.reason}" + (f" ({p.file})" if p.file else "")
+            reason = _row_reason(p)
             if p.row in out:
                 out[p.row] = replace(out[p.row], reason=f"{out[p.row].reason}; {reason}")
             else:
@@ -109,7 +108,7 @@ def pre_failures(
     todo = [s for s in manifest.samples if in_pending(s.row) and s.row not in out]
     for p in _validate(manifest, todo, limits):
         sample = by_row.get(p.row)
-        reason = f"{p.column}: {p.reason}" + (f" ({p.file})" if p.file else "")
+        reason = _row_reason(p)
         if p.row in out:
             if out[p.row].stage == "validate":
                 out[p.row] = replace(out[p.row], reason=f"{out[p.row].reason}; {reason}")
@@ -247,8 +246,8 @@ def log_event(event: RunEvent) -> None:
 def _task_failures(spec: ShardSpec, error: BaseException) -> list[Failure]:
     """A shard that failed after its retries: every row of it is a failure (no marker is written,
     so a rerun tries the shard again)."""
-    if rundir.is_permanent(error):
-        reason = rundir.output_problem(error, spec.out)
+    if layout.is_permanent(error):
+        reason = layout.output_problem(error, spec.out)
     else:
         reason = f"{type(error).__name__}: {error}".strip()[:500]
     pre = {f.row: f for f in spec.failures}
@@ -259,130 +258,42 @@ def _task_failures(spec: ShardSpec, error: BaseException) -> list[Failure]:
     ]
 
 
-@dataclass(frozen=True)
-class _Execution:
-    """What both executors (`_run_sync`, `_run_dask`) are handed: the shards still to run, the job
-    and its factories, where each shard's end goes (`on_done`, `on_error`) and the events (`emit`);
-    `stop` is set when OUT cannot be written, and no shard is started after it."""
+class _Tally:
+    """Adds each shard's end to the run's summary and sends its events; sets `stop` once OUT
+    cannot be written."""
 
-    specs: Iterator[ShardSpec]
-    job: Job
-    factories: tuple[GeneratorFactory | None, ConditionFactory | None]
-    on_done: Callable[[ShardSpec, ShardStats], None]
-    on_error: Callable[[ShardSpec, BaseException], None]
-    emit: EventSink
-    stop: threading.Event
+    def __init__(self, job: Job, summary: Summary, emit: EventSink) -> None:
+        self.job, self.summary, self.emit = job, summary, emit
+        self.stop = threading.Event()
 
+    def done(self, spec: ShardSpec, stats: ShardStats) -> None:
+        s = self.summary
+        s.done += stats.done
+        s.failed += stats.failed
+        s.images += stats.images
+        s.shards_done += 1
+        s.failures.extend(replace(f, shard=spec.shard.name) for f in stats.failures)
+        self.emit(
+            ShardFinished(spec.shard.index, stats.images, spec.shard.num_rows * self.job.config.num_aux)
+        )
 
-def _run_sync(ex: _Execution) -> None:
-    """The shard tasks in this process, two in flight (`worker.MAX_SHARDS_IN_FLIGHT`, as on a
-    Dask worker): one shard's write overlaps the next one's generation. Results, retries and every
-    event (progress included) are handled on this thread, one at a time; no shard is started once
-    `stop` is set. Interrupted, the shards in flight are cancelled and waited for, so nothing
-    writes into OUT after the run's lock is let go."""
-    progress: queue.SimpleQueue[ShardProgress] = queue.SimpleQueue()
-    cancel = threading.Event()
-    attempts: dict[Future[ShardStats], tuple[ShardSpec, int]] = {}
-    pool = ThreadPoolExecutor(MAX_SHARDS_IN_FLIGHT, thread_name_prefix="difaug-shard")
+    def error(self, spec: ShardSpec, error: BaseException) -> None:
+        rows = _task_failures(spec, error)
+        s = self.summary
+        s.failed += len(rows)
+        s.failed_shards.append(spec.shard.index)
+        s.failures.extend(rows)
+        permanent = layout.is_permanent(error)
+        if permanent and not self.stop.is_set():  # OUT cannot be written: stop, say where and what to do
+            s.stopped = layout.output_problem(error, self.job.out)
+            self.stop.set()
+        self.emit(ShardFinished(spec.shard.index, 0, spec.shard.num_rows * self.job.config.num_aux))
+        self.emit(
+            ShardFailed(spec.shard.index, self.job.runtime.retries, rows[0].reason, stops_run=permanent)
+        )
 
-    def submit(spec: ShardSpec, attempt: int) -> None:
-        def report(index: int, images: int) -> None:
-            progress.put(ShardProgress(index, images))
-
-        future = pool.submit(run_shard, spec, ex.job, *ex.factories, progress=report, cancel=cancel)
-        attempts[future] = (spec, attempt)
-
-    def emit_progress() -> None:
-        while not progress.empty():
-            ex.emit(progress.get())
-
-    try:
-        while True:
-            while len(attempts) < MAX_SHARDS_IN_FLIGHT and not ex.stop.is_set():
-                spec = next(ex.specs, None)
-                if spec is None:
-                    break
-                submit(spec, 0)
-            if not attempts:
-                return
-            finished, _ = wait(attempts, timeout=0.1, return_when=FIRST_COMPLETED)
-            emit_progress()
-            for future in finished:
-                spec, attempt = attempts.pop(future)
-                error = future.exception()
-                if error is None:
-                    ex.on_done(spec, future.result())
-                elif not isinstance(error, Exception):
-                    raise error
-                elif (
-                    attempt < ex.job.runtime.retries
-                    and not rundir.is_permanent(error)
-                    and not ex.stop.is_set()
-                ):
-                    submit(spec, attempt + 1)  # no retry can fix a permanent error
-                else:
-                    ex.on_error(spec, error)
-    except BaseException:
-        cancel.set()
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _run_dask(client: Any, ex: _Execution, resources: dict[str, float] | None) -> None:
-    from distributed import as_completed
-
-    def on_event(event: tuple[float, dict]) -> None:
-        msg = event[1]
-        ex.emit(ShardProgress(msg["shard"], msg["images"]))
-
-    client.subscribe_topic(PROGRESS_TOPIC, on_event)
-    in_flight: dict[str, ShardSpec] = {}
-    pending = as_completed()
-
-    def capacity() -> int:
-        # A few shards per worker keep every worker busy without the driver holding the whole plan:
-        # the two a worker runs at once (`MAX_SHARDS_IN_FLIGHT`) and one waiting for its turn.
-        n = len(client.scheduler_info(n_workers=-1).get("workers", {}))
-        per_worker = MAX_SHARDS_IN_FLIGHT + 1
-        return max(4, per_worker * ex.job.runtime.workers, per_worker * n)
-
-    def submit_more() -> None:
-        limit = capacity()  # one scheduler query per completed shard, not one per submission
-        while len(in_flight) < limit and not ex.stop.is_set():
-            spec = next(ex.specs, None)
-            if spec is None:
-                return
-            key = f"shard-{spec.shard.index:05d}-{spec.plan_hash[:8]}"
-            future = client.submit(
-                run_shard,
-                spec,
-                ex.job,
-                *ex.factories,
-                pure=False,
-                retries=ex.job.runtime.retries,
-                key=key,
-                resources=resources,
-            )
-            in_flight[future.key] = spec
-            pending.add(future)
-
-    submit_more()
-    try:
-        for future in pending:
-            spec = in_flight.pop(future.key)
-            if future.status == "finished":
-                ex.on_done(spec, future.result())
-            else:
-                try:
-                    error = future.exception()
-                except Exception as e:  # cancelled: no exception object to fetch
-                    error = e
-                ex.on_error(spec, error)
-            future.release()
-            submit_more()
-    finally:
-        client.unsubscribe_topic(PROGRESS_TOPIC)
+    def progress(self, index: int, images: int) -> None:
+        self.emit(ShardProgress(index, images))
 
 
 # ----------------------------------------------------------------------------- the job
@@ -390,33 +301,22 @@ def _run_dask(client: Any, ex: _Execution, resources: dict[str, float] | None) -
 
 def _refuse_before_plan(job: Job, manifest: Manifest) -> None:
     """What must hold before the plan is written: the manifest has rows, and OUT is a folder this
-    process can write into. Raises ManifestError, or the OSError of the failed probe (naming the
-    path: PermissionError, read-only or full file system, FileExistsError when OUT is a file),
-    which the CLI turns into one line; nothing in OUT is changed by a refusal."""
-    import os
-    import uuid
-
-    from difaug.inputs.manifest import ManifestError
-
+    process can write into. Raises ManifestError, the OSError of a folder that cannot be made
+    (naming the path: FileExistsError when OUT is a file), or the run directory's OutputError of
+    the failed write probe (read-only or full file system, no permission), which the CLI turns into
+    one line; nothing in OUT is changed by a refusal."""
     if not manifest.samples and not manifest.problems:
         raise ManifestError(
             f"{manifest.path}: the manifest has no rows (only a header, or nothing); add one row per "
             "support image and class, e.g. with `difaug manifest build`"
         )
-    out = Path(job.out)
-    out.mkdir(parents=True, exist_ok=True)  # FileExistsError / NotADirectoryError name the path
-    probe = out / f".difaug-write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        probe.write_bytes(b"difaug")
-    except OSError as e:  # a failed write() (disk full) names no file: say which
-        raise OSError(e.errno, e.strerror, str(out)) from e
-    finally:
-        probe.unlink(missing_ok=True)
+    Path(job.out).mkdir(parents=True, exist_ok=True)  # FileExistsError / NotADirectoryError name the path
+    layout.probe_writable(job.out, folders=("",))  # OUT itself: its shards/ and stats/ come with the plan
 
 
 def _preflight(job: Job) -> None:
     """Resolve the model spec on the driver, so a wrong `--model` fails before any task does."""
-    from difaug.diffusion.models import ModelSpec
+    from difaug.diffusion.specs import ModelSpec
 
     ModelSpec.from_config(job.config)
 
@@ -439,7 +339,7 @@ def run(
     thread, and `ShardProgress` also from the Dask client's — default `log_event` (to `logging`).
     The CLI draws them (`difaug.cli._progress`).
 
-    The whole run holds OUT's lock (`difaug.run.rundir.RunLock`; `force_unlock` breaks another host's).
+    The whole run holds OUT's lock (`FolderLock`; `force_unlock` breaks another host's).
     `generator_factory(cfg, runtime)` builds the image generator on each worker (default:
     `AuxGenerator.from_config`); `condition_factory(cfg, runtime)` the condition (default:
     `make_condition`). Both must be picklable: module-level functions or functools.partial.
@@ -455,43 +355,32 @@ def run(
         _preflight(job)
     manifest = read_manifest(job.manifest)
     _refuse_before_plan(job, manifest)
-    the_plan = plan_mod.build_plan(job, manifest, command=command)
-    with RunLock(job.out, force=force_unlock) as lock:
+    plan = build_plan(job, manifest, command=command)
+    with FolderLock(job.out, command=layout.GENERATE_COMMAND, force=force_unlock) as lock:
         if lock.took_over is not None:
             emit(LockTakenOver(job.out, str(lock.took_over)))
-        return _run_locked(job, manifest, the_plan, (generator_factory, condition_factory), emit, t0)
+        return _run_locked(job, manifest, plan, (generator_factory, condition_factory), emit, t0)
 
 
 def _run_locked(
     job: Job,
     manifest: Manifest,
-    the_plan: Plan,
+    plan: Plan,
     factories: tuple[GeneratorFactory | None, ConditionFactory | None],
     emit: EventSink,
     t0: float,
 ) -> Summary:
-    from difaug.diffusion.models import runtime_for_plan
-    from difaug.run.cluster import dashboard_text, gpu_resources, open_client, uses_client
-
-    check = plan_mod.prepare_run_dir(job, the_plan)
-    the_plan = check.plan
-    pending = check.unfinished
-    summary = Summary(out=job.out, rows=the_plan.rows, shards=len(the_plan.shards))
-    summary.redone_shards = {c.shard.name: c.reason for c in check.invalid}
-    for c in check.done:
-        assert c.stats is not None
-        summary.skipped += c.stats.done + c.stats.failed
-        summary.skipped_failed += c.stats.failed
-        summary.shards_skipped += 1
-    x = job.config.num_aux
-    planned_images = sum(len(r) for r in pending) * x
+    check = prepare_run_dir(job, plan)
+    plan, pending = check.plan, check.unfinished
+    summary = _summary_before(job.out, plan, check)
+    planned_images = sum(len(r) for r in pending) * job.config.num_aux
     # The speed settings that need the plan: compile "auto" off for short jobs, the compile cache.
     job = replace(job, runtime=runtime_for_plan(job.runtime, job.out, planned_images))
     emit(
         PlanMade(
             out=job.out,
-            rows=the_plan.rows,
-            shards=len(the_plan.shards),
+            rows=plan.rows,
+            shards=len(plan.shards),
             shard_size=job.config.shard_size,
             shards_done=len(check.done),
             shards_todo=len(pending),
@@ -502,54 +391,55 @@ def _run_locked(
     failures = pre_failures(manifest, pending, SizeLimits.for_job(job))
     if failures:
         emit(RowsRefused(len(failures)))
-    specs = iter_specs(job.out, the_plan, manifest, pending, failures)
-    stop = threading.Event()
-
-    def on_done(spec: ShardSpec, stats: ShardStats) -> None:
-        summary.done += stats.done
-        summary.failed += stats.failed
-        summary.images += stats.images
-        summary.shards_done += 1
-        summary.failures.extend(replace(f, shard=spec.shard.name) for f in stats.failures)
-        emit(ShardFinished(spec.shard.index, stats.images, spec.shard.num_rows * x))
-
-    def on_error(spec: ShardSpec, error: BaseException) -> None:
-        rows = _task_failures(spec, error)
-        summary.failed += len(rows)
-        summary.failed_shards.append(spec.shard.index)
-        summary.failures.extend(rows)
-        permanent = rundir.is_permanent(error)
-        if permanent and not stop.is_set():  # OUT cannot be written: stop, say where and what to do
-            summary.stopped = rundir.output_problem(error, job.out)
-            stop.set()
-        emit(ShardFinished(spec.shard.index, 0, spec.shard.num_rows * x))
-        emit(ShardFailed(spec.shard.index, job.runtime.retries, rows[0].reason, stops_run=permanent))
-
-    execution = _Execution(specs, job, factories, on_done, on_error, emit, stop)
-    if pending and uses_client(job.runtime):
-        with open_client(job.runtime) as client:
-            summary.dashboard = dashboard_text(client)
-            waits = bool(job.runtime.scheduler_address or job.runtime.cluster == "slurm")
-            emit(ClusterReady(summary.dashboard, waiting_for_worker=waits))
-            if waits:
-                client.wait_for_workers(1)
-            resources = gpu_resources(client, job.runtime)
-            _run_dask(client, execution, resources)
-    elif pending:
-        _run_sync(execution)
+    specs = iter_specs(job.out, plan, manifest, pending, failures)
+    if pending:
+        _execute(job, specs, factories, _Tally(job, summary, emit))
     summary.not_run = sum(spec.shard.num_rows for spec in specs)  # what a stopped run never started
+    return _close(summary, job.out, plan, t0)
+
+
+def _summary_before(out: str, plan: Plan, check: RunCheck) -> Summary:
+    """The summary as the run starts: the shards verified before it are skipped, the invalid
+    ones are redone."""
+    summary = Summary(out=out, rows=plan.rows, shards=len(plan.shards))
+    summary.redone_shards = {c.shard.name: c.reason for c in check.invalid}
+    for c in check.done:
+        assert c.stats is not None
+        summary.skipped += c.stats.done + c.stats.failed
+        summary.skipped_failed += c.stats.failed
+        summary.shards_skipped += 1
+    return summary
+
+
+def _execute(
+    job: Job,
+    specs: Iterator[ShardSpec],
+    factories: tuple[GeneratorFactory | None, ConditionFactory | None],
+    tally: _Tally,
+) -> None:
+    def ready(dashboard: str, waiting_for_worker: bool) -> None:
+        tally.summary.dashboard = dashboard
+        tally.emit(ClusterReady(dashboard, waiting_for_worker))
+
+    execution = Execution(specs, job, factories, tally.done, tally.error, tally.progress, tally.stop)
+    with open_executor(job.runtime, on_ready=ready) as executor:
+        executor.run(execution)
+
+
+def _close(summary: Summary, out: str, plan: Plan, t0: float) -> Summary:
+    """Tidy OUT and write the summary (a summary that cannot be written says so in `stopped`)."""
     try:
-        rundir.remove_temp_files(job.out)  # left by workers killed mid-write (never read)
+        layout.remove_temp_files(out)  # left by workers killed mid-write (never read)
     except OSError as e:
-        log.warning("%s: temp files not removed (%s)", job.out, e)
+        log.warning("%s: temp files not removed (%s)", out, e)
     summary.seconds = time.perf_counter() - t0
     summary.failures.sort(key=lambda f: f.row or 0)
     summary.failed_shards.sort()
     summary.reconcile()
-    summary.all_failures = _all_failures(summary, job.out, the_plan)
+    summary.all_failures = _all_failures(summary, out, plan)
     try:
-        rundir.write_summary(job.out, summary)
-    except (OSError, rundir.RunDirError) as e:
+        layout.write_summary(out, summary)
+    except (OSError, RunDirError) as e:
         note = f"summary not written: {e}"
         summary.stopped = f"{summary.stopped}; {note}" if summary.stopped else note
     return summary
@@ -558,7 +448,7 @@ def _run_locked(
 def _all_failures(summary: Summary, out: str, plan: Plan) -> list[Failure]:
     """This run's failures plus those recorded in the verified markers of earlier runs."""
     seen = {(f.row, f.stage) for f in summary.failures}
-    previous = rundir.failures_of(rundir.verify_run(out, plan).done)
+    previous = verify.failures_of(verify.verify_run(out, plan).done)
     return sorted(
         summary.failures + [f for f in previous if (f.row, f.stage) not in seen], key=lambda f: f.row or 0
     )

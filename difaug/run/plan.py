@@ -1,10 +1,10 @@
 """The plan: which manifest rows go into which shard, fixed before any model loads.
 
-`OUT/difaug.json` (`difaug.run.rundir.Plan`) records the job config, the manifest reference and
+`OUT/difaug.json` (`difaug.run.records.Plan`) records the job config, the manifest reference and
 fingerprint, and the shard list. Shards are ranges of manifest rows (`[start, stop)`, 1-based,
 `shard_size` rows each, manifest order), so the plan stays a few kilobytes for any manifest and
 every row, good or bad, belongs to exactly one shard. A rerun with the same plan skips the shards
-that verify (`difaug.run.rundir.verify_run`) and redoes the rest; a different plan is refused.
+that verify (`difaug.run.verify.verify_run`) and redoes the rest; a different plan is refused.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from pathlib import Path
 from difaug import __version__
 from difaug.core.config import Job
 from difaug.inputs.manifest import Manifest
-from difaug.run import rundir
-from difaug.run.rundir import Plan, RunCheck, RunDirError, cut
+from difaug.run import layout
+from difaug.run.records import ManifestRef, Plan, RunDirError, cut
+from difaug.run.verify import RunCheck, verify_run
 
 __all__ = [
     "PlanError",
@@ -63,7 +64,7 @@ def build_plan(job: Job, manifest: Manifest, *, command: str = "", cwd: str = ""
     return Plan(
         config=asdict(job.config),
         config_fingerprint=job.config.fingerprint(),
-        manifest=rundir.ManifestRef(
+        manifest=ManifestRef(
             path=str(manifest.path),
             folder=_manifest_folder(str(manifest.path)),
             fingerprint=manifest_fingerprint(manifest),
@@ -112,14 +113,14 @@ def prepare_run_dir(job: Job, plan: Plan) -> RunCheck:
     Different plan → PlanError naming what differs, unless `job.overwrite`. The plan is written
     here, before any model loads."""
     out = Path(job.out)
-    plan_file = rundir.plan_path(out)
+    plan_file = layout.plan_path(out)
     if job.overwrite:
-        n = rundir.clear_run(out)
+        n = layout.clear_run(out)
         if n:
             log.info("%s: --overwrite removed %d file(s) of the previous run", out, n)
     elif plan_file.is_file():
         try:
-            old = rundir.read_plan(out)
+            old = layout.read_plan(out)
         except RunDirError as e:
             raise PlanError(str(e)) from e
         diffs = differences(old, plan)
@@ -137,18 +138,18 @@ def prepare_run_dir(job: Job, plan: Plan) -> RunCheck:
             cwd=plan.cwd if plan.command else old.cwd,
         )
         if plan != old:
-            rundir.write_plan(out, plan)
-    elif rundir.has_run_files(out):
+            layout.write_plan(out, plan)
+    elif layout.has_run_files(out):
         raise PlanError(
-            f"{out} has shards but no {rundir.PLAN_FILE}; use another --out, or --overwrite to start over"
+            f"{out} has shards but no {layout.PLAN_FILE}; use another --out, or --overwrite to start over"
         )
-    rundir.ensure_dir(out)
-    rundir.remove_temp_files(out)
+    layout.ensure_dir(out)
+    layout.remove_temp_files(out)
     if not plan_file.is_file():
         plan = replace(plan, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        rundir.write_plan(out, plan)
-    rundir.probe_writable(out)  # shards/ and stats/ writable: else one clear error before any work
-    check = rundir.verify_run(out, plan)
+        layout.write_plan(out, plan)
+    layout.probe_writable(out)  # shards/ and stats/ writable: else one clear error before any work
+    check = verify_run(out, plan)
     for c in check.invalid:  # redone by this run; no stale marker may outlive the new shard
-        rundir.marker_path(out, c.shard.index).unlink(missing_ok=True)
+        layout.marker_path(out, c.shard.index).unlink(missing_ok=True)
     return check

@@ -1,11 +1,11 @@
 """`difaug score RUN`: drift scores for the finished shards of a run made without them.
 
 Shard by shard, like generate, under the run's lock: each shard verified by its marker
-(`rundir.verify_run`) whose `drift_segments` column is already filled for every row is skipped;
+(`verify.verify_run`) whose `drift_segments` column is already filled for every row is skipped;
 any other is read, its aux images segmented with DiffSeg (`difaug.diffusion.diffseg`) against each row's
 support mask, rewritten atomically with `drift_iou` and `drift_segments` filled
 (`shards.write_shard`), and its marker rewritten with the new file's checksum and the scoring
-time in `seconds.score` (`rundir.rewrite_marker`). Rerunning changes nothing. A kill between the
+time in `seconds.score` (`verify.rewrite_marker`). Rerunning changes nothing. A kill between the
 shard's rename and its marker's leaves a shard its marker no longer vouches for: it is reported,
 and the next `difaug generate` redoes it.
 """
@@ -22,7 +22,8 @@ import pyarrow as pa
 
 from difaug.core import imageio
 from difaug.core.config import JobConfig, RuntimeConfig
-from difaug.run import rundir, shards
+from difaug.core.folderlock import FolderLock
+from difaug.run import layout, shards, verify
 
 # Scores a list of aux images against their masks: (images, masks, class_ids) -> [DriftScore].
 Scorer = Callable[[Sequence[np.ndarray], Sequence[np.ndarray], Sequence[int]], list]
@@ -42,7 +43,7 @@ class ScoreSummary:
 
 def run_config(run_dir: str | Path) -> JobConfig:
     """The run's JobConfig from its plan (keys this version does not know are ignored)."""
-    cfg = rundir.read_plan(run_dir).config
+    cfg = layout.read_plan(run_dir).config
     known = {f.name for f in fields(JobConfig)}
     return JobConfig(**{k: v for k, v in cfg.items() if k in known})
 
@@ -52,7 +53,7 @@ def load_scorer(cfg: JobConfig, runtime: RuntimeConfig) -> Scorer:
     scores generation would have written."""
     from difaug.diffusion import diffseg
 
-    return diffseg.load(cfg, runtime).score
+    return diffseg.load(cfg, runtime).drift_scores
 
 
 def is_scored(table: pa.Table) -> bool:
@@ -104,17 +105,17 @@ def score_run(
 ) -> ScoreSummary:
     """Fill the score columns of every verified shard that lacks them (see the module docstring).
 
-    Holds the run's lock (`rundir.RunLock`): never while `difaug generate` writes into the run."""
+    Holds the run's lock (`FolderLock`): never while `difaug generate` writes into the run."""
     t0 = time.perf_counter()
     summary = ScoreSummary()
-    with rundir.RunLock(run_dir, command="difaug score"):
-        for check in rundir.verify_run(run_dir).checks:
+    with FolderLock(run_dir, command="difaug score"):
+        for check in verify.verify_run(run_dir).checks:
             index = check.shard.index
             if not check.ok or check.stats is None:
                 if check.status == "invalid":  # missing shards are simply not finished yet
                     summary.unverified.append({"shard": index, "reason": check.reason})
                 continue
-            path = rundir.shard_path(run_dir, index)
+            path = layout.shard_path(run_dir, index)
             # The one small column decides; the images are read only for a shard to score.
             if is_scored(shards.read_shard(path, columns=["drift_segments"])):
                 summary.skipped_shards.append(index)
@@ -126,7 +127,7 @@ def score_run(
             table, problems = score_table(table, scorer, batch_size, index)
             shards.write_shard(path, table)  # atomic; then the marker vouches for the new file
             seconds = dict(check.stats.seconds) | {"score": round(time.perf_counter() - ts, 4)}
-            rundir.rewrite_marker(run_dir, check.stats, seconds=seconds)
+            verify.rewrite_marker(run_dir, check.stats, seconds=seconds)
             summary.scored_shards.append(index)
             summary.rows += table.num_rows - len(problems)
             summary.unscorable += problems

@@ -1,18 +1,18 @@
-"""The run directory's on-disk formats: Parquet shards, stats markers, the plan file.
+"""The shard file: its Parquet schema, the row builder, the writer and the readers.
 
 A shard holds one row per auxiliary image (columns below, in this order). The two image columns use
 the Hugging Face `datasets` Image layout, struct<bytes, path>, and the schema carries the
 `huggingface` metadata, so `datasets.load_dataset("parquet", data_files=...)` decodes them.
 
-The run directory's layout, its records (plan, marker, summary), atomic writes and verification
-live in `difaug.run.rundir`; the layout names below delegate to it. Shards are written with Parquet
-page checksums and read with their verification on.
+Where shards live and how a finished one is told from a broken one are the run directory's
+(`difaug.run.layout`, `difaug.run.verify`). Shards are written with Parquet page checksums and read
+with their verification on.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,14 +21,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from difaug.core.errors import DifaugError
-from difaug.run import rundir
-from difaug.run.rundir import PLAN_FILE, SHARDS_DIR, STATS_DIR, remove_temp_files, shard_name, shard_path
+from difaug.run.layout import atomic_write
 
 if TYPE_CHECKING:
     from difaug.core.config import JobConfig
     from difaug.inputs.manifest import Sample
 
-__all__ = ["PLAN_FILE", "SHARDS_DIR", "STATS_DIR", "remove_temp_files", "shard_name", "shard_path"]
 ROW_GROUP_SIZE = 100
 COMPRESSION = "zstd"
 IMAGE_COLUMNS = ("condition_image", "aux_image")
@@ -96,11 +94,6 @@ SCHEMA: pa.Schema = pa.schema(
 
 class ShardError(DifaugError, ValueError):
     """A shard row or file that does not fit the schema; the message names the column."""
-
-
-def stats_path(run_dir: str | Path, index: int) -> Path:
-    """The shard's marker (`difaug.run.rundir.marker_path`)."""
-    return rundir.marker_path(run_dir, index)
 
 
 def image_struct(data: bytes, path: str) -> dict[str, Any]:
@@ -225,7 +218,7 @@ def write_shard(path: str | Path, rows: Sequence[Mapping[str, Any]] | pa.Table) 
             write_page_checksum=True,  # a flipped byte fails the read instead of passing silently
         )
 
-    rundir.atomic_write(path, write)
+    atomic_write(path, write)
     return path
 
 
@@ -239,30 +232,3 @@ def open_shard(path: str | Path) -> pq.ParquetFile:
     """A shard opened for row-group reads, with page checksum verification on: a flipped byte
     raises OSError instead of returning a broken image (for export and AuxIndex)."""
     return pq.ParquetFile(path, page_checksum_verification=True)
-
-
-def iter_shard_paths(run_dir: str | Path) -> Iterator[Path]:
-    """Verified shards of the run's plan (`difaug.run.rundir.verify_run`), in index order."""
-    for check in _verified(run_dir):
-        yield rundir.shard_path(run_dir, check.shard.index)
-
-
-def _verified(run_dir: str | Path) -> list[rundir.ShardCheck]:
-    try:
-        return rundir.verify_run(run_dir).done
-    except FileNotFoundError:  # no plan: nothing can be verified, so nothing counts
-        return []
-
-
-def load_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def load_stats(run_dir: str | Path) -> list[dict]:
-    """The markers of the verified shards, in shard order (as dicts: `ShardStats.to_dict`)."""
-    return [c.stats.to_dict() for c in _verified(run_dir) if c.stats is not None]
-
-
-def load_plan(run_dir: str | Path) -> dict:
-    """The plan as a dict (`difaug.run.rundir.read_plan` gives the typed `Plan`)."""
-    return rundir.read_plan(run_dir).to_dict()

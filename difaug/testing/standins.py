@@ -25,6 +25,7 @@ from PIL import Image
 
 from difaug.core import imageio
 from difaug.core.config import Job, JobConfig, RuntimeConfig
+from difaug.core.geometry import DEFAULT_RESOLUTION
 from difaug.diffusion.contracts import AuxResult
 
 # ----------------------------------------------------------------------------- stand-in generator
@@ -172,7 +173,7 @@ def small_job(
 DEMO = Path(__file__).resolve().parents[1] / "manifests" / "demo"
 
 
-def make_bench_set(folder: Path, n: int, size: int = 512) -> Path:
+def make_bench_set(folder: Path, n: int, size: int = DEFAULT_RESOLUTION) -> Path:
     """`n` manifest rows over the demo photos resized to `size`² (a handful of real files, repeated
     under distinct sample ids), or synthetic samples when the demo set is absent."""
     from difaug.core.imageio import load_image, load_mask, resize

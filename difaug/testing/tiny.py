@@ -2,7 +2,7 @@
 
 `make_tiny` (and `difaug models make-tiny`) writes a Stable Diffusion 1.5 + ControlNet (hed, seg,
 scribble) + HED bundle with random weights, in the hub repos' own layouts, so everything that
-loads real weights (`difaug.diffusion.models.load_pipeline`, the HED annotator) loads these through the
+loads real weights (`difaug.diffusion.loading.load_pipeline`, the HED annotator) loads these through the
 same `from_pretrained` code. Its CLIP tokenizer is a byte-level BPE trained here on the class
 names and default prompts. Nothing here is needed to run a real job.
 """
@@ -16,8 +16,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from difaug.conditions import HED_FILENAME
 from difaug.core.config import CONDITIONS, DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT
-from difaug.diffusion.models import BASE_DIRNAME, BUNDLE_INDEX, HED_DIRNAME, HED_FILENAME, quiet_loading
+from difaug.diffusion.loading import quiet_loading
+from difaug.diffusion.specs import BASE_DIRNAME, BUNDLE_INDEX, HED_DIRNAME
 
 # Sizes of the tiny pipeline. The VAE has 2 blocks, so it scales by 2; the ControlNet's
 # conditioning embedding has 2 channel stages (one stride-2 conv), so it scales by 2 as well —

@@ -97,16 +97,7 @@ def build_folder(
 ) -> BuildResult:
     """Rows for a folder of images + masks matched by stem (see the module doc for the class rules)."""
     root = require_dir(Path(root).resolve(), "dataset root")
-    if (class_name is None) == (classes is None):
-        raise BuildError("give either --class-name (with --class-id) or --classes CSV")
-    if class_name is not None:
-        cid = 1 if class_id is None else class_id
-        _check_class_id(cid, "--class-id")
-        table, per_image = {cid: class_name.strip()}, {}
-    else:
-        if class_id is not None:
-            raise BuildError("--class-id goes with --class-name; with --classes the CSV gives the ids")
-        table, per_image = read_classes_csv(classes)  # type: ignore[arg-type]
+    table, per_image = _class_rules(class_name, class_id, classes)
     if binarize is not None:
         if not 0 < binarize <= 255:
             raise BuildError(f"--binarize threshold must be in 1..255, got {binarize}")
@@ -116,17 +107,8 @@ def build_folder(
             raise BuildError(
                 "--binarize needs one class per image; a classes table with several ids has none"
             )
-    images = find_by_stem(require_dir(root / image_dir, "image folder", "pass --image-dir"))
-    masks = find_by_stem(require_dir(root / mask_dir, "mask folder", "pass --mask-dir"), (".png",))
     skipped: list[Skip] = []
-    pairs: list[tuple[Path, Path]] = []
-    for stem in sorted(set(images) | set(masks)):
-        if stem not in masks:
-            skipped.append(Skip(str(images[stem]), SkipReason.MISSING_MASK, f"no {stem}.png in {mask_dir}"))
-        elif stem not in images:
-            skipped.append(Skip(str(masks[stem]), SkipReason.MISSING_IMAGE, f"no {stem}.* in {image_dir}"))
-        else:
-            pairs.append((images[stem], masks[stem]))
+    pairs = _pairs(root, image_dir, mask_dir, skipped)
 
     reader = read_luma_mask if binarize is not None else None
 
@@ -164,6 +146,36 @@ def build_folder(
     if binarize is not None:
         result.notes.append(f"masks binarised (luminance >= {binarize} is foreground) into {mask_out}")
     return result
+
+
+def _class_rules(
+    class_name: str | None, class_id: int | None, classes: str | Path | None
+) -> tuple[dict[int, str], dict[str, dict[int, str]]]:
+    """`(table, per_image)`: one class for every mask, or what the classes CSV says."""
+    if (class_name is None) == (classes is None):
+        raise BuildError("give either --class-name (with --class-id) or --classes CSV")
+    if classes is not None:
+        if class_id is not None:
+            raise BuildError("--class-id goes with --class-name; with --classes the CSV gives the ids")
+        return read_classes_csv(classes)
+    cid = 1 if class_id is None else class_id
+    _check_class_id(cid, "--class-id")
+    return {cid: str(class_name).strip()}, {}
+
+
+def _pairs(root: Path, image_dir: str, mask_dir: str, skipped: list[Skip]) -> list[tuple[Path, Path]]:
+    """(image, mask) pairs matched by stem; an image or mask without its partner is skipped."""
+    images = find_by_stem(require_dir(root / image_dir, "image folder", "pass --image-dir"))
+    masks = find_by_stem(require_dir(root / mask_dir, "mask folder", "pass --mask-dir"), (".png",))
+    pairs: list[tuple[Path, Path]] = []
+    for stem in sorted(set(images) | set(masks)):
+        if stem not in masks:
+            skipped.append(Skip(str(images[stem]), SkipReason.MISSING_MASK, f"no {stem}.png in {mask_dir}"))
+        elif stem not in images:
+            skipped.append(Skip(str(masks[stem]), SkipReason.MISSING_IMAGE, f"no {stem}.* in {image_dir}"))
+        else:
+            pairs.append((images[stem], masks[stem]))
+    return pairs
 
 
 def _binarised(

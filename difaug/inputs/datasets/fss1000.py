@@ -25,6 +25,7 @@ image path, which is what `difaug export --layout fss` names its folders by. sam
 
 from __future__ import annotations
 
+import functools
 import re
 import zlib
 from dataclasses import dataclass
@@ -84,7 +85,7 @@ def stable_class_ids(folders: list[str]) -> dict[str, int]:
     """Folder name → class id: the FSS-1000 table's id, else a stable id derived from the name.
 
     255 means "ignore" in every mask, so a table id of 255 would be moved to `1000 + 255`, outside
-    the table's 1..1000 (the shared table itself now gives "gazelle" 1255); its seg colour is looked
+    the table's 1..1000 (the shared table gives "gazelle" 1255); its seg colour is looked
     up by name and is unchanged."""
     table = {
         info.class_name: (RESERVED_ID_REMAP if cid == IGNORE_VALUE else cid)
@@ -159,102 +160,132 @@ def build_fss1000(
     mask_out = Path(mask_out).resolve()
     if not 0 < threshold <= 255:
         raise BuildError(f"threshold must be in 1..255, got {threshold}")
-    if class_ids not in CLASS_ID_RULES:
-        raise BuildError(f"unknown class id rule {class_ids!r}; use one of {', '.join(CLASS_ID_RULES)}")
-    hsnet_split = Path(list_file).stem if list_file is not None else None
-    if class_ids == "auto":
-        class_ids = "hsnet" if hsnet_split in HSNET_SPLIT_OFFSETS else "table"
-    if class_ids == "hsnet":
-        if list_file is None:
-            raise BuildError("--class-ids hsnet needs --list: HSNet's splits/fss/{trn,val,test}.txt")
-        hsnet_split = split if split in HSNET_SPLIT_OFFSETS else hsnet_split
-        if hsnet_split not in HSNET_SPLIT_OFFSETS:
-            raise BuildError(
-                f"--class-ids hsnet: cannot tell trn/val/test from {list_file}; pass --split trn, val or test"
-            )
+    rule, hsnet_split = _class_id_rule(class_ids, list_file, split)
+    if rule == "hsnet":
         split = split or hsnet_split
     skipped: list[Skip] = []
-    listed: list[str] = []
-    if list_file is not None:
-        folders = listed = _read_class_list(Path(list_file))
-        for f in [f for f in folders if not (root / f).is_dir()]:
-            skipped.append(Skip(str(root / f), MISSING_CLASS_DIR, f"listed in {list_file}"))
-        folders = [f for f in folders if (root / f).is_dir()]
-    else:
-        folders = sorted(
-            (p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=_natural_key
-        )
-    if not folders:
-        raise BuildError(f"no class folders under {root}; FSS-1000 is ROOT/<class>/<n>.jpg + <n>.png")
-    if class_ids == "hsnet":
+    folders, listed = _class_folders(root, list_file, skipped)
+    if rule == "hsnet":
         # Every listed class keeps its index, even when its folder is missing: HSNet's does too.
-        ids = {
-            f: manifest_class_id_from_hsnet(i)
-            for f, i in hsnet_fss_class_ids(listed, str(hsnet_split)).items()
-        }
+        hsnet_ids = hsnet_fss_class_ids(listed, str(hsnet_split))
+        ids = {f: manifest_class_id_from_hsnet(i) for f, i in hsnet_ids.items()}
     else:
         ids = stable_class_ids(folders)
     items = _items(root, folders, ids, skipped)
-
-    def work(item: _Item) -> _Outcome:
-        scan = scan_pair(item.image, item.mask, deep=deep, read_mask=read_luma_mask, keep_mask=True)
-        out = _Outcome(item, scan)
-        if scan.mask_array is None:
-            return out
-        arr, scan.mask_array = scan.mask_array, None  # drop the array: results queue up in order
-        fg = arr >= threshold
-        out.area = int(fg.sum())
-        out.antialiased = int(np.count_nonzero((arr > 0) & (arr < 255)))
-        if out.area >= max(min_area, 1):
-            out.written = mask_out / item.folder / f"{item.mask.stem}.png"
-            write_binary_mask(out.written, fg, item.class_id)
-        return out
-
+    binarise = functools.partial(
+        _binarise, deep=deep, threshold=threshold, min_area=min_area, mask_out=mask_out
+    )
+    outcomes = parallel_map(binarise, items, workers=workers, progress=progress, label="fss1000 masks")
     rows: list[dict] = []
     aa_masks = aa_pixels = 0
-    for o in parallel_map(work, items, workers=workers, progress=progress, label="fss1000 masks"):
+    for o in outcomes:
         if o.scan.reason:
             skipped.append(o.scan.skip)
             continue
         aa_masks += o.antialiased > 0
         aa_pixels += o.antialiased
-        name = o.item.folder.replace("_", " ")
-        if o.area == 0:
-            skipped.append(Skip(o.scan.mask, SkipReason.EMPTY, f"no pixel >= {threshold}"))
-        elif o.written is None:
-            skipped.append(
-                Skip(o.scan.mask, SkipReason.TOO_SMALL, f"{name}: {o.area} < {min_area} px", o.item.class_id)
-            )
+        if (skip := _skip_of(o, threshold, min_area)) is not None:
+            skipped.append(skip)
         else:
-            rows.append(
-                {
-                    "sample_id": f"{o.item.folder}_{o.item.image.stem}",
-                    "image": o.scan.image,
-                    "mask": str(o.written),
-                    "class_id": o.item.class_id,
-                    "class_name": name,
-                    "dataset": "fss1000",
-                    "split": split or "",
-                    "fold": None,
-                    "prompt": "",
-                }
-            )
+            rows.append(_row(o, split))
     result = BuildResult.collected("fss1000", rows, skipped, images_read=len(items))
     result.notes.append(
         f"masks binarised (luminance >= {threshold} is foreground) and written to {mask_out}; "
         f"{aa_masks} of them had anti-aliased pixels ({aa_pixels} px with values 1..254)"
     )
-    unknown = sorted(f for f in folders if ids[f] > 1000) if class_ids == "table" else []
-    if class_ids == "hsnet":
+    if rule == "hsnet":
         result.notes.append(
             f"class ids are HSNet's ({hsnet_split}: sorted index + {HSNET_SPLIT_OFFSETS[str(hsnet_split)]}) + 1"
         )
+    unknown = sorted(f for f in folders if ids[f] > 1000) if rule == "table" else []
     if unknown:
         shown = ", ".join(f"{f}={ids[f]}" for f in unknown[:5]) + (" …" if len(unknown) > 5 else "")
         result.notes.append(
             f"{len(unknown)} class folder(s) not in the FSS-1000 table got stable ids: {shown}"
         )
     return result
+
+
+def _class_id_rule(class_ids: str, list_file: str | Path | None, split: str | None) -> tuple[str, str | None]:
+    """The class id rule `auto` stands for, and the HSNet split (trn/val/test) its ids count from."""
+    if class_ids not in CLASS_ID_RULES:
+        raise BuildError(f"unknown class id rule {class_ids!r}; use one of {', '.join(CLASS_ID_RULES)}")
+    hsnet_split = Path(list_file).stem if list_file is not None else None
+    if class_ids == "auto":
+        class_ids = "hsnet" if hsnet_split in HSNET_SPLIT_OFFSETS else "table"
+    if class_ids != "hsnet":
+        return class_ids, hsnet_split
+    if list_file is None:
+        raise BuildError("--class-ids hsnet needs --list: HSNet's splits/fss/{trn,val,test}.txt")
+    hsnet_split = split if split in HSNET_SPLIT_OFFSETS else hsnet_split
+    if hsnet_split not in HSNET_SPLIT_OFFSETS:
+        raise BuildError(
+            f"--class-ids hsnet: cannot tell trn/val/test from {list_file}; pass --split trn, val or test"
+        )
+    return "hsnet", hsnet_split
+
+
+def _class_folders(
+    root: Path, list_file: str | Path | None, skipped: list[Skip]
+) -> tuple[list[str], list[str]]:
+    """The class folders to read and the classes the list names (missing folders included, skipped)."""
+    if list_file is None:
+        folders = sorted(
+            (p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=_natural_key
+        )
+        listed: list[str] = []
+    else:
+        listed = _read_class_list(Path(list_file))
+        for f in [f for f in listed if not (root / f).is_dir()]:
+            skipped.append(Skip(str(root / f), MISSING_CLASS_DIR, f"listed in {list_file}"))
+        folders = [f for f in listed if (root / f).is_dir()]
+    if not folders:
+        raise BuildError(f"no class folders under {root}; FSS-1000 is ROOT/<class>/<n>.jpg + <n>.png")
+    return folders, listed
+
+
+def _binarise(item: _Item, *, deep: bool, threshold: int, min_area: int, mask_out: Path) -> _Outcome:
+    """Check one pair; write its binarised mask when its foreground is large enough."""
+    scan = scan_pair(item.image, item.mask, deep=deep, read_mask=read_luma_mask, keep_mask=True)
+    out = _Outcome(item, scan)
+    if scan.mask_array is None:
+        return out
+    arr, scan.mask_array = scan.mask_array, None  # drop the array: results queue up in order
+    fg = arr >= threshold
+    out.area = int(fg.sum())
+    out.antialiased = int(np.count_nonzero((arr > 0) & (arr < 255)))
+    if out.area >= max(min_area, 1):
+        out.written = mask_out / item.folder / f"{item.mask.stem}.png"
+        write_binary_mask(out.written, fg, item.class_id)
+    return out
+
+
+def _class_name(folder: str) -> str:
+    return folder.replace("_", " ")
+
+
+def _skip_of(o: _Outcome, threshold: int, min_area: int) -> Skip | None:
+    """Why a pair that was read gives no row (an empty or too small foreground), or None."""
+    if o.area == 0:
+        return Skip(o.scan.mask, SkipReason.EMPTY, f"no pixel >= {threshold}")
+    if o.written is None:
+        detail = f"{_class_name(o.item.folder)}: {o.area} < {min_area} px"
+        return Skip(o.scan.mask, SkipReason.TOO_SMALL, detail, o.item.class_id)
+    return None
+
+
+def _row(o: _Outcome, split: str | None) -> dict:
+    return {
+        "sample_id": f"{o.item.folder}_{o.item.image.stem}",
+        "image": o.scan.image,
+        "mask": str(o.written),
+        "class_id": o.item.class_id,
+        "class_name": _class_name(o.item.folder),
+        "dataset": "fss1000",
+        "split": split or "",
+        "fold": None,
+        "prompt": "",
+    }
 
 
 def _read_class_list(path: Path) -> list[str]:
