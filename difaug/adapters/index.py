@@ -20,16 +20,15 @@ the same k for the same seed (per episode), fresh ones per call without a seed.
 
 from __future__ import annotations
 
-import inspect
 import os
 import posixpath
 import random
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -43,23 +42,6 @@ from difaug.run import shards
 MAX_OPEN_FILES = 16
 DRIFT_COLUMN = "drift_iou"
 CHOICES = ("first", "random")
-
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-def _parameters_of(source: Callable[_P, object]) -> Callable[[Callable[..., _R]], Callable[_P, _R]]:
-    """Give the decorated function `source`'s parameters, for type checkers (`ParamSpec`) and for
-    `help()` / `inspect.signature`, when it only hands its arguments on to `source`: the two
-    signatures are one declaration and cannot drift apart."""
-
-    def give(fn: Callable[..., _R]) -> Callable[_P, _R]:
-        returns = inspect.signature(fn).return_annotation
-        fn.__signature__ = inspect.signature(source).replace(return_annotation=returns)  # type: ignore[attr-defined]
-        return fn
-
-    return give
 
 
 class DriftScoreError(DifaugError, ValueError):
@@ -115,6 +97,41 @@ def pick(n: int, k: int | None, choose: str = "first", seed: int | str | None = 
         return list(range(k))
     rng = random.Random(str(seed)) if seed is not None else random
     return sorted(rng.sample(range(n), k))
+
+
+IMAGE_FORMS = ("rgb", "pil", "cv2")
+
+
+def check_form(form: str) -> None:
+    if form not in IMAGE_FORMS:
+        raise ValueError(f"form={form!r} is not one of: {', '.join(IMAGE_FORMS)}")
+
+
+def decode_as(data: bytes, form: str) -> Any:
+    """An encoded aux image in the form a trainer holds a support right after reading its file, so
+    the trainer's own transform (its resize included) treats both alike, bit for bit:
+
+    - `rgb`: `H×W×3 uint8` RGB (difaug's decoder);
+    - `pil`: a loaded RGB `PIL.Image`, as HSNet / Matcher / DiffewS open supports
+      (`Image.open(path)`, `.convert('RGB')`), ready for torchvision's `Resize` + `ToTensor`;
+    - `cv2`: `H×W×3 float32` RGB decoded by OpenCV, PFENet / BAM / HDMNet's
+      `np.float32(cv2.cvtColor(cv2.imread(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))`."""
+    if form == "rgb":
+        return imageio.load_image(data)
+    if form == "pil":
+        import io
+
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as img:
+            return img.convert("RGB")  # a loaded copy; RGB files keep their pixels
+    check_form(form)
+    import cv2
+
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise imageio.ImageReadError("aux image bytes: OpenCV cannot decode them")
+    return np.float32(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
 
 class AuxKeyError(DifaugError, KeyError):
@@ -298,11 +315,21 @@ class AuxIndex:
         chosen = [locs[i] for i in pick(len(locs), k, choose, seed)]
         return [self._group(loc.shard, loc.group, "aux_image")[loc.offset].as_py()["bytes"] for loc in chosen]
 
-    @_parameters_of(aux_bytes)
-    def aux_images(self, *args: Any, **kwargs: Any) -> list[np.ndarray]:
-        """Decoded aux images, `H×W×3 uint8` at the support's own size: `aux_bytes`'s arguments
-        (`key`, `class_id`, `k`, `choose`, `seed`) and its choice, decoded."""
-        return [imageio.load_image(b) for b in self.aux_bytes(*args, **kwargs)]
+    def aux_images(
+        self,
+        key: str,
+        class_id: int | None = None,
+        k: int | None = None,
+        *,
+        form: str = "rgb",
+        choose: str = "first",
+        seed: int | str | None = None,
+    ) -> list[Any]:
+        """Decoded aux images at the support's own size: `aux_bytes`'s choice, decoded as `form`
+        says (see `decode_as`): `rgb` (`H×W×3 uint8`), `pil` (as HSNet's loaders open a support)
+        or `cv2` (as PFENet/BAM/HDMNet's `SemData` reads one: `H×W×3 float32` RGB)."""
+        check_form(form)
+        return [decode_as(b, form) for b in self.aux_bytes(key, class_id, k, choose=choose, seed=seed)]
 
     def aux_indices(self, key: str, class_id: int | None = None) -> list[int]:
         return [loc.aux_index for loc in self._locs[self.sample_id(key, class_id)]]

@@ -16,12 +16,18 @@ Episode formats (`EpisodeFormat`; pick or write one, the default guesses from th
 Support images/masks may be stacked tensors (concatenated) or lists (extended).
 
 Where the shots enter the trainer's transform pipeline (pick one):
-- default (`shot_transform=None`): after it. Each aux image is resized to the size of its paired
-  support mask *in the episode* and turned into a tensor with `image_transform` (default: float
-  CHW in [0, 1]; pass the trainer's normalisation). Correct when the trainer's support transform is
-  a plain resize (HSNet, FSS-1000 loaders, test-time resizing without padding).
-- `shot_transform=fn(image, mask) -> (image, mask)`: before it. Each shot is the aux image
-  (H×W×3 uint8, the support's own size) with the support's original mask from disk (H×W uint8:
+- `image_form="pil"` or `"cv2"`: the trainer's own transform is the one resize. Each aux image is
+  decoded exactly as the trainer reads a support file (`pil`: a PIL RGB image, HSNet / Matcher /
+  DiffewS; `cv2`: `H×W×3 float32` RGB from OpenCV, PFENet / BAM / HDMNet) and handed, at the
+  support's own size, to `image_transform` (default: the base dataset's `.transform`, HSNet's
+  `Resize` + `ToTensor` + `Normalize`): an aux shot then equals what the trainer makes of the same
+  image as a support, bit for bit.
+- default (`image_form="rgb"`, `shot_transform=None`): after the trainer's transform. Each aux
+  image is resized with OpenCV to the size of its paired support mask *in the episode* and turned
+  into a tensor with `image_transform` (default: float CHW in [0, 1]). For trainers whose support
+  transform cannot be called on one image; it does not match torchvision's `Resize` exactly.
+- `shot_transform=fn(image, mask) -> (image, mask)`: before it. Each shot is the aux image (in
+  `image_form`; `cv2` for the PFENet family) with the support's original mask from disk (H×W uint8:
   1 = the class, 255 = ignore, else 0, the BAM/PFENet convention), passed through `fn`, which
   should be the trainer's own joint transform. Use this when supports get random crops, flips,
   rotations or padding (PFENet/BAM/HDMNet training): every shot then gets its own random transform,
@@ -38,7 +44,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from difaug.adapters.index import AuxIndex, AuxKeyError
+from difaug.adapters.index import AuxIndex, AuxKeyError, check_form, decode_as
 from difaug.core import imageio
 from difaug.core.classes import IGNORE_VALUE
 from difaug.inputs.datasets.fss1000 import manifest_class_id_from_hsnet
@@ -174,7 +180,10 @@ class AuxShotDataset(Dataset):
         key_fn: episode → `[(support image path or sample_id, class_id), …]`, one per real support,
             in support order. class_id is the support mask's value for the episode's class.
         episode_format: `DictFormat`, `TupleFormat` or your own; default: guessed per episode.
-        image_transform: aux image (H×W×3 uint8, resized to the mask) → what the episode holds.
+        image_form: "rgb", "pil" or "cv2": how an aux image is decoded (see the module docstring;
+            "pil"/"cv2" leave the resize to the trainer's transform).
+        image_transform: aux image → what the episode holds. Default: `to_tensor` for "rgb" (after
+            difaug's resize to the mask), the base dataset's `.transform` for "pil"/"cv2".
         shot_transform: see the module docstring; when given, `image_transform` is not used.
         missing: "error" (default) raises when a support has fewer than k aux images; "support"
             uses the real support image and mask instead, as the DifFSS BAM loader does, and
@@ -195,7 +204,8 @@ class AuxShotDataset(Dataset):
         key_fn: KeyFn,
         *,
         episode_format: EpisodeFormat | None = None,
-        image_transform: ImageTransform = to_tensor,
+        image_form: str = "rgb",
+        image_transform: ImageTransform | None = None,
         shot_transform: ShotTransform | None = None,
         missing: str = "error",
         choose: str = "first",
@@ -209,12 +219,14 @@ class AuxShotDataset(Dataset):
             raise ValueError(f"choose={choose!r} is not one of: first, random")
         if index.num_aux and k > index.num_aux:
             raise ValueError(f"k={k} but the run has only {index.num_aux} aux images per support")
+        check_form(image_form)
         self.base = base
         self.index = index
         self.k = k
         self.key_fn = key_fn
         self.episode_format = episode_format
-        self.image_transform = image_transform
+        self.image_form = image_form
+        self.image_transform = _image_transform(base, image_form, image_transform, shot_transform)
         self.shot_transform = shot_transform
         self.missing = missing
         self.choose = choose
@@ -274,10 +286,38 @@ class AuxShotDataset(Dataset):
             self.fallbacks += self.k
             return [(fmt.images(episode)[j], fmt.masks(episode)[j])] * self.k
         datas = self.index.aux_bytes(sid, k=self.k, choose=self.choose, seed=seed)
-        auxes = [imageio.load_image(d) for d in datas]
+        auxes = [decode_as(d, self.image_form) for d in datas]
         if self.shot_transform is not None:
             mask = binary_mask(imageio.load_mask(self.index.info(sid).mask), class_id)
             return [self.shot_transform(a, mask.copy()) for a in auxes]
         mask_j = fmt.masks(episode)[j]
         h, w = _hw(mask_j)
-        return [(self.image_transform(imageio.resize(a, (w, h))), mask_j) for a in auxes]
+        if self.image_form == "rgb":
+            return [(self.image_transform(imageio.resize(a, (w, h))), mask_j) for a in auxes]
+        shots = [(self.image_transform(a), mask_j) for a in auxes]
+        for image, _ in shots:
+            if _hw(image) != (h, w):
+                raise ValueError(
+                    f"support {key!r}: image_transform gave an aux image of {_hw(image)}, its support mask "
+                    f"is {(h, w)}; with image_form={self.image_form!r} pass the trainer's support transform "
+                    "(HSNet: dataset.transform), which resizes to the episode's size"
+                )
+        return shots
+
+
+def _image_transform(
+    base: Any, form: str, given: ImageTransform | None, shot_transform: ShotTransform | None
+) -> ImageTransform:
+    """The transform an aux image goes through: the one given, else `to_tensor` after difaug's
+    resize ("rgb"), else the base dataset's own support transform (HSNet's `.transform`)."""
+    if given is not None:
+        return given
+    if form == "rgb":
+        return to_tensor
+    own = getattr(base, "transform", None)
+    if shot_transform is None and not callable(own):
+        raise ValueError(
+            f"image_form={form!r} needs the trainer's support transform: pass image_transform=… "
+            f"({type(base).__name__} has no callable .transform)"
+        )
+    return own if callable(own) else to_tensor

@@ -41,7 +41,8 @@ LIST_HELP = (
     "split a list is for when several are built (e.g. --list train=lists/pascal/train.txt --list val=lists/pascal/val.txt)."
 )
 LIST_FORMAT_HELP = (
-    "auto (detected), pfenet (PFENet/BAM/HDMNet lists) or hsnet (HSNet/Matcher/DiffewS split files)."
+    "auto (detected), pfenet (PFENet/BAM/HDMNet lists), hsnet (HSNet/Matcher/DiffewS split files) or hdmnet "
+    "(HDMNet's sub_class_file_list_*.txt)."
 )
 TRAINER_HELP = (
     "Build what this trainer samples supports from: bam, hdmnet (DifFSS-BAM too), pfenet, hsnet, matcher, "
@@ -50,7 +51,8 @@ TRAINER_HELP = (
 )
 SPLITS_DIR_HELP = (
     "HSNet's split folder (hsnet/data/splits/pascal, …/coco or …/fss; Matcher: VOC2012/splits, COCO2014/splits, "
-    "FSS-1000/splits): picks the files each split reads for --fold."
+    "FSS-1000/splits): picks the files each split reads for --fold. With --trainer hdmnet: HDMNet's "
+    "lists/pascal/fss_list (or …/coco/fss_list), whose {train,val}/sub_class_file_list_FOLD.txt it reads."
 )
 FILTER_HELP = (
     "Drop training images that show any test class of the fold (BAM/HDMNet's filter_intersection; train split "

@@ -125,9 +125,29 @@ def test_aux_images_decodes_what_aux_bytes_chooses(pascal_run: SyntheticRun) -> 
     assert len(decoded) == len(picked) == 2
     for raw, image in zip(picked, decoded, strict=True):
         np.testing.assert_array_equal(image, load_image(raw))
-    # help() and editors show aux_bytes' parameters, with the decoded return type.
+    # help() and editors show aux_bytes' parameters, plus the form to decode to.
     images, raw_bytes = inspect.signature(index.aux_images), inspect.signature(index.aux_bytes)
-    assert images.parameters == raw_bytes.parameters and "key" in images.parameters
-    assert images.return_annotation == "list[np.ndarray]"
+    assert set(images.parameters) == {*raw_bytes.parameters, "form"}
     with pytest.raises(ValueError, match="choose"):
         index.aux_images("2007_000032_1", k=1, choose="best")
+    with pytest.raises(ValueError, match="form='bgr'"):
+        index.aux_images("2007_000032_1", k=1, form="bgr")
+
+
+def test_aux_images_in_each_trainers_form(pascal_run: SyntheticRun, tmp_path: Path) -> None:
+    """`pil` is what HSNet's `Image.open(path)` gives for the same file, `cv2` what BAM/PFENet/HDMNet's
+    `np.float32(cv2.cvtColor(cv2.imread(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))` gives."""
+    import cv2
+    from PIL import Image
+
+    index = AuxIndex(pascal_run.run_dir)
+    raw = index.aux_bytes("2007_000032", 1, 1)[0]
+    path = tmp_path / "aux.img"
+    path.write_bytes(raw)
+    pil = index.aux_images("2007_000032", 1, 1, form="pil")[0]
+    assert isinstance(pil, Image.Image) and pil.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(pil), np.asarray(Image.open(path)))
+    arr = index.aux_images("2007_000032", 1, 1, form="cv2")[0]
+    want = np.float32(cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
+    assert arr.dtype == np.float32
+    np.testing.assert_array_equal(arr, want)

@@ -196,3 +196,148 @@ def test_index_min_drift_iou(tmp_path: Path) -> None:
     with pytest.raises(DriftScoreError, match="difaug score"):
         AuxIndex(unscored.run_dir, min_drift_iou=0.5)
     assert len(AuxIndex(unscored.run_dir)) == 1  # no threshold: scores are not needed
+
+
+# --------------------------------------------------------------------------------------------------
+# Resize parity: an aux shot is what the trainer's own support path makes of the same image (Δ = 0)
+
+
+@pytest.fixture(scope="module")
+def jpeg_run(tmp_path_factory: pytest.TempPathFactory) -> SyntheticRun:
+    return make_run(tmp_path_factory.mktemp("jpeg"), num_aux=2, image_format="jpeg")
+
+
+class HSNetFamilyEpisodes(torch.utils.data.Dataset):
+    """The support path of juhongm999/hsnet data/pascal.py (aim-uofa/Matcher matcher/data/pascal.py,
+    DiffewS's copy): `self.transform(Image.open(path))` per support, the mask interpolated to it."""
+
+    def __init__(self, run: SyntheticRun, transform) -> None:
+        self.run, self.transform = run, transform
+        self.samples = [s for s in run.samples if s.sample_id in run.aux]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict:
+        from PIL import Image
+
+        s = self.samples[i]
+        support_imgs = torch.stack([self.transform(Image.open(s.image))])
+        m = torch.tensor(np.array(Image.open(s.mask))).float()
+        m = torch.nn.functional.interpolate(m[None, None], support_imgs.size()[-2:], mode="nearest").squeeze()
+        return {"support_imgs": support_imgs, "support_masks": (m == s.class_id).float()[None],
+                "support_names": [Path(s.image).stem], "class_id": torch.tensor(s.class_id - 1)}  # fmt: skip
+
+
+def _hsnet_family_transform(trainer: str):
+    from torchvision import transforms
+
+    resize_to_tensor = [transforms.Resize(size=(40, 40)), transforms.ToTensor()]  # img_size 40 here
+    norm = {
+        "hsnet": [
+            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+        ],  # hsnet data/dataset.py
+        "matcher": [],  # aim-uofa/Matcher matcher/data/dataset.py: Resize + ToTensor
+        "diffews": [transforms.Normalize([0.5], [0.5])],  # DiffewS: [-1, 1] (its train script's transforms)
+    }[trainer]
+    return transforms.Compose(resize_to_tensor + norm)
+
+
+@pytest.mark.parametrize("trainer", ["hsnet", "matcher", "diffews"])
+def test_hsnet_family_aux_shot_equals_the_support_path(
+    jpeg_run: SyntheticRun, tmp_path: Path, trainer: str
+) -> None:
+    from PIL import Image
+
+    from difaug.adapters import hsnet_keys
+
+    base = HSNetFamilyEpisodes(jpeg_run, _hsnet_family_transform(trainer))
+    index = AuxIndex(jpeg_run.run_dir)
+    ds = AuxShotDataset(base, index, k=2, key_fn=hsnet_keys, image_form="pil")  # base.transform
+    old = AuxShotDataset(
+        base, index, k=2, key_fn=hsnet_keys, image_transform=lambda a: base.transform(Image.fromarray(a))
+    )
+    worst_old = 0.0
+    for i in range(len(base)):
+        s = base.samples[i]
+        ep = ds[i]
+        assert ep["support_imgs"].shape == (3, 3, 40, 40)
+        for k, raw in enumerate(index.aux_bytes(s.sample_id, k=2)):
+            path = tmp_path / f"{s.sample_id}_{k}.jpg"  # the aux image as a support file
+            path.write_bytes(raw)
+            want = base.transform(Image.open(path))  # the trainer's support path
+            assert torch.equal(ep["support_imgs"][1 + k], want)  # Δ = 0
+            worst_old = max(worst_old, float((old[i]["support_imgs"][1 + k] - want).abs().mean()))
+        assert torch.equal(ep["support_masks"][1], ep["support_masks"][0])
+    assert worst_old > 0  # resizing with OpenCV first is not the trainer's Resize
+
+
+def pfenet_test_transform(image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """A deterministic joint transform in dvlab-research/PFENet util/transform.py's terms: cv2 linear
+    resize of the float32 RGB image (nearest for the label), ToTensor (HWC → CHW float), Normalize with
+    mean/std × 255."""
+    import cv2
+
+    image = cv2.resize(image, (40, 40), interpolation=cv2.INTER_LINEAR)
+    label = cv2.resize(label, (40, 40), interpolation=cv2.INTER_NEAREST)
+    t = torch.from_numpy(image.transpose((2, 0, 1))).float()
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None] * 255
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None] * 255
+    return t.sub_(mean).div_(std), torch.from_numpy(label).long()
+
+
+def test_pfenet_family_aux_shot_equals_the_support_path(jpeg_run: SyntheticRun, tmp_path: Path) -> None:
+    index = AuxIndex(jpeg_run.run_dir)
+    samples = [s for s in jpeg_run.samples if s.sample_id in jpeg_run.aux]
+
+    class Episodes:
+        def __len__(self) -> int:
+            return len(samples)
+
+        def __getitem__(self, i: int):
+            s = samples[i]
+            x, y = pfenet_test_transform(_cv2_read(s.image), binary_mask(load_mask(s.mask), s.class_id))
+            return (x, y, [x], [y], s.image, s.class_id)
+
+    ds = AuxShotDataset(Episodes(), index, k=2, key_fn=lambda ep: [(ep[4], ep[5])], image_form="cv2",
+                        shot_transform=pfenet_test_transform)  # fmt: skip
+    for i, s in enumerate(samples):
+        ep = ds[i]
+        mask = binary_mask(load_mask(s.mask), s.class_id)
+        for k, raw in enumerate(index.aux_bytes(s.sample_id, k=2)):
+            path = tmp_path / f"{s.sample_id}_{k}.jpg"
+            path.write_bytes(raw)
+            want_x, want_y = pfenet_test_transform(_cv2_read(str(path)), mask)  # SemData's support path
+            assert torch.equal(ep[2][1 + k], want_x) and torch.equal(ep[3][1 + k], want_y)
+            # the in-loader lines (docs/adapters.md) read the same float32 array
+            np.testing.assert_array_equal(
+                index.aux_images(s.image, s.class_id, k=2, form="cv2")[k], _cv2_read(str(path))
+            )
+
+
+def _cv2_read(path: str) -> np.ndarray:
+    # PFENet / BAM / HDMNet util/dataset.py SemData.__getitem__, the support read.
+    import cv2
+
+    return np.float32(cv2.cvtColor(cv2.imread(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
+
+
+def test_image_form_needs_a_transform_of_the_episode_size(jpeg_run: SyntheticRun) -> None:
+    from difaug.adapters import hsnet_keys
+
+    base = HSNetFamilyEpisodes(jpeg_run, _hsnet_family_transform("matcher"))
+    index = AuxIndex(jpeg_run.run_dir)
+    with pytest.raises(ValueError, match="form='bgr' is not one of"):
+        AuxShotDataset(base, index, k=1, key_fn=hsnet_keys, image_form="bgr")
+    with pytest.raises(ValueError, match="needs the trainer's support transform"):
+        AuxShotDataset(list(range(3)), index, k=1, key_fn=hsnet_keys, image_form="pil")
+    ds = AuxShotDataset(
+        base,
+        index,
+        k=1,
+        key_fn=hsnet_keys,
+        image_form="pil",
+        image_transform=lambda im: to_tensor(np.asarray(im)),
+    )
+    with pytest.raises(ValueError, match="pass the trainer's support transform"):
+        ds[0]

@@ -254,6 +254,18 @@ def test_in_loader_aux_index_serves_every_episode(
 # HSNet family (HSNet, Matcher, DiffewS): `data/{pascal,coco,fss}.py`
 
 
+def hsnet_sample_supports(pool: list[str], query_name: str, shot: int) -> list[str]:
+    # juhongm999/hsnet data/pascal.py sample_episode, data/coco.py load_frame: the same loop.
+    support_names = []
+    while True:  # keep sampling support set if query == support
+        support_name = np.random.choice(pool, 1, replace=False)[0]
+        if query_name != support_name:
+            support_names.append(support_name)
+        if len(support_names) == shot:
+            break
+    return support_names
+
+
 class HSNetPASCAL(torch.utils.data.Dataset):
     """Restated from juhongm999/hsnet data/pascal.py DatasetPASCAL (aim-uofa/Matcher matcher/data/pascal.py
     is the same with the split files under VOC2012/splits)."""
@@ -300,13 +312,9 @@ class HSNetPASCAL(torch.utils.data.Dataset):
 
     def __getitem__(self, idx):
         query_name, class_sample = self.img_metadata[idx % len(self.img_metadata)]
-        support_names = []
-        while True:  # sample_episode: keep sampling support set if query == support
-            support_name = np.random.choice(self.img_metadata_classwise[class_sample], 1, replace=False)[0]
-            if query_name != support_name:
-                support_names.append(support_name)
-            if len(support_names) == self.shot:
-                break
+        support_names = hsnet_sample_supports(
+            self.img_metadata_classwise[class_sample], query_name, self.shot
+        )
         support_imgs = torch.stack(
             [self.transform(Image.open(self.img_path / f"{n}.jpg")) for n in support_names]
         )
@@ -594,6 +602,15 @@ def test_cli_fss1000_hsnet_preset_gives_hsnet_ids(tmp_path: Path, fss_tree: Trai
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "adapters.md"
 
 
+def doc_snippets(section: str) -> list[str]:
+    """Every ```python block under the docs/adapters.md heading that starts with `section`."""
+    text = DOCS.read_text(encoding="utf-8")
+    start = text.index(f"\n## {section}")
+    end = text.find("\n## ", start + 1)
+    part = text[start : end if end != -1 else len(text)]
+    return [b.split("```", 1)[0] for b in part.split("```python\n")[1:]]
+
+
 def doc_snippet(section: str) -> str:
     """The first ```python block under the docs/adapters.md heading that starts with `section`."""
     text = DOCS.read_text(encoding="utf-8")
@@ -673,3 +690,173 @@ def test_docs_hsnet_and_matcher_snippets_run(tmp_path: Path, pascal_tree: Traine
     ns3 = {"torch": torch, "args": args, "dataloader_test": torch.utils.data.DataLoader(base, batch_size=2)}
     exec(compile(doc_snippet("Matcher and DiffewS"), "docs/adapters.md (Matcher)", "exec"), ns3)
     assert next(iter(ns3["dataloader_test"]))["support_imgs"].shape[1] == 1 + NUM_AUX
+
+
+# --------------------------------------------------------------------------------------------------
+# HDMNet's own lists, DiffewS training, FSS-1000 partial trees
+
+
+def write_hdmnet_fss_lists(tree: TrainerTree, hdmnet: Path, fold: int = 0) -> Path:
+    """`lists/pascal/fss_list/{train,val}/{data_list,sub_class_file_list}_{fold}.txt` as Pbihao/HDMNet
+    util/dataset.py's (commented) "Write FSS Data" block writes them from `make_dataset`: train with
+    `filter_intersection=True`, val without; paths `os.path.join(data_root, …)` with a data_root
+    relative to the HDMNet folder (`../…`)."""
+    sub_list, sub_val_list = bam_class_lists("pascal", fold)
+    root = hdmnet / "lists" / "pascal" / "fss_list"
+    data_root = Path(os.path.relpath(tree.root, hdmnet))
+    for mode, classes, flt in (("train", sub_list, True), ("val", sub_val_list, False)):
+        cwd = os.getcwd()
+        os.chdir(hdmnet)  # the lists' paths are relative to HDMNet's working directory
+        try:
+            data_list, sub_class_file_list = bam_make_dataset(data_root, tree.lists[mode], classes, flt)
+        finally:
+            os.chdir(cwd)
+        (root / mode).mkdir(parents=True, exist_ok=True)
+        with open(root / mode / f"data_list_{fold}.txt", "w") as f:
+            for img, label in data_list:
+                f.write(img + " ")
+                f.write(label + "\n")
+        with open(root / mode / f"sub_class_file_list_{fold}.txt", "w") as f:
+            f.write(str(sub_class_file_list))
+    return root
+
+
+def hdmnet_support_pool(fss_list: Path, hdmnet: Path, fold: int = 0) -> set[tuple[str, int]]:
+    # Pbihao/HDMNet SemData.__init__ "Read FSS Data": the support pool is sub_class_file_list.
+    pool = set()
+    for mode in ("train", "val"):
+        with open(fss_list / mode / f"sub_class_file_list_{fold}.txt") as f:
+            sub_class_file_list = eval(f.read())
+        pool |= {
+            (str((hdmnet / img).resolve()), c) for c, items in sub_class_file_list.items() for img, _ in items
+        }
+    return pool
+
+
+def test_hdmnet_manifest_from_its_own_fss_lists(tmp_path: Path, pascal_tree: TrainerTree) -> None:
+    hdmnet = tmp_path / "HDMNet"
+    hdmnet.mkdir()
+    fss_list = write_hdmnet_fss_lists(pascal_tree, hdmnet)
+    out = tmp_path / "hdmnet.csv"
+    res = CliRunner().invoke(app, ["manifest", "build", "pascal5i", "--root", str(hdmnet), "--trainer", "hdmnet",
+                                   "--fold", "0", "--splits-dir", str(fss_list), "--out", str(out)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    samples = read_manifest(out).samples
+    pool = hdmnet_support_pool(fss_list, hdmnet)
+    assert {(str(Path(s.image).resolve()), s.class_id) for s in samples} == pool
+    assert pool == bam_support_pool(pascal_tree, "pascal", True)  # BAM's make_dataset, written out
+    assert {s.split for s in samples} == {"train", "val"}
+    res = CliRunner().invoke(app, ["manifest", "build", "pascal5i", "--root", str(hdmnet), "--trainer", "hdmnet",
+                                   "--fold", "1", "--splits-dir", str(fss_list), "--out", str(out)])  # fmt: skip
+    assert res.exit_code == 2 and "sub_class_file_list_1.txt" in res.output
+    res = CliRunner().invoke(app, ["manifest", "build", "pascal5i", "--root", str(hdmnet), "--trainer", "bam",
+                                   "--fold", "0", "--splits-dir", str(fss_list), "--out", str(out)])  # fmt: skip
+    assert res.exit_code == 2 and "reads data lists" in res.output
+
+
+def test_diffews_trains_on_hsnet_coco_trn(
+    tmp_path: Path, coco_tree: TrainerTree, pascal_tree: TrainerTree
+) -> None:
+    """DiffewS train_tools/train_icl_multitask_nocrop_nearest_nshot_v3.py: `args.benchmark = 'coco'`,
+    `FSSDataset.build_dataloader('coco', …, 'trn', args.nshot)`: COCO trn + val, PASCAL val only."""
+    coco = build_for("diffews", "coco", coco_tree, tmp_path / "coco")
+    assert manifest_pairs(coco.rows) == manifest_pairs(
+        build_for("hsnet", "coco", coco_tree, tmp_path / "h").rows
+    )
+    assert {r["split"] for r in coco.rows} == {"trn", "val"}
+    pascal = build_for("diffews", "pascal", pascal_tree, tmp_path / "pascal")
+    assert {r["split"] for r in pascal.rows} == {"val"}
+
+
+class HSNetCOCOEpisodes(HSNetCOCO):
+    """juhongm999/hsnet data/coco.py DatasetCOCO.__getitem__ / load_frame (DiffewS's copy in
+    evaluation_util/data), with DiffewS's [-1, 1] transform."""
+
+    def __init__(self, base_path: Path, splits: Path, fold: int, split: str, shot: int, transform):
+        super().__init__(splits, fold, split)
+        self.base_path, self.shot, self.transform = base_path, shot, transform
+        self.class_ids = [c for c in self.class_ids if len(self.img_metadata_classwise.get(c, [])) > shot]
+
+    def __len__(self):
+        return 8
+
+    def read_mask(self, name):
+        return torch.tensor(
+            np.array(Image.open(self.base_path / "annotations" / (name[: name.index(".jpg")] + ".png")))
+        )
+
+    def __getitem__(self, idx):
+        class_sample = np.random.choice(self.class_ids, 1, replace=False)[0]
+        query_name = np.random.choice(self.img_metadata_classwise[class_sample], 1, replace=False)[0]
+        query_img = self.transform(Image.open(self.base_path / query_name).convert("RGB"))
+        query_mask = (self.read_mask(query_name) == class_sample + 1).float()
+        query_mask = torch.nn.functional.interpolate(
+            query_mask[None, None], query_img.size()[-2:], mode="nearest"
+        ).squeeze()
+        support_names = hsnet_sample_supports(
+            self.img_metadata_classwise[class_sample], query_name, self.shot
+        )
+        support_imgs = torch.stack(
+            [self.transform(Image.open(self.base_path / n).convert("RGB")) for n in support_names]
+        )
+        masks = [(self.read_mask(n) == class_sample + 1).float() for n in support_names]
+        masks = [
+            torch.nn.functional.interpolate(m[None, None], support_imgs.size()[-2:], mode="nearest").squeeze()
+            for m in masks
+        ]
+        return {"query_img": query_img, "query_mask": query_mask, "support_imgs": support_imgs,
+                "support_masks": torch.stack(masks), "support_names": support_names,
+                "class_id": torch.tensor(class_sample)}  # fmt: skip
+
+
+def test_docs_diffews_training_lines_run_in_its_loop(tmp_path: Path, coco_tree: TrainerTree) -> None:
+    import random
+    from types import SimpleNamespace
+
+    from torchvision import transforms
+
+    result = build_for("diffews", "coco", coco_tree, tmp_path)
+    run = run_from_rows(tmp_path, result.rows)
+    transform = transforms.Compose(
+        [transforms.Resize(size=(32, 32)), transforms.ToTensor(), transforms.Normalize([0.5], [0.5])]
+    )
+    base = HSNetCOCOEpisodes(coco_tree.root, coco_tree.hsnet_splits, 0, "trn", 1, transform)
+    args = SimpleNamespace(nshot=1, aux_run=str(run.run_dir), aux_shot=NUM_AUX, bsz=1, nworker=0)
+    dataloader_train_nshot = torch.utils.data.DataLoader(base, batch_size=1, shuffle=True)
+    wrap, loop_line = doc_snippets("DiffewS training")
+    ns = {"args": args, "torch": torch, "dataloader_train_nshot": dataloader_train_nshot}
+    exec(compile(wrap, "docs/adapters.md (DiffewS training)", "exec"), ns)
+    assert ns["train_dataloader"] is ns["dataloader_train_nshot"]  # both names the script uses
+    assert isinstance(ns["dataloader_train_nshot"].dataset, AuxShotDataset)
+    np.random.seed(0)
+    random.seed(0)
+    used, delivered = set(), 0
+    for _ in range(4):
+        for batch_ in ns["dataloader_train_nshot"]:  # the script's loop, up to its choice of shots
+            batch = {"imgs_ref": batch_["support_imgs"][0]}
+            assert batch["imgs_ref"].shape == (args.nshot * (1 + NUM_AUX), 3, 32, 32)
+            assert batch["imgs_ref"].min() < 0  # DiffewS's [-1, 1] transform ran on the aux shots too
+            delivered += batch["imgs_ref"].shape[0] - args.nshot
+            step = {"batch": batch, "args": args}
+            exec(compile(loop_line, "docs/adapters.md (DiffewS loop)", "exec"), step)
+            temp_nshot = random.randint(1, step["max_nshot"])
+            used |= set(random.sample(range(0, step["max_nshot"]), temp_nshot))
+    assert delivered == 4 * len(base) * NUM_AUX
+    assert used & set(range(args.nshot, args.nshot * (1 + NUM_AUX)))  # aux shots are drawn
+
+
+def test_cli_fss1000_partial_tree_for_a_multi_split_preset(tmp_path: Path) -> None:
+    import shutil
+
+    tree = make_fss_trainer_tree(tmp_path / "fss")
+    for cls in FSS_TRAINER_SPLITS["trn"] + FSS_TRAINER_SPLITS["val"]:
+        shutil.rmtree(tree.root / cls)  # only test's class folders, as for Matcher / DiffewS
+    for trainer in ("hsnet", "matcher", "diffews"):
+        out = tmp_path / f"{trainer}.csv"
+        res = CliRunner().invoke(app, ["manifest", "build", "fss1000", "--root", str(tree.root), "--trainer", trainer,
+                                       "--splits-dir", str(tree.hsnet_splits), "--out", str(out)])  # fmt: skip
+        assert res.exit_code == 0, res.output
+        samples = read_manifest(out).samples
+        assert {s.split for s in samples} == {"test"} and len(samples) == 3 * 10
+        # hsnet also reads trn.txt and val.txt: their absent folders are counted, not fatal
+        assert ("missing class folder" in res.output) == (trainer == "hsnet")

@@ -7,6 +7,7 @@ accounts for every image and every class it saw: nothing is dropped silently.
 
 from __future__ import annotations
 
+import ast
 import os
 import pickle
 import re
@@ -159,14 +160,20 @@ class ListEntry:
 # `hsnet`: HSNet/Matcher/DiffewS split files: PASCAL `data/splits/pascal/{trn,val}/fold*.txt`
 # (lines `2007_000032__01`: stem, two underscores, 1-based class) and COCO
 # `data/splits/coco/{trn,val}/fold*.pkl` (a pickled dict: 0-based class → `train2014/….jpg` names).
-LIST_FORMATS = ("auto", "pfenet", "hsnet")
+# `hdmnet`: HDMNet's pre-made `lists/{pascal,coco}/fss_list/{train,val}/sub_class_file_list_{fold}.txt`
+# (`str()` of a dict: class id → [(image path, label path), …], the supports its `SemData` samples).
+LIST_FORMATS = ("auto", "pfenet", "hsnet", "hdmnet")
+HDMNET_SUPPORT_LIST = "sub_class_file_list_"
 _HSNET_LINE = re.compile(r"^([^\s/]+)__(\d+)$")
 
 
 def detect_list_format(path: Path) -> str:
-    """`hsnet` for a `.pkl` file or a text file whose lines all look like `2007_000032__01`."""
+    """`hsnet` for a `.pkl` file or a text file whose lines all look like `2007_000032__01`,
+    `hdmnet` for HDMNet's `sub_class_file_list_*.txt`, else `pfenet`."""
     if path.suffix.lower() == ".pkl":
         return "hsnet"
+    if path.name.startswith(HDMNET_SUPPORT_LIST):
+        return "hdmnet"
     lines = [ln.strip() for ln in read_utf8(path, "the list file").splitlines() if ln.strip()]
     if lines and all(_HSNET_LINE.match(ln) for ln in lines):
         return "hsnet"
@@ -186,7 +193,44 @@ def read_split_file(
     fmt = detect_list_format(path) if list_format == "auto" else list_format
     if fmt == "hsnet":
         return read_hsnet_split(path, image_dir=image_dir, mask_dir=mask_dir)
+    if fmt == "hdmnet":
+        return read_hdmnet_support_list(path)
     return read_list_file(path)
+
+
+def read_hdmnet_support_list(path: str | Path) -> tuple[list[ListEntry], list[Skip]]:
+    """HDMNet's `sub_class_file_list_{fold}.txt`: the dict its `SemData.__init__` `eval`s, read here
+    with `ast.literal_eval` (literals only, no code). One entry per (image, label, class) listed;
+    paths as HDMNet wrote them (`os.path.join(data_root, …)`: pass that `data_root`'s base as --root,
+    absolute paths are kept)."""
+    path = Path(path)
+    try:
+        data = ast.literal_eval(read_utf8(path, "HDMNet's support list").strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError) as e:
+        raise BuildError(
+            f"{path}: not HDMNet's sub_class_file_list (a dict class → [(image, label)]): {e}"
+        ) from None
+    if not isinstance(data, dict):
+        raise BuildError(f"{path}: HDMNet's sub_class_file_list holds a dict, got {type(data).__name__}")
+    entries: list[ListEntry] = []
+    bad: list[Skip] = []
+    n = 0
+    for key in sorted(data, key=lambda k: (not isinstance(k, int), str(k))):
+        items = data[key]
+        if not isinstance(key, int) or not isinstance(items, (list, tuple)):
+            bad.append(Skip(f"{path}[{key!r}]", SkipReason.BAD_LIST_LINE, "not an int class → list of pairs"))
+            continue
+        for item in items:
+            n += 1
+            ok = isinstance(item, (list, tuple)) and len(item) == 2 and all(isinstance(x, str) for x in item)
+            if not ok:
+                bad.append(
+                    Skip(f"{path}[{key}]", SkipReason.BAD_LIST_LINE, f"{item!r} is not (image, label)")
+                )
+                continue
+            image, label = (x.strip() for x in item)
+            entries.append(ListEntry(n, image, label, Path(image).stem, key))
+    return entries, bad
 
 
 class _PlainUnpickler(pickle.Unpickler):

@@ -197,6 +197,10 @@ def build_fss1000(
         result.notes.append(
             f"class ids are HSNet's ({hsnet_split}: sorted index + {HSNET_SPLIT_OFFSETS[str(hsnet_split)]}) + 1"
         )
+    if listed and len(folders) < len(listed):
+        result.notes.append(
+            f"{len(listed) - len(folders)} of the {len(listed)} classes in {list_file} have no folder under {root}"
+        )
     unknown = sorted(f for f in folders if ids[f] > 1000) if rule == "table" else []
     if unknown:
         shown = ", ".join(f"{f}={ids[f]}" for f in unknown[:5]) + (" …" if len(unknown) > 5 else "")
@@ -239,6 +243,11 @@ def _class_folders(
         for f in [f for f in listed if not (root / f).is_dir()]:
             skipped.append(Skip(str(root / f), MISSING_CLASS_DIR, f"listed in {list_file}"))
         folders = [f for f in listed if (root / f).is_dir()]
+        if not listed:
+            raise BuildError(f"{list_file}: no class names in it; HSNet's splits/fss/*.txt list one per line")
+        # A tree holding only some splits' folders (e.g. only test's) is fine for a multi-split
+        # preset: every missing folder is a `missing class folder` skip, and the note counts them.
+        return folders, listed
     if not folders:
         raise BuildError(f"no class folders under {root}; FSS-1000 is ROOT/<class>/<n>.jpg + <n>.png")
     return folders, listed

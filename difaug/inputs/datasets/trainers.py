@@ -6,11 +6,12 @@ real support, or raise). The rules below are read from each trainer's own loader
 
 | trainer | loader | min area | train filter | list format | splits drawn |
 |---|---|---|---|---|---|
-| bam, hdmnet (DifFSS-BAM too) | `util/dataset.py` `make_dataset` | 2·32·32 | `filter_intersection=True` | PFENet-style | train + val |
+| bam (DifFSS-BAM too) | `util/dataset.py` `make_dataset` | 2·32·32 | `filter_intersection=True` | PFENet-style | train + val |
+| hdmnet | `util/dataset.py`: pre-made `lists/*/fss_list/{train,val}/sub_class_file_list_{fold}.txt` (BAM's `make_dataset` output) | 2·32·32 | `filter_intersection=True` | HDMNet's own (`--splits-dir`) or PFENet-style | train + val |
 | pfenet | `util/dataset.py` `make_dataset` | 2·32·32 | none | PFENet-style | train + val |
 | hsnet | `data/{pascal,coco,fss}.py` | none | none | HSNet split files | trn + val (FSS: + test) |
 | matcher | `matcher/data/*.py` (HSNet's) | none | none | HSNet split files | val (FSS: test): no training |
-| diffews | `evaluation_util/data` (HSNet's) | none | none | HSNet split files | val (FSS: test) |
+| diffews | training script: HSNet's COCO loader `trn`; `evaluation_util/data` (HSNet's) | none | none | HSNet split files | COCO: trn + val; PASCAL: val; FSS: test |
 
 COCO folds are interleaved for all of them (HSNet's rule; PFENet/BAM/HDMNet's shipped COCO configs
 set `use_split_coco: True`). One aux folder (`aux_data_dir`) serves training *and* validation in
@@ -39,17 +40,31 @@ class TrainerPreset:
     splits: tuple[str, ...]  # PASCAL-5i / COCO-20i splits whose supports the trainer samples
     fss_splits: tuple[str, ...]  # FSS-1000 (HSNet family only)
     source: str  # where the rules were read
+    own_lists: str | None = None  # what `--splits-dir` holds: "hsnet" split files, "hdmnet" fss_list
+    train_on: tuple[str, ...] | None = None  # datasets it trains on (None: each it is built for)
+
+    def splits_for(self, dataset: str) -> tuple[str, ...]:
+        """The splits of `dataset` ("pascal", "coco", "fss1000") the trainer draws supports from."""
+        if dataset == "fss1000":
+            return self.fss_splits
+        if self.train_on is not None and dataset not in self.train_on:
+            return tuple(s for s in self.splits if s not in TRAIN_SPLITS)
+        return self.splits
 
 
 _BAM = dict(min_area=DEFAULT_MIN_AREA, filter_intersection=True, list_format="pfenet", fold_rule="interleaved",
             splits=("train", "val"), fss_splits=())  # fmt: skip
-_HSNET = dict(min_area=0, filter_intersection=False, list_format="hsnet", fold_rule="interleaved")
+_HSNET = dict(
+    min_area=0, filter_intersection=False, list_format="hsnet", fold_rule="interleaved", own_lists="hsnet"
+)
 
 TRAINERS: dict[str, TrainerPreset] = {
     "bam": TrainerPreset(
         "bam", **_BAM, source="chunbolang/BAM util/dataset.py (and TrinitialChan/DifFSS-BAM)"
     ),
-    "hdmnet": TrainerPreset("hdmnet", **_BAM, source="Pbihao/HDMNet util/dataset.py"),
+    "hdmnet": TrainerPreset(
+        "hdmnet", **_BAM, source="Pbihao/HDMNet util/dataset.py (lists/*/fss_list)", own_lists="hdmnet"
+    ),
     "pfenet": TrainerPreset(
         "pfenet", **{**_BAM, "filter_intersection": False}, source="dvlab-research/PFENet util/dataset.py"
     ),
@@ -67,12 +82,16 @@ TRAINERS: dict[str, TrainerPreset] = {
         fss_splits=("test",),
         source="aim-uofa/Matcher matcher/data/*.py",
     ),
+    # DiffewS trains through HSNet's COCO loader (`train_tools/train_icl_multitask_nocrop_nearest_nshot_v3.py`:
+    # `args.benchmark = 'coco'`, `build_dataloader(..., 'trn', args.nshot)`) and evaluates on every
+    # benchmark's val/test split with the same loaders (`evaluation_util/data`).
     "diffews": TrainerPreset(
         "diffews",
         **_HSNET,
-        splits=("val",),
+        splits=("trn", "val"),
         fss_splits=("test",),
-        source="aim-uofa/DiffewS evaluation_util/data (HSNet's loaders)",
+        source="aim-uofa/DiffewS train_tools/train_icl_multitask_nocrop_nearest_nshot_v3.py, evaluation_util/data",
+        train_on=("coco",),
     ),
 }
 
@@ -111,6 +130,27 @@ def hsnet_split_files(
                 f"HSNet split file(s) not found: {', '.join(missing)}; pass --splits-dir HSNET/data/splits/{sub}"
             )
         out[split] = files
+    return out
+
+
+def hdmnet_list_files(
+    splits_dir: str | Path, dataset: str, fold: int | None, splits: Sequence[str]
+) -> dict[str, list[Path]]:
+    """The support lists HDMNet's `SemData.__init__` reads for `fold`, from `lists/<dataset>/fss_list`:
+    `{train,val}/sub_class_file_list_{fold}.txt` (its `data_list_{fold}.txt` beside them lists the
+    queries, which are drawn from the same pairs)."""
+    if dataset == "fss1000":
+        raise BuildError("HDMNet has no FSS-1000 lists; use --trainer hsnet, matcher or diffews")
+    if fold is None:
+        raise BuildError("--splits-dir needs --fold (HDMNet's lists are per fold)")
+    base = Path(splits_dir)
+    out: dict[str, list[Path]] = {}
+    for split in splits:
+        f = base / ("train" if split in TRAIN_SPLITS else "val") / f"sub_class_file_list_{fold}.txt"
+        if not f.is_file():
+            sub = "coco" if dataset == "coco" else "pascal"
+            raise BuildError(f"HDMNet list not found: {f}; pass --splits-dir HDMNet/lists/{sub}/fss_list")
+        out[split] = [f]
     return out
 
 
@@ -181,7 +221,7 @@ def plan_splits(
     if split is not None:
         wanted: tuple[str | None, ...] = (split,)
     elif preset is not None:
-        wanted = preset.fss_splits if dataset == "fss1000" else preset.splits
+        wanted = preset.splits_for(dataset)
     else:
         wanted = tuple(plan) or (None,)
     if preset is not None and dataset != "fss1000" and fold is None:
@@ -192,7 +232,11 @@ def plan_splits(
         if a in plan and a not in wanted and b in wanted:
             plan[b] = plan.pop(a)
     if splits_dir is not None:
-        files = hsnet_split_files(splits_dir, dataset, fold, [s for s in wanted if s is not None])
+        own = preset.own_lists if preset is not None else "hsnet"
+        if own is None:
+            raise BuildError(f"--trainer {preset.name} reads data lists: pass --list train=… --list val=…")
+        find = hdmnet_list_files if own == "hdmnet" else hsnet_split_files
+        files = find(splits_dir, dataset, fold, [s for s in wanted if s is not None])
         for s, paths in files.items():
             plan.setdefault(s, paths)
     if None in plan and split is None and len(wanted) > 1:

@@ -200,3 +200,21 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path: Path, coco) -> None:
     pkl.write_bytes(pickle.dumps({0: [Evil()]}))
     with pytest.raises(BuildError, match="not an HSNet split pickle"):
         build_coco20i(coco.root, list_file=pkl)
+
+
+def test_hdmnet_support_list_is_read_as_literals_only(tmp_path: Path) -> None:
+    from difaug.inputs.datasets.common import BuildError, detect_list_format, read_split_file
+
+    path = tmp_path / "sub_class_file_list_0.txt"  # HDMNet writes str(dict)
+    path.write_text(
+        str({6: [("../VOC/JPEGImages/a.jpg", "../VOC/SegmentationClassAug/a.png")], 7: [], 8: ["x"]})
+    )
+    assert detect_list_format(path) == "hdmnet"
+    entries, bad = read_split_file(path)
+    assert [(e.image, e.mask, e.stem, e.class_id) for e in entries] == [
+        ("../VOC/JPEGImages/a.jpg", "../VOC/SegmentationClassAug/a.png", "a", 6)
+    ]
+    assert len(bad) == 1 and "'x' is not (image, label)" in bad[0].detail
+    path.write_text("__import__('os').system('echo no')")
+    with pytest.raises(BuildError, match="not HDMNet's sub_class_file_list"):
+        read_split_file(path)
