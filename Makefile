@@ -6,12 +6,12 @@ BIN := $(VENV)/bin
 # build it was made for: install them as one matched pair. Override on a cluster with its own CUDA,
 # e.g. `make install TORCH="torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cu128"`.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
-EXTRAS ?= dev
+EXTRAS ?= dev,slurm
 CONFIG ?= pipelines/demo.yaml
 TINY ?= models/tiny
 DEMO_OUT ?= runs/demo
 
-.PHONY: install test lint demo shards bench clean
+.PHONY: install test lint demo shards bench clean slurm-start slurm-stop slurm-status
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ demo: install $(TINY)/difaug-models.json
 # The real job, on a GPU machine or cluster: make shards CONFIG=pipelines/pascal5i-fold0-hed.yaml
 shards: install
 	$(BIN)/difaug generate --config $(CONFIG)
+
+# A one-node SLURM on this machine (root; see scripts/slurm-local.sh): the SLURM tests use it.
+slurm-start slurm-stop slurm-status:
+	scripts/slurm-local.sh $(@:slurm-%=%)
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py

@@ -17,8 +17,10 @@ What it measures
 
 With `--device cuda`: SD1.5's UNet and VAE with random fp16 weights built on the GPU, and the
 milliseconds per image of each stage of `DiffSeg.drift_scores` (batch 16 at 512²: images → latents, the
-UNet pass with the capture, aggregation, merging, NMS, drift score; synchronised after each) and
-of the whole call unsynchronised. `--device cpu --tiny` runs that path on the tiny model.
+UNet pass with the capture, aggregation, the batched merges and NMS, drift score; synchronised
+after each), of the whole call unsynchronised, and of the same images scored one call per image
+(`diffseg_batched_vs_per_image`: per-image time ÷ batched time, in the same run; with the max
+|Δ drift_iou| between the two). `--device cpu --tiny` runs that path on the tiny model.
 
 Run: .venv/bin/python benchmarks/diffseg_speed.py [--quick] [--images 2] [--device cuda [--tiny]]
 Last line: `diffseg_post_pass_ms_per_image: X` (all steps after the UNet pass, one thread), or
@@ -280,17 +282,27 @@ def device_stages(device: str, tiny: bool, batch: int, size: int, repeats: int) 
         grid = diffseg.AttentionSink(latent_hw).grid(max(maps))
         scale = size // grid[0]
         attention = stage("aggregate", lambda: diffseg.aggregate(maps, grid))
-        proposals = stage("merge", lambda: [diffseg.merge(x, grid) for x in attention])
-        labels = stage("suppress", lambda: [diffseg.suppress(x, grid, scale) for x in proposals])
+        proposals = stage("merge (batched)", lambda: diffseg.merge_batch(attention, grid))
+        labels = stage("suppress (batched)", lambda: diffseg.suppress_batch(proposals, grid, scale))
         stage(
             "drift score", lambda: [diffseg.drift_score(x, m, 1) for x, m in zip(labels, masks, strict=True)]
         )
         stage("drift_scores() whole", lambda: seg.drift_scores(list(images), masks, [1] * batch))
 
+    def per_image() -> None:
+        for img, m in zip(images, masks, strict=True):
+            seg.drift_scores([img], [m], [1])
+
     seg.drift_scores(list(images), masks, [1] * batch)  # warm-up
+    per_image()
     for _ in range(repeats):
         steps()
+        stage("drift_scores() per image", per_image)
     ms["UNet pass"] = ms.pop("latents + UNet pass") - ms["images → latents"]
+    together = seg.drift_scores(list(images), masks, [1] * batch)
+    alone = [seg.drift_scores([img], [m], [1])[0] for img, m in zip(images, masks, strict=True)]
+    deltas = [abs(a.iou - b.iou) for a, b in zip(together, alone, strict=True) if a.iou is not None]
+    print(f"batched vs one by one: max |Δ drift_iou| {max(deltas, default=0.0):.4f}")
     return dict(ms)
 
 
@@ -312,6 +324,8 @@ def main() -> None:
         print(f"DiffSeg.drift_scores on {args.device}, batch {args.batch}, {size}², ms per image:")
         for name, value in ms.items():
             print(f"  {name:<18} {value:8.2f}")
+        ratio = ms["drift_scores() per image"] / ms["drift_scores() whole"]
+        print(f"diffseg_batched_vs_per_image: {ratio:.2f}  (per-image ms ÷ batched ms, batch {args.batch})")
         print(f"diffseg_score_ms_per_image: {ms['drift_scores() whole']:.2f}")
         return
 

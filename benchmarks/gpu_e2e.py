@@ -25,9 +25,17 @@ On CUDA it also counts host synchronisations inside one generator call
     python benchmarks/gpu_e2e.py                  # GPU: the figures of issue 14
     python benchmarks/gpu_e2e.py --tiny           # CPU: tiny model at 64², a minute (make bench)
 
-Without a GPU it runs `--tiny` by itself. Last lines: `speedup_vs_diffusers: N` (generator ÷
-plain diffusers), `job_vs_generator: N` (job after warm-up ÷ generator), `mfu: N` (generator; n/a
-on the CPU).
+(b) `--preset diffss-reference` (DDIM 2 steps, guidance 9; `--no-preset` skips it): difaug's job
+with drift scoring, plain diffusers with `DDIMScheduler` at 2 steps and `num_images_per_prompt=X`,
+and the reference's own way (ControlNet4FSS: fp32, one image per call, each CFG half its own
+ControlNet + UNet call).
+
+The job scores by default (`--job-score diffseg`, as `difaug generate`). Without a GPU it runs
+`--tiny` by itself. Last lines: `speedup_vs_diffusers: N` (generator ÷ plain diffusers),
+`job_vs_generator: N` (job after warm-up ÷ generator), `mfu: N` (generator; n/a on the CPU),
+`job_with_score_vs_generator: N` (the same ratio, printed only when the job scored; target ≥
+0.95), `preset_images_per_s: N` (the preset's job with scoring; target ≥ 40 on an H100/H200),
+`preset_vs_reference: N` (÷ the reference's way; target ≥ 5).
 """
 
 from __future__ import annotations
@@ -106,22 +114,40 @@ def supports(n: int, size: int, cfg: Any) -> tuple[list[Any], list[np.ndarray]]:
     return samples, conds
 
 
-def plain_diffusers(bundle: Path, cfg: Any, samples: list, conds: list, device: str) -> tuple[float, float]:
-    """(warm-up s, images/s): one pipeline call per support, `num_images_per_prompt=X`."""
-    import torch
-    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, UniPCMultistepScheduler
-    from PIL import Image
+def load_plain(bundle: Path, device: str, dtype: Any) -> Any:
+    """A plain diffusers `StableDiffusionControlNetPipeline` on the bundle (not difaug's loader)."""
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
-    from difaug.diffusion.sampler import sample_prompt
     from difaug.diffusion.specs import BASE_DIRNAME
 
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
     controlnet = ControlNetModel.from_pretrained(bundle / "sd-controlnet-hed", torch_dtype=dtype)
     pipe = StableDiffusionControlNetPipeline.from_pretrained(
         bundle / BASE_DIRNAME, controlnet=controlnet, safety_checker=None, torch_dtype=dtype
     ).to(device)
-    pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def plain_diffusers(
+    bundle: Path, cfg: Any, samples: list, conds: list, device: str, scheduler: str = "unipc"
+) -> tuple[float, float]:
+    """(warm-up s, images/s): one pipeline call per support, `num_images_per_prompt=X`; UniPC, or
+    with "ddim" diffusers' `DDIMScheduler` as SD1.5 configures it (the preset's)."""
+    import torch
+    from diffusers import DDIMScheduler, UniPCMultistepScheduler
+    from PIL import Image
+
+    from difaug.core.presets import SCHEDULER_CONFIG
+    from difaug.diffusion.sampler import sample_prompt
+
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    pipe = load_plain(bundle, device, dtype)
+    if scheduler == "ddim":
+        pipe.scheduler = DDIMScheduler.from_config(
+            pipe.scheduler.config, **SCHEDULER_CONFIG["diffss-reference"]
+        )
+    else:
+        pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
 
     def call(i: int) -> None:
         pipe(
@@ -143,6 +169,80 @@ def plain_diffusers(bundle: Path, cfg: Any, samples: list, conds: list, device: 
         call(i)
     _sync()
     return warm, len(samples) * cfg.num_aux / (time.perf_counter() - t0)
+
+
+def reference_way(bundle: Path, cfg: Any, samples: list, conds: list, device: str) -> tuple[float, float]:
+    """(warm-up s, images/s) the DifFSS reference's own way (ControlNet4FSS `FSSpregenerate.py` +
+    `cldm/ddim_hacked.py`): fp32, one image per call, the prompts encoded per call, each CFG half
+    its own ControlNet + UNet call, DDIM (eta 0) at `cfg.steps`, each image decoded and brought to
+    the host as uint8."""
+    import torch
+    from diffusers import DDIMScheduler
+
+    from difaug.core.presets import SCHEDULER_CONFIG
+    from difaug.diffusion.sampler import sample_prompt
+
+    pipe = load_plain(bundle, device, torch.float32)
+    sched = DDIMScheduler.from_config(pipe.scheduler.config, **SCHEDULER_CONFIG["diffss-reference"])
+
+    def embed(text: str) -> Any:
+        return pipe.encode_prompt(text, device, 1, False)[0]
+
+    @torch.no_grad()
+    def one(i: int, k: int) -> np.ndarray:
+        cond, uncond = embed(sample_prompt(samples[i], cfg)), embed(cfg.negative_prompt)
+        hint = torch.from_numpy(conds[i]).to(device).permute(2, 0, 1)[None].float() / 255.0
+        h, w = conds[i].shape[:2]
+        f = pipe.vae_scale_factor
+        x = torch.randn((1, 4, h // f, w // f), generator=torch.Generator().manual_seed(i * 1000 + k)).to(
+            device
+        )
+        sched.set_timesteps(cfg.steps)
+        for t in sched.timesteps:
+            eps = []
+            for context in (cond, uncond):
+                down, mid = pipe.controlnet(
+                    x, t, encoder_hidden_states=context, controlnet_cond=hint, return_dict=False
+                )
+                eps.append(
+                    pipe.unet(x, t, encoder_hidden_states=context, down_block_additional_residuals=down,
+                              mid_block_additional_residual=mid, return_dict=False)[0]
+                )  # fmt: skip
+            e_t = eps[1] + cfg.guidance_scale * (eps[0] - eps[1])
+            x = sched.step(e_t, t, x, eta=0.0).prev_sample
+        image = pipe.vae.decode(x / pipe.vae.config.scaling_factor, return_dict=False)[0]
+        return ((image / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+    t0 = time.perf_counter()
+    one(0, 0)
+    warm = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in range(len(samples)):
+        for k in range(cfg.num_aux):
+            one(i, k)
+    return warm, len(samples) * cfg.num_aux / (time.perf_counter() - t0)
+
+
+def preset_section(
+    bundle: Path, cfg: Any, rt: Any, samples: list, conds: list, work: Path
+) -> tuple[float, float]:
+    """(b) `--preset diffss-reference`: difaug's job with scoring, plain diffusers DDIM at the
+    preset's steps with `num_images_per_prompt=X`, and the reference's own way. Returns (the
+    preset job's images/s after load and warm-up, the reference's images/s)."""
+    from difaug.core.presets import PRESETS
+
+    p_cfg = replace(cfg, preset="diffss-reference", score="diffseg", **PRESETS["diffss-reference"]).validate()
+    n, size = len(samples), conds[0].shape[0]
+    device = rt.device
+    _, job = run_job(bundle, p_cfg, rt, n, size, work / "preset")
+    rate = job["rate_after_warmup"]
+    print(f"{'preset job (score diffseg)':<34}{job['warmup']:>10.1f}{rate:>10.2f}")
+    warm, plain = plain_diffusers(bundle, p_cfg, samples, conds, device, scheduler="ddim")
+    print(f"{'plain diffusers DDIM ' + str(p_cfg.steps) + ' steps':<34}{warm:>10.1f}{plain:>10.2f}")
+    warm, ref = reference_way(bundle, p_cfg, samples, conds, device)
+    print(f"{'reference way (fp32, 1 img, 2 UNets)':<34}{warm:>10.1f}{ref:>10.2f}")
+    print(f"  preset job {rate / plain:.2f}× plain diffusers DDIM, {rate / ref:.2f}× the reference's way")
+    return rate, ref
 
 
 def make_generator(cfg: Any, rt: Any) -> Any:
@@ -285,9 +385,10 @@ def main() -> None:
     ap.add_argument(
         "--job-score",
         choices=("none", "diffseg"),
-        default="none",
-        help="the job's drift scoring (default none: the same GPU work as the generator alone)",
+        default="diffseg",
+        help="the job's drift scoring (default diffseg, as `difaug generate`; none: the generator's work alone)",
     )
+    ap.add_argument("--no-preset", action="store_true", help="skip (b), the diffss-reference preset")
     ap.add_argument("--no-job", action="store_true", help="skip the whole-job measurement")
     ap.add_argument(
         "--rerun-check", action="store_true", help="delete shard 0, rerun the job, compare its bytes"
@@ -394,6 +495,12 @@ def main() -> None:
             options_table(
                 cfg, replace(rt, compile="off"), samples[:k], conds[:k], gen_first if compile_on else None
             )
+        preset_rate = ref_rate = float("nan")
+        if not args.no_preset:
+            print("(b) --preset diffss-reference (DDIM 2 steps, guidance 9)")
+            preset_rate, ref_rate = preset_section(
+                bundle, cfg, replace(rt, device=device), samples, conds, work
+            )
         if job is not None and args.rerun_check:
             rerun_check(job)
     finally:
@@ -410,6 +517,14 @@ def main() -> None:
         else "job_vs_generator: n/a"
     )
     print(f"mfu: {mfu(gen_rate)}")
+    with_score = job_result and args.job_score == "diffseg"
+    print(
+        f"job_with_score_vs_generator: {job_result['rate_after_warmup'] / gen_rate:.2f}"
+        if with_score
+        else "job_with_score_vs_generator: n/a"
+    )
+    print(f"preset_images_per_s: {preset_rate:.2f}")
+    print(f"preset_vs_reference: {preset_rate / ref_rate:.2f}")
 
 
 def options_table(cfg: Any, rt: Any, samples: list, conds: list, compiled_first: np.ndarray | None) -> None:

@@ -5,6 +5,15 @@
 #   bash benchmarks/gpu_session.sh run     # THERE (the GPU machine): install them, run the benchmarks
 #
 #   bash benchmarks/gpu_session.sh explore # THERE: the settings that may reach the open targets
+#   bash benchmarks/gpu_session.sh next    # THERE: issue 20, prepared 2026-12-02 without a GPU:
+#     1. diffseg_speed.py --device cuda: drift scoring's stages, batched vs one call per image
+#        (`diffseg_batched_vs_per_image`), batch 16 at 512² (target ≤ 6 ms per scored image);
+#     2. gpu_e2e.py: (a) the default job WITH scoring vs the generator vs plain diffusers,
+#        (b) --preset diffss-reference: the job with scoring, plain diffusers DDIM 2 steps, the
+#        reference's own way; last lines job_with_score_vs_generator (target ≥ 0.95),
+#        preset_images_per_s (≥ 40), preset_vs_reference (≥ 5);
+#     3. with what is left: runner_overlap.py --ms 20 on the GPU node's cores (≥ 0.9).
+#   One call: run(command="bash benchmarks/gpu_session.sh next", carry=[".whl"], timeout_s=590)
 #
 # With the device tool: run `fetch` once in the repo root, then one call
 #   run(command="bash benchmarks/gpu_session.sh explore", carry=[".whl"], timeout_s=590)
@@ -107,8 +116,29 @@ explore)
   done
   echo "session script: ${SECONDS} s"
   ;;
+next)
+  prepare
+  {
+    date -u +%FT%TZ
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+    python3 -c "import torch, diffusers; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| diffusers', diffusers.__version__)"
+  } | tee "$results/env.txt"
+  timeout 150 python3 benchmarks/diffseg_speed.py --device cuda --batch 16 --images 2 2>&1 | tee "$results/diffseg_speed.txt" \
+    || echo "diffseg_speed.py stopped (exit $?)" | tee -a "$results/diffseg_speed.txt"
+  left=$((budget - SECONDS))
+  # No options table and no rerun check: (a) and (b) are what issue 20 measures.
+  timeout $((left > 400 ? 360 : left - 40)) python3 benchmarks/gpu_e2e.py --work /tmp/e2e --no-options 2>&1 \
+    | grep --line-buffered -v "Loading pipeline components" | tee "$results/gpu_e2e.txt" \
+    || echo "gpu_e2e.py stopped (exit $?)" | tee -a "$results/gpu_e2e.txt"
+  left=$((budget - SECONDS))
+  if [ "$left" -gt 40 ]; then
+    timeout $((left - 10)) python3 benchmarks/runner_overlap.py --ms 20 2>&1 | tee "$results/runner_overlap.txt" \
+      || echo "runner_overlap.py stopped (exit $?)" | tee -a "$results/runner_overlap.txt"
+  fi
+  echo "session script: ${SECONDS} s"
+  ;;
 *)
-  echo "usage: $0 fetch|run|explore" >&2
+  echo "usage: $0 fetch|run|explore|next" >&2
   exit 2
   ;;
 esac

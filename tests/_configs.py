@@ -28,6 +28,10 @@ CHANGED_JOB = {
     "shard_size": 16,
     "score": "none",
     "cache_interval": 3,
+    # Valid alone; with score "none" the driver refuses them together (JobConfig.check_regeneration).
+    "min_drift_iou": 0.25,
+    "max_attempts": 3,
+    "preset": "diffss-reference",
 }
 CHANGED_RUNTIME = {
     "cluster": "sync",
@@ -43,7 +47,14 @@ CHANGED_RUNTIME = {
     "compile_mode": "max-autotune",
     "offload": True,
     "progress": False,
-    "slurm": {"queue": "gpu", "cores": 8},
+    "slurm_partition": "gpu",
+    "slurm_cores": 8,
+    "slurm_memory": "48GB",
+    "slurm_walltime": "1-00:00:00",
+    "slurm_gpus": 1,
+    "slurm_account": "lab",
+    "slurm_extra": "--qos=long; --constraint=a100",
+    "worker_wait": 120,
     "max_side": 4096,
     "max_aspect": 8.0,
     "max_pixels": 1_000_000,

@@ -141,12 +141,14 @@ def make_run(
     unfinished: Sequence[int] = (),
     drift: dict[str, Sequence[float]] | None = None,
     corrupt: Sequence[str] = (),
+    model: str = "",
 ) -> SyntheticRun:
     """A run dir at `root/run` over a manifest at `root/manifest.jsonl` (data in `root/data`).
 
     `fail`: sample ids that get a failure record instead of images. `unfinished`: shard indices
     left without shard file and marker (an interrupted run). `drift`: sample id → drift_iou per
-    aux index (others stay null: not scored). `corrupt`: sample ids whose aux bytes are no image."""
+    aux index (others stay null: not scored). `corrupt`: sample ids whose aux bytes are no image.
+    `model`: the plan's model (what `difaug score` loads to score the run)."""
     data = root / "data"
     records = []
     for i, spec in enumerate(specs):
@@ -174,7 +176,9 @@ def make_run(
     manifest = read_manifest(manifest_path)
     assert not manifest.problems, manifest.problems
 
-    cfg = JobConfig(num_aux=num_aux, shard_size=shard_size, image_format=image_format, steps=2).validate()
+    cfg = JobConfig(
+        num_aux=num_aux, shard_size=shard_size, image_format=image_format, steps=2, model=model
+    ).validate()
     run_dir = root / "run"
     job = Job(manifest=str(manifest_path), out=str(run_dir), config=cfg)
     plan = build_plan(job, manifest)

@@ -74,11 +74,17 @@ class GenerateView:
             self._start(event.images_todo)
         elif isinstance(event, driver.LockTakenOver):
             c.print(
-                f"[yellow]note:[/] took over the lock of {event.out} left by {event.owner} (not running)",
+                f"[yellow]note:[/] took over the lock of {event.out} left by {event.owner}",
                 highlight=False,
             )
         elif isinstance(event, driver.RowsRefused):
             c.print(f"validation: {event.rows} row(s) cannot be generated; they are recorded as failures")
+        elif isinstance(event, driver.PromptsCut):
+            c.print(
+                f"[yellow]note:[/] {event.prompts} prompt(s) cut to {event.limit} tokens by the text encoder "
+                "(the shards' markers name them)",
+                highlight=False,
+            )
         elif isinstance(event, driver.ClusterReady):
             c.print(event.dashboard, highlight=False)
             if event.waiting_for_worker:
@@ -170,6 +176,8 @@ def print_summary(summary: Summary, console: Console) -> None:
     summary_file = summary_path(summary.out)
     if more > 0:
         console.print(f"  … and {more} more: see {summary_file}")
+    if summary.workers_replaced:
+        console.print(f"{summary.workers_replaced} SLURM worker job(s) ended (walltime, …) and were replaced")
     if summary.skipped_failed:
         console.print(
             f"{summary.skipped_failed} row(s) failed in an earlier run (their shards are finished); "

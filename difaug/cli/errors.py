@@ -6,7 +6,8 @@ these and no verb catches them itself. Exit codes (`difaug.core.errors.EXIT_*`),
 
 - 0: everything done;
 - 1: the verb ran but some rows failed or were refused (listed in its output);
-- 2: nothing could start or finish — a bad flag, config, manifest or path, or an OS error.
+- 2: nothing could start or finish — a bad flag, config, manifest or path, or an OS error;
+- 130 / 143: interrupted by SIGINT (Ctrl-C) / SIGTERM (OUT/summary.json says what was done).
 
 Anything else (a real bug) still gives a traceback: hiding it would help nobody.
 """
@@ -23,6 +24,7 @@ from difaug.cli._common import fail
 from difaug.core.errors import EXIT_CANNOT_START, DifaugError, describe_os_error
 
 F = TypeVar("F", bound=Callable[..., Any])
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 
 def guard(func: F) -> F:
@@ -32,8 +34,17 @@ def guard(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        except (typer.Exit, typer.Abort):
             raise
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (`difaug.run.cluster.Terminated`)
+            name, code = getattr(e, "signal_name", "SIGINT"), getattr(e, "exit_code", EXIT_INTERRUPTED)
+            fail(f"interrupted ({name}); what was done is kept, a rerun resumes", code)
+        except SystemExit as e:
+            if e.code not in (0, None):
+                raise
+            # No verb exits through sys.exit(0): this is a third-party signal handler (dask_jobqueue's
+            # SIGINT one calls sys.exit()), and an interrupt is never "everything done".
+            fail("interrupted (SIGINT); what was done is kept, a rerun resumes", EXIT_INTERRUPTED)
         except OSError as e:
             out = kwargs.get("out")
             fail(describe_os_error(e, str(out) if out else ""), EXIT_CANNOT_START)

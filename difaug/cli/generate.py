@@ -105,11 +105,12 @@ def generate(
 
     from difaug.cli._progress import GenerateView, print_summary
     from difaug.core.config import resolve_job
+    from difaug.run.cluster import interrupts_raise
     from difaug.run.driver import run
 
     command = shlex.join(["difaug", *sys.argv[1:]]) if sys.argv[1:2] == ["generate"] else ""
     job = resolve_job(config, manifest=manifest, out=out, **flags)
-    with GenerateView(console, bar=job.runtime.progress) as view:
+    with interrupts_raise(), GenerateView(console, bar=job.runtime.progress) as view:
         summary = run(job, on_event=view, force_unlock=force_unlock, command=command)
     print_summary(summary, console)
 

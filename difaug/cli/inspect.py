@@ -59,6 +59,7 @@ def inspect(
         console.print_json(json.dumps(report.to_dict() | {"drift_scores": scores.to_dict()}, default=str))
         return
     _print_totals(report)
+    _print_regeneration(report)
     _print_config(report)
     _print_shards(report, show)
     _print_failures(report, show)
@@ -126,12 +127,24 @@ def _print_totals(report: RunReport) -> None:
         ("disk: run dir / shards", f"{human_bytes(report.disk_bytes)} / {human_bytes(report.shard_bytes)}"),
         ("wall time", f"{_num(report.wall_seconds, 1)} s"),
         ("images/s overall", _num(report.images_per_s)),
-        ("GPU-seconds (generate)", _num(report.device_seconds, 1)),
+        (f"{report.device_label} (generate)", _num(report.device_seconds, 1)),
         ("seconds by stage", ", ".join(f"{k} {v:,.1f}" for k, v in report.stage_seconds.items()) or "–"),
         ("task totals (overlap the stages)", task_totals or "–"),
     ):
         totals.add_row(k, "–" if v is None else escape(str(v)))
     console.print(totals)
+
+
+def _print_regeneration(report: RunReport) -> None:
+    """What regenerating drifted images did (`--min-drift-iou`): passes per attempt, cost."""
+    from difaug.report.text import regeneration_rows
+
+    if report.regeneration is None:
+        return
+    table = _key_value_table("regeneration (drift_iou below the threshold → next attempt's seed)")
+    for k, v in regeneration_rows(report.regeneration):
+        table.add_row(k, escape(v))
+    console.print(table)
 
 
 def _print_config(report: RunReport) -> None:
@@ -148,7 +161,7 @@ def _print_shards(report: RunReport, show: int) -> None:
     from rich.table import Table
 
     shards = Table(title="per shard", title_justify="left")
-    for col in ("shard", "images", "seconds", "GPU-s", "images/s"):
+    for col in ("shard", "images", "seconds", report.device_label, "images/s"):
         shards.add_column(col, justify="right")
     for t in report.per_shard[:show]:
         shards.add_row(t.shard, str(t.images), _num(t.seconds), _num(t.device_seconds), _num(t.images_per_s))

@@ -20,6 +20,7 @@ from typing import Any
 
 from difaug.core.errors import DifaugError
 from difaug.core.geometry import DEFAULT_RESOLUTION
+from difaug.core.presets import apply_preset
 
 CONDITIONS = ("seg", "hed", "scribble")
 CONDITION_STYLES = ("diffss", "upstream")
@@ -39,6 +40,9 @@ PROMPT_FIELDS = ("class_name",)
 DEFAULT_MAX_SIDE = 8192
 DEFAULT_MAX_ASPECT = 16.0
 DEFAULT_MAX_PIXELS = 150_000_000
+
+# Aux images per support: a few in every FSS setting; a typo like 1000000000 is refused up front.
+MAX_NUM_AUX = 1000
 
 DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_CONTROLNETS = {c: f"lllyasviel/sd-controlnet-{c}" for c in CONDITIONS}
@@ -128,10 +132,17 @@ class JobConfig:
     shard_size: int = setting(64, help="Manifest rows per shard (one Dask task each).")
     # "none" leaves the drift columns null; `difaug score` fills them later.
     score: str = setting("diffseg", help="diffseg (DiffSeg drift scores in the shards) or none.")
+    # Regeneration (difaug.run.stages): 0 / 1 = off, and the shards are what they are without it.
+    min_drift_iou: float = setting(
+        0.0, help="Regenerate an image whose drift_iou is below this (0 = off; needs score diffseg)."
+    )
+    max_attempts: int = setting(1, help="Images generated at most per kept image (1 = no regeneration).")
     # A speed option that changes the images, so it is fingerprinted.
     cache_interval: int = setting(
         1, help="DeepCache: deep UNet features every k-th step (1 = off; changes images)."
     )
+    # Filled in by resolve_job (difaug.core.presets): the keys it sets are resolved, this records the name.
+    preset: str = setting("", help="Named settings to start from: diffss-reference (DDIM, 2 steps).")
 
     def validate(self) -> JobConfig:
         """Every value this config holds, checked before any plan is written or model loaded."""
@@ -142,6 +153,11 @@ class JobConfig:
         _choice("score", self.score, SCORES)
         for name in ("num_aux", "steps", "shard_size", "resolution", "detect_resolution"):
             _int_at_least(name, getattr(self, name), 1)
+        if self.num_aux > MAX_NUM_AUX:
+            raise ConfigError(
+                f"num_aux={self.num_aux} is more than {MAX_NUM_AUX} aux images per support; DifFSS uses "
+                "a few (1-10). Set --num-aux to at most that"
+            )
         if self.resolution % 64:
             raise ConfigError(f"resolution must be a multiple of 64, got {self.resolution}")
         _int_at_least("jpeg_quality", self.jpeg_quality, 1)
@@ -153,8 +169,28 @@ class JobConfig:
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise ConfigError(f"{name} must be a finite number, got {value!r}")
         check_prompt_template(self.prompt_template)
+        t = self.min_drift_iou
+        if isinstance(t, bool) or not isinstance(t, int | float) or not 0.0 <= t <= 1.0:
+            raise ConfigError(f"min_drift_iou must be a number in [0, 1] (0 = off), got {t!r}")
+        _int_at_least("max_attempts", self.max_attempts, 1)
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise ConfigError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+        return self
+
+    def check_regeneration(self) -> JobConfig:
+        """The regeneration settings together (`validate` checks each alone; a YAML may set them
+        apart from `score`): called by the driver before the plan."""
+        t, k = self.min_drift_iou, self.max_attempts
+        if t > 0 and self.score != "diffseg":
+            raise ConfigError(
+                f"min_drift_iou={t} needs the drift scores during generation: set score to diffseg "
+                "(or min_drift_iou to 0)"
+            )
+        if k > 1 and t <= 0:
+            raise ConfigError(
+                f"max_attempts={k} regenerates only images below --min-drift-iou: set min_drift_iou "
+                "in (0, 1] (pick it from a first run's drift histogram, `difaug inspect`) or max_attempts to 1"
+            )
         return self
 
     @property
@@ -192,9 +228,18 @@ class RuntimeConfig:
     )
     offload: bool = setting(False, help="CPU offload (small GPUs).", models=True)
     progress: bool = setting(True, help="Show the progress bar.")
-    # dask-jobqueue SLURMCluster keyword arguments, straight from the YAML's `slurm:` section.
-    slurm: dict[str, Any] = setting(
-        default_factory=dict, help="SLURMCluster arguments (queue, cores, memory, walltime, …).", flag=None
+    # One SLURM worker job per --workers (`difaug.run.cluster`); the YAML's `slurm:` section sets the
+    # same keys without the prefix (`SLURM_KEYS`). The defaults fit a small node.
+    slurm_partition: str = setting("", help="SLURM partition of the worker jobs (default: the cluster's).")
+    slurm_cores: int = setting(2, help="CPU cores per SLURM worker job.")
+    slurm_memory: str = setting("8GB", help="Memory per SLURM worker job, e.g. 8GB, 500MB.")
+    slurm_walltime: str = setting("04:00:00", help="Time limit per SLURM worker job (they are replaced).")
+    slurm_gpus: int = setting(0, help="GPUs per SLURM worker job (--gres=gpu:N).")
+    slurm_account: str = setting("", help="SLURM account charged for the worker jobs.")
+    slurm_extra: str = setting("", help="Extra #SBATCH options of the worker jobs, separated by ';'.")
+    # Bounds every wait for a worker: the first one, and a replacement once none is left.
+    worker_wait: int = setting(
+        600, help="Seconds to wait for a worker to join (SLURM queue, --scheduler-address) before giving up."
     )
     # Size guards applied by validation (`difaug.inputs.manifest.SizeLimits`): a failed row, never
     # a run that eats the machine's memory.
@@ -244,8 +289,7 @@ class RuntimeConfig:
             or not (math.isfinite(self.max_aspect) and self.max_aspect >= 1)
         ):
             raise ConfigError(f"max_aspect must be a number >= 1, got {self.max_aspect!r}")
-        if not isinstance(self.slurm, dict):
-            raise ConfigError(f"slurm must be a mapping of SLURMCluster arguments, got {self.slurm!r}")
+        _check_slurm(self)
         return self
 
     @property
@@ -343,6 +387,45 @@ def check_prompt_template(template: str) -> None:
 
 _JOB_KEYS = {f.name for f in fields(JobConfig)}
 _RUNTIME_KEYS = {f.name for f in fields(RuntimeConfig)}
+SLURM_KEYS = tuple(k.removeprefix("slurm_") for k in sorted(_RUNTIME_KEYS) if k.startswith("slurm_"))
+
+
+def slurm_section(section: Any, path: Path) -> dict[str, Any]:
+    """A YAML `slurm:` section as the runtime keys it sets (`partition` → `slurm_partition`); a list
+    of `extra` options is joined with ';' as the flag takes them."""
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: `slurm:` must be a mapping of {', '.join(SLURM_KEYS)}")
+    unknown = sorted(set(map(str, section)) - set(SLURM_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown slurm key(s) {', '.join(unknown)}; valid keys: {', '.join(SLURM_KEYS)}"
+        )
+    extra = section.get("extra")
+    if isinstance(extra, list):
+        section = {**section, "extra": "; ".join(map(str, extra))}
+    return {f"slurm_{k}": v for k, v in section.items()}
+
+
+_SLURM_TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
+_SLURM_MEMORY = re.compile(r"^\d+(\.\d+)?\s*([KMGT]i?B?)?$", re.IGNORECASE)
+
+
+def _check_slurm(rt: RuntimeConfig) -> None:
+    """The SLURM settings' forms (whether the cluster can satisfy them is `sbatch --test-only`'s)."""
+    _int_at_least("slurm_cores", rt.slurm_cores, 1)
+    _int_at_least("slurm_gpus", rt.slurm_gpus, 0)
+    _int_at_least("worker_wait", rt.worker_wait, 1)
+    for name in ("slurm_partition", "slurm_memory", "slurm_walltime", "slurm_account", "slurm_extra"):
+        if not isinstance(getattr(rt, name), str):
+            raise ConfigError(f"{name} must be a string, got {getattr(rt, name)!r}")
+    if not _SLURM_MEMORY.match(rt.slurm_memory):
+        raise ConfigError(f"slurm_memory must be a size such as 8GB or 500MB, got {rt.slurm_memory!r}")
+    if not _SLURM_TIME.match(rt.slurm_walltime):
+        raise ConfigError(
+            f"slurm_walltime must be a SLURM time such as 04:00:00 or 1-00:00:00, got {rt.slurm_walltime!r}"
+        )
+
+
 _TOP_KEYS = {"manifest", "out", "overwrite", "limit"}
 
 
@@ -352,12 +435,28 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        kind = "is a folder, not a file" if path.is_dir() else "not found"
+        raise ConfigError(f"config file {kind}: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); a config file is YAML text") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML ({problem}); fix the file there") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of keys to values")
     flat = dict(data)
-    flat.update(flat.pop("execution", None) or {})
+    execution = flat.pop("execution", None) or {}
+    if not isinstance(execution, dict):
+        raise ConfigError(
+            f"{path}:{_key_line(path, 'execution')}: `execution:` must be a mapping of keys to values "
+            f"(cluster:, workers:, …), got {execution!r}"
+        )
+    flat.update(execution)
+    flat.update(slurm_section(flat.pop("slurm", None) or {}, path))
     unknown = sorted(set(flat) - _JOB_KEYS - _RUNTIME_KEYS - _TOP_KEYS)
     if unknown:
         raise ConfigError(
@@ -365,6 +464,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
             f"{', '.join(sorted(_JOB_KEYS | _RUNTIME_KEYS | _TOP_KEYS))}"
         )
     return flat
+
+
+def _key_line(path: Path, key: str) -> int:
+    """The line of `key:` at the top level of a YAML file (1 when not found): for messages."""
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.startswith(f"{key}:"):
+            return number
+    return 1
 
 
 MODEL_PATH_KEYS = ("model", "base_model", "controlnet", "hed_weights")
@@ -389,10 +496,14 @@ def resolve_job(config_file: str | Path | None = None, **overrides: Any) -> Job:
     unknown = sorted(set(values) - _JOB_KEYS - _RUNTIME_KEYS - _TOP_KEYS)
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+    values = apply_preset(values)  # defaults < preset < YAML < flags
     if not values.get("manifest"):
         raise ConfigError("no manifest given: pass --manifest FILE or set `manifest:` in the config file")
     if not values.get("out"):
         raise ConfigError("no output folder given: pass --out DIR or set `out:` in the config file")
+    limit = values.get("limit") or 0
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ConfigError(f"limit must be an integer >= 0 (0 = every row), got {limit!r}; set --limit N")
     values = absolute_model_refs(values)
     job_cfg = JobConfig(**{k: v for k, v in values.items() if k in _JOB_KEYS}).validate()
     runtime = RuntimeConfig(**{k: v for k, v in values.items() if k in _RUNTIME_KEYS}).validate()

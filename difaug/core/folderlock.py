@@ -85,6 +85,14 @@ def lock_owner(folder: str | Path) -> LockOwner | None:
         os.close(fd)
 
 
+def takeover_reason(owner: LockOwner) -> str:
+    """Why a recorded owner whose OS lock is released does not hold the folder: it died, or its pid
+    now belongs to another process (the pid was reused: alive, but holding no lock here)."""
+    if pid_alive(owner.pid):
+        return f"pid {owner.pid} is alive but holds no lock on the folder: not that difaug command any more"
+    return "no longer running"
+
+
 class FolderLock:
     """An exclusive OS lock on `FOLDER/.difaug.lock` for as long as `command` works in FOLDER.
 
@@ -106,8 +114,14 @@ class FolderLock:
         command: str,
         force: bool = False,
         on_wait: Callable[[LockOwner | None], None] | None = None,
+        busy_hint: str = "Wait for it to finish, or use another --out.",
+        log_takeover: bool = True,
     ) -> None:
         self.path = Path(folder) / LOCK_FILE
+        self.busy_hint = busy_hint  # what to do about a live holder: each verb's own words
+        self.log_takeover = log_takeover  # False: the caller reports `took_over_note` itself (once)
+        self.waited = False  # whether acquire waited for another holder (what it read may be stale)
+        self.took_over_note = ""
         self.force = force
         self.command = command
         self.on_wait = on_wait
@@ -124,6 +138,7 @@ class FolderLock:
             if self.on_wait is not None and not self.force:
                 self.on_wait(owner)
                 fcntl.flock(fd, fcntl.LOCK_EX)  # until the holder releases it or dies
+                self.waited = True
             else:
                 os.close(fd)
                 return self._break_held(owner)
@@ -136,7 +151,9 @@ class FolderLock:
             )
         if owner is not None:
             self.took_over = owner
-            log.warning("%s: took over the lock left by %s (no longer running)", self.path, owner)
+            self.took_over_note = f"{owner} ({takeover_reason(owner)})"
+            if self.log_takeover:
+                log.warning("%s: took over the lock left by %s", self.path, self.took_over_note)
         self.fd = fd
         self._write_owner()
         return self
@@ -150,7 +167,7 @@ class FolderLock:
             hint = (
                 " If that process is gone, pass --force-unlock."
                 if owner and owner.host != fsio.HOST
-                else " Wait for it to finish, or use another --out."
+                else f" {self.busy_hint}"
             )
             holder = owner.command if owner else self.command
             raise LockError(f"{self.path.parent} is in use by {holder} ({who}).{hint}")

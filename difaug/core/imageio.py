@@ -7,6 +7,7 @@ the pipeline never has to think about PIL modes.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import tempfile
@@ -30,6 +31,40 @@ def is_url(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
+# What `pip install 'difaug[http]'` adds: fsspec's HTTP backend imports both.
+HTTP_INSTALL = "pip install 'difaug[http]' (or pip install aiohttp requests)"
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # ValueError: `sys.modules[name]` is None, the import is blocked
+        return False
+
+
+def url_support_problem(path: str) -> str:
+    """Why this environment cannot read the URL `path`, as one sentence with the fix; '' when it can
+    (or `path` is local). Checked at validation, so a missing fsspec backend is said once, up front,
+    not as an ImportError per file in every worker."""
+    if not is_url(path):
+        return ""
+    protocol = path.split("://", 1)[0].lower()
+    if protocol in ("http", "https"):
+        missing = [m for m in ("aiohttp", "requests") if not _importable(m)]
+        if missing:
+            return f"{protocol}:// URLs need {' and '.join(missing)}, not installed: {HTTP_INSTALL}"
+        return ""
+    import fsspec
+
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ImportError as e:  # fsspec's message names the package ("Install s3fs to access S3")
+        return f"{protocol}:// URLs need a package that is not installed: {e}"
+    except ValueError:
+        return f"unknown URL protocol {protocol}://; use a local path or an fsspec URL (https://, s3://, …)"
+    return ""
+
+
 def read_bytes(path: str | Path) -> bytes:
     path = str(path)
     try:
@@ -39,6 +74,8 @@ def read_bytes(path: str | Path) -> bytes:
             with fsspec.open(path, "rb") as fh:
                 return fh.read()
         return Path(path.removeprefix("file://")).read_bytes()
+    except ImportError as e:
+        raise ImageReadError(f"cannot read {path}: {url_support_problem(path) or e}") from e
     except FileNotFoundError as e:
         raise ImageReadError(f"file not found: {path}") from e
     except OSError as e:

@@ -33,10 +33,14 @@ differs only in the last float32 bit). The optional K-means refinement (`REFINEM
 in the reference's benchmark.
 
 Speed: the pass is ~4 % of a generated image's FLOPs (`benchmarks/diffseg_cost.py`), and what
-follows it stays on the device, with no work per proposal or per pixel on the host: per image at
-64×64 tokens, 6 host↔device synchronisations and ~120 tensor operations with ~25 segments
-(`benchmarks/diffseg_speed.py`): each group's mean is one matrix product, not a gather and a mean
-per group, and the labels are renumbered on the device.
+follows it stays on the device, with no work per proposal or per pixel on the host. A batch of
+images (`DiffSeg.drift_scores`: one generate batch in the job, one `difaug score` batch) is scored
+together: one VAE encode and one UNet pass per image size, then aggregation, each merge and the NMS
+as batched tensor operations over the images (`merge_batch`, `suppress_batch`; proposals padded to
+the batch's largest count, the counts kept on the host), so a batch costs 3 device→host copies
+whatever its size (each merge's closeness matrices, the labels), not 3 per image. Each group's mean
+is one matrix product and the labels are renumbered on the device. An image's labels do not
+depend on its batch mates beyond the UNet pass's batched-kernel rounding (tests state the bound).
 
 The published quality (COCO-Stuff-27 mIoU 43.6 with real SD weights) was not reproduced here: this
 environment has no real weights. Tests check the implementation against a numpy restatement of
@@ -277,24 +281,66 @@ def aggregate(maps: Mapping[int, torch.Tensor], grid_hw: tuple[int, int]) -> tor
 
 
 def _sym_kl(a: torch.Tensor, b: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
-    """The reference's `KL(x, Y)` for all pairs: ½ Σ x log(x/y) + ½ Σ y log(y/x), `(len a, len b)`."""
+    """The reference's `KL(x, Y)` for all pairs: ½ Σ x log(x/y) + ½ Σ y log(y/x), `(len a, len b)`
+    (or `(B, len a, len b)` for batches of maps `(B, ·, N)`)."""
     ent_a = (a * log_a).sum(-1)
     ent_b = (b * log_b).sum(-1)
-    return 0.5 * (ent_a[:, None] - a @ log_b.T - (b @ log_a.T).T + ent_b[None, :])
+    cross = a @ log_b.transpose(-1, -2) + (b @ log_a.transpose(-1, -2)).transpose(-1, -2)
+    return 0.5 * (ent_a[..., :, None] - cross + ent_b[..., None, :])
 
 
-def merge(
+def _log(maps: torch.Tensor) -> torch.Tensor:
+    # An underflowed probability (exactly 0) would make 0·log 0 = nan: clamp to the smallest normal.
+    import torch
+
+    return maps.clamp_min(torch.finfo(maps.dtype).tiny).log()
+
+
+def _to_device(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """Host data → `like`'s device and dtype; from pinned memory without blocking on CUDA, so the
+    copy waits for nothing queued before it."""
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(array))
+    if like.device.type == "cuda":
+        return t.pin_memory().to(like.device, non_blocking=True).to(like.dtype)
+    return t.to(like.dtype)
+
+
+@dataclass
+class Proposals:
+    """Merged maps of a batch: `maps` `(B, K, N)`, of which image b's first `counts[b]` rows are its
+    proposals (the rest are zero padding, never read). `counts` is on the host: the number of groups
+    of each merge is known there (`greedy_groups`), so padding costs no synchronisation."""
+
+    maps: torch.Tensor
+    counts: list[int]
+
+    def image(self, b: int) -> torch.Tensor:
+        return self.maps[b, : self.counts[b]]
+
+
+def merge(attention: torch.Tensor, grid_hw: tuple[int, int], *args: Any, **kwargs: Any) -> torch.Tensor:
+    """Iterative attention merging (`mask_merge`) of one image: `(H·W, H·W)` aggregated maps →
+    `(K, H·W)` proposals; the options (thresholds, points, dtype) are `merge_batch`'s."""
+    return merge_batch(attention[None], grid_hw, *args, **kwargs).image(0)
+
+
+def merge_batch(
     attention: torch.Tensor,
     grid_hw: tuple[int, int],
     thresholds: Sequence[float] = KL_THRESHOLDS,
     points: int = ANCHOR_GRID,
     dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """Iterative attention merging (`mask_merge`): `(H·W, H·W)` aggregated maps → `(K, H·W)`
-    proposals, in `dtype` (default float32; the reference's first merge runs in float16)."""
-    proposals = anchor_proposals(attention, grid_hw, thresholds[0], points, dtype)
+) -> Proposals:
+    """Iterative attention merging for a batch `(B, H·W, H·W)`, in `dtype` (default float32; the
+    reference's first merge runs in float16): each merge is one batched product over the images and
+    one device→host copy of the batch's closeness matrices; image b's proposals are those it
+    would get alone (each image's rows and columns are its own: nothing mixes across the batch)."""
+    proposals = Proposals(anchor_proposals(attention, grid_hw, thresholds[0], points, dtype), [])
+    proposals.counts = [proposals.maps.shape[1]] * proposals.maps.shape[0]
     for threshold in thresholds[1:]:
-        proposals = regroup(proposals, threshold)
+        proposals = regroup_batch(proposals, threshold)
     return proposals
 
 
@@ -305,36 +351,44 @@ def anchor_proposals(
     points: int = ANCHOR_GRID,
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """The first merge: each anchor's proposal is the mean of the maps within `threshold` of it."""
+    """The first merge: each anchor's proposal is the mean of the maps within `threshold` of it.
+    `(N, N)` → `(A, N)`, or a batch `(B, N, N)` → `(B, A, N)`."""
     import torch
 
     maps = attention.to(dtype or torch.float32)
-    # An underflowed probability (exactly 0) would make 0·log 0 = nan: clamp to the smallest normal.
-    log_maps = maps.clamp_min(torch.finfo(maps.dtype).tiny).log()
+    log_maps = _log(maps)
     anchors = torch.as_tensor(anchor_indices(grid_hw, points), device=maps.device)
-    near = _sym_kl(maps[anchors], maps, log_maps[anchors], log_maps) < threshold
+    near = _sym_kl(maps[..., anchors, :], maps, log_maps[..., anchors, :], log_maps) < threshold
     near = near.to(maps.dtype)
-    return (near @ maps) / near.sum(1, keepdim=True)
+    return (near @ maps) / near.sum(-1, keepdim=True)
 
 
 def regroup(proposals: torch.Tensor, threshold: float) -> torch.Tensor:
+    """A later merge of one image's `(K, N)` proposals (`regroup_batch` of a batch of one)."""
+    return regroup_batch(Proposals(proposals[None], [len(proposals)]), threshold).image(0)
+
+
+def regroup_batch(proposals: Proposals, threshold: float) -> Proposals:
     """A later merge: greedily, each proposal not yet taken gathers those within `threshold`
     (`greedy_groups`), and each group is replaced by its members' mean.
 
-    One device→host copy (the closeness matrix) and one host→device copy (the group-membership
-    matrix): the means are one matrix product of 0/1 weights, then a division by the member
-    counts, instead of one gather and one mean per group (each gather's index copy would
-    synchronise a GPU). The products are exact (×1, ×0); only the summation order differs from a
-    per-group sum (float32 rounding, far below the reference's float16 first merge)."""
-    import torch
-
-    log_p = proposals.clamp_min(torch.finfo(proposals.dtype).tiny).log()
-    close = (_sym_kl(proposals, proposals, log_p, log_p) < threshold).cpu().numpy()
-    groups = greedy_groups(close)
-    members = torch.zeros((len(groups), len(proposals)), dtype=proposals.dtype)
-    members[np.repeat(np.arange(len(groups)), [len(g) for g in groups]), np.concatenate(groups)] = 1
-    members = members.to(proposals.device)
-    return (members @ proposals) / members.sum(1, keepdim=True)
+    One device→host copy for the batch (the closeness matrices) and one host→device copy (the
+    group-membership matrices, padded to the batch's largest group count with zero rows): the
+    means are one batched product of 0/1 weights, then a division by the member counts, instead
+    of one gather and one mean per group. The products are exact (×1, ×0); only the summation
+    order differs from a per-group sum (float32 rounding, far below the reference's float16 first
+    merge)."""
+    maps, counts = proposals.maps, proposals.counts
+    log_p = _log(maps)
+    close = (_sym_kl(maps, maps, log_p, log_p) < threshold).cpu().numpy()
+    groups = [greedy_groups(close[b, :n, :n]) for b, n in enumerate(counts)]
+    members = np.zeros((len(counts), max(len(g) for g in groups), maps.shape[1]), dtype=np.float32)
+    for b, image_groups in enumerate(groups):
+        rows = np.repeat(np.arange(len(image_groups)), [len(g) for g in image_groups])
+        members[b, rows, np.concatenate(image_groups)] = 1
+    sizes = np.maximum(members.sum(-1, keepdims=True), 1)  # padding rows: 0 / 1
+    weights = _to_device(members, maps)
+    return Proposals((weights @ maps) / _to_device(sizes, maps), [len(g) for g in groups])
 
 
 def greedy_groups(close: np.ndarray) -> list[np.ndarray]:
@@ -354,20 +408,32 @@ def greedy_groups(close: np.ndarray) -> list[np.ndarray]:
 
 
 def suppress(proposals: torch.Tensor, grid_hw: tuple[int, int], scale: int) -> np.ndarray:
-    """Non-maximum suppression (`generate_masks`): proposals upsampled bilinearly by `scale`, each
-    pixel labelled with its largest proposal (first on ties). Labels are renumbered 0..n-1 in
-    order of their proposal index. Returns `(H·scale, W·scale)` int32."""
+    """Non-maximum suppression of one image's `(K, H·W)` proposals (`suppress_batch`)."""
+    return suppress_batch(Proposals(proposals[None], [len(proposals)]), grid_hw, scale)[0]
+
+
+def suppress_batch(proposals: Proposals, grid_hw: tuple[int, int], scale: int) -> list[np.ndarray]:
+    """Non-maximum suppression (`generate_masks`) for a batch: proposals upsampled bilinearly by
+    `scale`, each pixel labelled with its largest proposal (first on ties); padding rows are set
+    below any probability, so they never win. Labels are renumbered 0..n-1 in order of their
+    proposal index. One device→host copy for the batch; `(H·scale, W·scale)` int32 per image."""
     import torch
     import torch.nn.functional as F
 
     h, w = grid_hw
-    maps = proposals.reshape(-1, 1, h, w)
+    maps, counts = proposals.maps, proposals.counts
+    batch, k = maps.shape[:2]
+    padding = np.arange(k)[None, :] >= np.asarray(counts)[:, None]
+    if padding.any():
+        maps = maps.masked_fill(_to_device(padding, maps).bool()[..., None], -1.0)
+    maps = maps.reshape(batch, k, h, w)
+    chunk = max(1, NMS_CHUNK // batch)
     best_val = best_idx = None
-    for start in range(0, len(maps), NMS_CHUNK):
+    for start in range(0, k, chunk):
         up = F.interpolate(
-            maps[start : start + NMS_CHUNK], scale_factor=scale, mode="bilinear", align_corners=False
+            maps[:, start : start + chunk], scale_factor=scale, mode="bilinear", align_corners=False
         )
-        val, idx = up[:, 0].max(0)
+        val, idx = up.max(1)
         idx = idx + start
         if best_val is None:
             best_val, best_idx = val, idx
@@ -375,12 +441,15 @@ def suppress(proposals: torch.Tensor, grid_hw: tuple[int, int], scale: int) -> n
             better = val > best_val
             best_val = torch.where(better, val, best_val)
             best_idx = torch.where(better, idx, best_idx)
+    assert best_idx is not None
     # Renumbering on the device (a proposal's new label = how many present proposals precede
     # it, as `np.unique(..., return_inverse=True)` numbers them): one int32 copy to the host, no
-    # sort of the pixels there. index_fill_, not bincount: CUDA's bincount reads its range back.
-    present = best_idx.new_zeros(len(maps), dtype=torch.bool).index_fill_(0, best_idx.reshape(-1), True)
-    renumber = present.cumsum(0).sub_(1).to(torch.int32)
-    return renumber[best_idx].cpu().numpy()
+    # sort of the pixels there. scatter_, not bincount: CUDA's bincount reads its range back.
+    flat = best_idx.reshape(batch, -1)
+    present = flat.new_zeros((batch, k), dtype=torch.bool).scatter_(1, flat, True)
+    renumber = present.cumsum(1).sub_(1).to(torch.int32)
+    labels = renumber.gather(1, flat).reshape(best_idx.shape).cpu().numpy()
+    return list(labels)
 
 
 def segment_maps(
@@ -392,9 +461,10 @@ def segment_maps(
     dtype: torch.dtype | None = None,
 ) -> list[np.ndarray]:
     """Per-resolution attention `{N: (B, N, N)}` → one label map per image (steps 2–4), aggregated
-    on `grid_hw` (the highest resolution, as the reference's 64×64) and upsampled by `scale`."""
+    on `grid_hw` (the highest resolution, as the reference's 64×64) and upsampled by `scale`;
+    merging and NMS batched over the images (`merge_batch`, `suppress_batch`)."""
     attention = aggregate(maps, grid_hw)
-    return [suppress(merge(a, grid_hw, thresholds, points, dtype), grid_hw, scale) for a in attention]
+    return suppress_batch(merge_batch(attention, grid_hw, thresholds, points, dtype), grid_hw, scale)
 
 
 # ----------------------------------------------------------------------------- on a diffusers pipe
@@ -519,7 +589,9 @@ class DiffSeg:
         masks: Sequence[np.ndarray],
         class_ids: Sequence[int],
     ) -> list[DriftScore]:
-        """The drift score of each aux image (each at its support mask's size) against its mask's class."""
+        """The drift score of each aux image (each at its support mask's size) against its mask's
+        class: the one scoring function of the job (a generate batch) and of `difaug score`, batched
+        over `images` (one UNet pass per image size); a score does not depend on its batch mates."""
         labels = self.segment_any(images, batch_size=max(1, len(images)))
         return [drift_score(lab, m, c) for lab, m, c in zip(labels, masks, class_ids, strict=True)]
 

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from difaug.conditions import HED_FILENAME
 from difaug.core.config import DEFAULT_VAE_BATCH, SCHEDULERS, ConfigError
 from difaug.core.device import resolve_device, resolve_dtype, torch_dtype
 from difaug.diffusion.specs import BUNDLE_INDEX, ModelLoadError, ModelSpec
@@ -68,15 +69,37 @@ def looks_local(ref: str) -> bool:
 def _check_local(ref: str, what: str, marker: str) -> None:
     p = Path(ref).expanduser()
     if not p.is_dir():
-        raise ModelLoadError(f"cannot load the {what} {ref!r}: no such folder; {_HOW_TO_POINT}")
+        kind = "a file, not a folder" if p.exists() else "no such folder"
+        raise ModelLoadError(f"cannot load the {what} {ref!r}: {kind}; {_HOW_TO_POINT}", permanent=True)
     if not (p / marker).is_file():
         if (p / BUNDLE_INDEX).is_file():
             raise ModelLoadError(
-                f"cannot load the {what} {ref!r}: it is a difaug model bundle; pass it as --model {ref}"
+                f"cannot load the {what} {ref!r}: it is a difaug model bundle; pass it as --model {ref}",
+                permanent=True,
             )
         raise ModelLoadError(
             f"cannot load the {what} {ref!r}: the folder has no {marker}, so it is not in the "
-            f"diffusers layout; {_HOW_TO_POINT}"
+            f"diffusers layout; {_HOW_TO_POINT}",
+            permanent=True,
+        )
+
+
+def check_local_models(spec: ModelSpec, condition: str) -> None:
+    """Each local weight the job uses is there in the layout it claims (a diffusers folder for the
+    base model and the ControlNet, `ControlNetHED.pth` or a folder holding it for HED): checked on
+    the driver before the plan, without the network. Hub ids are left to the loaders."""
+    if looks_local(spec.base):
+        _check_local(spec.base, "base model", "model_index.json")
+    if looks_local(spec.controlnet):
+        _check_local(spec.controlnet, "ControlNet", "config.json")
+    hed = Path(spec.hed_weights).expanduser()
+    uses_hed = condition in ("hed", "scribble") and looks_local(spec.hed_weights)
+    if uses_hed and not (hed.is_file() or (hed / HED_FILENAME).is_file()):
+        where = f"{hed / HED_FILENAME} is missing" if hed.is_dir() else "no such file or folder"
+        raise ModelLoadError(
+            f"cannot load the HED weights {spec.hed_weights!r}: {where}; pass --hed-weights "
+            f"with the file {HED_FILENAME} or a folder holding it",
+            permanent=True,
         )
 
 

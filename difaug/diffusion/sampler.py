@@ -6,8 +6,9 @@ generator
 
 - buckets items by condition shape and packs items of *different* samples into batches of
   `batch_size` (one pipeline call per batch, not per sample);
-- gives every image its own CPU `torch.Generator` seeded from (job seed, sample_id, aux_index) by a
-  stable hash (`derive_seed`), so an image does not depend on batch size, order, worker or retry.
+- gives every image its own CPU `torch.Generator` seeded from (job seed, sample_id, aux_index,
+  attempt) by a stable hash (`derive_seed`), so an image does not depend on batch size, order,
+  worker or retry.
   CPU generators (not CUDA ones) make the initial noise identical on every device, so a GPU run
   matches a CPU run within floating-point tolerance; drawing 4×64×64 numbers on the CPU is free;
 - encodes each distinct prompt (and the negative prompt) once and keeps the embeddings;
@@ -18,6 +19,10 @@ Equivalence with plain diffusers (the core guarantee, tested on CPU with the tin
 from a mixed batch equals a one-image `StableDiffusionControlNetPipeline` call with the same seed
 (`torch.Generator().manual_seed(seed)`), prompt, scheduler and settings, within floating-point
 tolerance (batched vs single matrix kernels differ in summation order: ~1e-6, ≤ 1 uint8 level).
+
+Presets (`difaug.core.presets`): `diffss-reference` samples as the DifFSS reference code does
+(DDIM 2 steps, eta 0, guidance 9, ControlNet scale 1, SD1.5's DDIM config: timesteps 501, 1);
+`apply_preset_scheduler` pins that config on the pipeline.
 
 Speed options (fp16, fused QKV, batched VAE decode, batch size, compile, cache_interval,
 lcm_lora, offload): see the README's "Speed options" section.
@@ -30,6 +35,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
@@ -47,11 +53,63 @@ logger = logging.getLogger(__name__)
 
 PROMPT_CACHE_SIZE = 1024  # distinct prompts kept (≈120 kB each in fp16 for SD1.5)
 
+# What diffusers' `encode_prompt` and transformers' tokenizer log for a prompt over CLIP's 77 tokens:
+# each quotes the whole cut text (5000+ characters for a long class name). `AuxGenerator` counts
+# such prompts itself and reports them through `warnings`, so these lines are dropped.
+_CUT_PROMPT_LOGS = (
+    ("diffusers.pipelines.controlnet.pipeline_controlnet", "The following part of your input was truncated"),
+    ("transformers.tokenization_utils_base", "Token indices sequence length is longer"),
+)
 
-def derive_seed(job_seed: int, sample_id: str, aux_index: int) -> int:
-    """A seed in [0, 2**63) from (job seed, sample id, aux index); the same in every process."""
-    digest = hashlib.blake2b(f"{job_seed}/{sample_id}/{aux_index}".encode(), digest_size=8).digest()
+
+class _DropCutPromptLog(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+_CUT_PROMPT_FILTERS = {name: _DropCutPromptLog(prefix) for name, prefix in _CUT_PROMPT_LOGS}
+
+
+def _silence_cut_prompt_logs(pipe: Any) -> None:
+    """Install the filters (once per logger: `addFilter` keeps one copy) on the two loggers above
+    and on the logger of the module that defines this pipeline's `encode_prompt`."""
+    for name, f in _CUT_PROMPT_FILTERS.items():
+        logging.getLogger(name).addFilter(f)
+    encode_prompt = getattr(type(pipe), "encode_prompt", None)
+    module = getattr(encode_prompt, "__module__", None)
+    if module and module.startswith("diffusers."):
+        logging.getLogger(module).addFilter(_CUT_PROMPT_FILTERS[_CUT_PROMPT_LOGS[0][0]])
+
+
+CUT_PROMPT_PREFIX = "prompt cut to "
+
+
+def cut_prompt_warning(limit: int, prompt: str) -> str:
+    """The `AuxGenerator.warnings` entry of one prompt longer than the text encoder's `limit` tokens:
+    a short quote and a digest, so the same prompt seen in several shards is counted once per run."""
+    digest = hashlib.blake2b(prompt.encode(), digest_size=6).hexdigest()
+    quote = prompt if len(prompt) <= 60 else prompt[:57] + "..."
+    return f"{CUT_PROMPT_PREFIX}{limit} tokens [{digest}]: {quote!r} ({len(prompt)} characters)"
+
+
+def derive_seed(job_seed: int, sample_id: str, aux_index: int, attempt: int = 0) -> int:
+    """A seed in [0, 2**63) from (job seed, sample id, aux index, attempt); the same in every
+    process. Attempt 0 is the image's first seed (the one every run without regeneration stores);
+    attempt n its n-th regeneration (`difaug.run.stages`: `min_drift_iou`)."""
+    if attempt < 0:
+        raise ValueError(f"attempt must be >= 0, got {attempt}")
+    text = f"{job_seed}/{sample_id}/{aux_index}" + (f"/{attempt}" if attempt else "")
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 1
+
+
+def retry_item(item: WorkItem, job_seed: int, attempt: int) -> WorkItem:
+    """`item` again with the seed of its `attempt`-th regeneration (all else the same)."""
+    return replace(item, seed=derive_seed(job_seed, item.sample_id, item.aux_index, attempt))
 
 
 def sample_prompt(sample: Sample, cfg: JobConfig) -> str:
@@ -92,6 +150,18 @@ def make_work_items(
         )
         for k in range(cfg.num_aux)
     ]
+
+
+def apply_preset_scheduler(pipe: Any, cfg: JobConfig) -> None:
+    """Pin the scheduler settings of the job's preset (`difaug.core.presets.SCHEDULER_CONFIG`:
+    `diffss-reference` = SD1.5's DDIM config whatever the base model ships), in place."""
+    from difaug.core.presets import scheduler_config
+    from difaug.diffusion.loading import make_scheduler
+
+    pinned = scheduler_config(getattr(cfg, "preset", ""), cfg.scheduler)
+    if pinned and not cfg.lcm_lora and getattr(pipe, "scheduler", None) is not None:
+        base = make_scheduler(cfg.scheduler, pipe.scheduler.config)
+        pipe.scheduler = type(base).from_config(base.config, **pinned)
 
 
 T = TypeVar("T")
@@ -186,7 +256,12 @@ class AuxGenerator:
         self.warnings: list[str] = []
         self._warm_shapes: set[tuple[int, ...]] = set()
         self.feature_cache = install_feature_cache(pipe, cfg.cache_interval)
+        apply_preset_scheduler(pipe, cfg)
         self._embeds: OrderedDict[str, torch.Tensor] = OrderedDict()
+        # Prompts found longer than the text encoder's limit: each warned about once (the LRU above
+        # may drop and re-encode a prompt; this keeps it from being counted again).
+        self.cut_prompts: set[str] = set()
+        _silence_cut_prompt_logs(pipe)
         scheduler = "lcm" if cfg.lcm_lora else cfg.scheduler
         self.provenance: dict[str, Any] = {
             "base_model": self.spec.base,
@@ -255,12 +330,26 @@ class AuxGenerator:
         if cached is not None:
             self._embeds.move_to_end(prompt)
             return cached
+        self._check_length(prompt)
         # Encoded as the pipeline encodes a prompt or a negative prompt: embeddings match a plain call.
         embeds = encode_alone(self.pipe, prompt)
         self._embeds[prompt] = embeds
         if len(self._embeds) > PROMPT_CACHE_SIZE:
             self._embeds.popitem(last=False)
         return embeds
+
+    def _check_length(self, prompt: str) -> None:
+        """A prompt over the tokenizer's `model_max_length` (77 for CLIP) is cut by the pipeline:
+        note it once in `warnings` (the shard's stats carry it). Tokenized to one token past the
+        limit, which is all the check needs and makes the tokenizer log nothing."""
+        tokenizer = getattr(self.pipe, "tokenizer", None)
+        limit = getattr(tokenizer, "model_max_length", None)
+        if tokenizer is None or not isinstance(limit, int) or prompt in self.cut_prompts:
+            return
+        ids = tokenizer(prompt, truncation=True, max_length=limit + 1).input_ids
+        if len(ids) > limit:
+            self.cut_prompts.add(prompt)
+            self.warnings.append(cut_prompt_warning(limit, prompt))
 
     # ---- sampling --------------------------------------------------------------------------
 

@@ -28,7 +28,19 @@ HED_DIRNAME = "Annotators"
 
 
 class ModelLoadError(DifaugError, RuntimeError):
-    """Weights that cannot be loaded; the message names the id and how to point at a local copy."""
+    """Weights that cannot be loaded; the message names the id and how to point at a local copy.
+    `permanent`: a missing file or a wrong format, which no retry of the shard task can fix."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+    def __reduce__(self) -> Any:  # Dask pickles it back to the driver with the flag
+        return (_model_load_error, (str(self), self.permanent))
+
+
+def _model_load_error(message: str, permanent: bool) -> ModelLoadError:
+    return ModelLoadError(message, permanent=permanent)
 
 
 @dataclass(frozen=True)
@@ -68,7 +80,8 @@ def _bundle_controlnet(bundle: dict[str, Any], condition: str) -> str:
         raise ModelLoadError(
             f"{bundle['index']} has no ControlNet for condition {condition!r} "
             f"(it has: {', '.join(sorted(nets)) or 'none'}); add one under "
-            f"'controlnets' or pass --controlnet DIR"
+            f"'controlnets' or pass --controlnet DIR",
+            permanent=True,
         )
     return nets[condition]
 
@@ -82,10 +95,17 @@ def read_bundle(path: str | Path) -> dict[str, Any] | None:
         return None
     try:
         data = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{index}: not a readable bundle index ({exc})") from exc
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON, or bytes that are not UTF-8
+        reason = f"not UTF-8 text at byte {exc.start}" if isinstance(exc, UnicodeDecodeError) else exc
+        raise ModelLoadError(
+            f"{index}: not a readable bundle index ({reason}); rebuild the bundle (`difaug models make-tiny DIR`) "
+            "or fix its JSON",
+            permanent=True,
+        ) from exc
     if not isinstance(data, dict) or not isinstance(data.get("base_model"), str):
-        raise ModelLoadError(f"{index}: a bundle index needs a 'base_model' entry (a folder name)")
+        raise ModelLoadError(
+            f"{index}: a bundle index needs a 'base_model' entry (a folder name)", permanent=True
+        )
     root = index.parent.resolve()
 
     def absolute(rel: str) -> str:

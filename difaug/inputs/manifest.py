@@ -238,10 +238,23 @@ def default_sample_id(image: str, class_id: int) -> str:
     return f"{PurePosixPath(image.replace(chr(92), '/')).stem}_{class_id}"
 
 
+def _check_url_support(path: str) -> None:
+    problem = imageio.url_support_problem(path)
+    if problem:
+        raise ManifestError(f"{path}: {problem}")
+
+
 def read_manifest(path: str | Path) -> Manifest:
     """Read and normalise a manifest. Rows that cannot be normalised are returned as problems."""
     path = str(path).removeprefix("file://")
-    if not imageio.is_url(path) and not Path(path).is_file():
+    if imageio.is_url(path):
+        _check_url_support(path)
+    elif Path(path).is_dir():
+        raise ManifestError(
+            f"{path} is a folder, not a manifest file; give the .csv, .tsv, .jsonl or .parquet file "
+            "that lists its images (`difaug manifest build` writes one from a dataset folder)"
+        )
+    elif not Path(path).is_file():
         raise ManifestError(f"manifest not found: {path}")
     base = _manifest_dir(path)
     samples: list[Sample] = []
@@ -458,6 +471,7 @@ def validate_manifest(
     limits = limits or SizeLimits()
     problems = list(manifest.problems)
     samples = manifest.samples
+    refuse_unreadable_urls(manifest)
     if not samples and not problems:
         problems.append(RowProblem(0, "", manifest.path, "manifest has no rows"))
     problems += _row_value_problems(samples)
@@ -466,6 +480,23 @@ def validate_manifest(
         problems += _file_problems(s, checks[("image", s.image)], checks[("mask", s.mask)], limits)
     problems.sort(key=lambda p: (p.row, _COLUMN_ORDER.get(p.column, 99)))
     return problems
+
+
+def refuse_unreadable_urls(manifest: Manifest) -> None:
+    """Image or mask URLs whose fsspec backend is not installed: one `ManifestError` line for the
+    whole manifest (with the install line), since every row using that protocol fails the same way.
+    Checked once per protocol, without reading any file; `generate` calls it before the plan."""
+    rows_by_protocol: dict[str, list[int]] = {}
+    for s in manifest.samples:
+        for path in (s.image, s.mask):
+            if imageio.is_url(path):
+                rows_by_protocol.setdefault(path.split("://", 1)[0].lower(), []).append(s.row)
+    for protocol, rows in rows_by_protocol.items():
+        problem = imageio.url_support_problem(f"{protocol}://")
+        if problem:
+            rows = sorted(set(rows))
+            shown = ", ".join(map(str, rows[:5])) + (f", … ({len(rows)} rows)" if len(rows) > 5 else "")
+            raise ManifestError(f"{manifest.path}: row{'s' * (len(rows) > 1)} {shown}: {problem}")
 
 
 def _row_value_problems(samples: list[Sample]) -> list[RowProblem]:

@@ -53,6 +53,53 @@ class ShardTiming:
     images_per_s: float | None
 
 
+@dataclass(frozen=True)
+class Regeneration:
+    """What regeneration (`min_drift_iou`, `max_attempts`) did, summed over the shards' markers."""
+
+    threshold: float  # min_drift_iou
+    max_attempts: int
+    images: int  # kept images in the shards that regenerate
+    passed_at: list[int]  # kept images that passed at attempt 0, 1, … (index = attempt)
+    never_passed: int  # kept with their best attempt, `drift_pass` false
+    extra_images: int  # generated beyond one per kept image
+    regenerated: int  # kept images that took more than one attempt
+    seconds: float  # the extra images' share of the generate and score seconds
+
+    @property
+    def extra_per_kept(self) -> float:
+        return self.extra_images / self.images if self.images else 0.0
+
+    def passed_share(self) -> list[float]:
+        """The share of kept images that passed at each attempt."""
+        return [n / self.images if self.images else 0.0 for n in self.passed_at]
+
+
+def regeneration(stats: Sequence[ShardStats], config: Mapping[str, Any]) -> Regeneration | None:
+    """The regeneration totals of the shards that recorded them (None when none did)."""
+    counted = [s for s in stats if s.passed_at]
+    if not counted:
+        return None
+    width = max(len(s.passed_at) for s in counted)
+    return Regeneration(
+        threshold=float(config.get("min_drift_iou") or 0.0),
+        max_attempts=int(config.get("max_attempts") or width),
+        images=sum(s.images for s in counted),
+        passed_at=[sum(s.passed_at[a] for s in counted if a < len(s.passed_at)) for a in range(width)],
+        never_passed=sum(s.never_passed for s in counted),
+        extra_images=sum(s.extra_images for s in counted),
+        regenerated=sum(s.regenerated for s in counted),
+        seconds=round(sum(s.regenerate_seconds for s in counted), 4),
+    )
+
+
+def device_seconds_label(devices: Sequence[str]) -> str:
+    """What to call the generate stage's seconds: GPU-seconds only when every shard ran on CUDA."""
+    if devices and all(d.startswith("cuda") for d in devices):
+        return "GPU-seconds"
+    return f"device-seconds ({', '.join(devices)})" if devices else "device-seconds"
+
+
 @dataclass
 class RunReport:
     run_dir: str
@@ -85,6 +132,12 @@ class RunReport:
     # shard name → why its marker or file does not verify (not counted anywhere above)
     invalid_shards: dict[str, str] = field(default_factory=dict)
     fix: str = ""  # the command that redoes invalid and unfinished shards
+    regeneration: Regeneration | None = None  # None: no finished shard regenerates
+
+    @property
+    def device_label(self) -> str:
+        """ "GPU-seconds" on CUDA, else "device-seconds (cpu)": the devices the shards name."""
+        return device_seconds_label(self.provenance.get("device", []))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +154,8 @@ class ScoreStats:
     bins: list[int]  # counts of SCORE_BINS equal bins over [0, 1]
     mean_segments: float | None
     lowest: list[tuple[str, float]]  # (key, drift_iou), lowest first
+    # key → (kept attempt, attempts generated) of the lowest rows, when the run regenerates
+    lowest_attempts: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -241,6 +296,7 @@ def summarise(run_dir: str | Path) -> RunReport:
         condition_fallbacks=dict(sorted(fallbacks.items())),
         invalid_shards={c.shard.name: c.reason for c in view.invalid},
         fix=view.fix,
+        regeneration=regeneration(stats, view.plan.config),
     )
 
 
@@ -253,12 +309,15 @@ def score_stats(run_dir: str | Path, lowest: int = 8) -> ScoreStats:
     keys: list[str] = []
     ious: list[float | None] = []
     segments: list[int | None] = []
+    attempts: dict[str, tuple[int, int]] = {}
     for path in view.shard_paths:
         t = shards.read_shard(path, columns=["key", "drift_iou", "drift_segments"])
         keys += t.column("key").to_pylist()
         ious += t.column("drift_iou").to_pylist()
         segments += t.column("drift_segments").to_pylist()
+        attempts.update(_attempts(path))
     scored = [(k, v) for k, v in zip(keys, ious, strict=True) if v is not None]
+    lowest_rows = sorted(scored, key=lambda kv: (kv[1], kv[0]))[:lowest]
     values = np.array([v for _, v in scored], dtype=np.float64)
     segs = [s for s in segments if s is not None]
     return ScoreStats(
@@ -270,5 +329,17 @@ def score_stats(run_dir: str | Path, lowest: int = 8) -> ScoreStats:
         else {},
         bins=np.histogram(values, bins=SCORE_BINS, range=(0.0, 1.0))[0].astype(int).tolist(),
         mean_segments=float(np.mean(segs)) if segs else None,
-        lowest=sorted(scored, key=lambda kv: (kv[1], kv[0]))[:lowest],
+        lowest=lowest_rows,
+        lowest_attempts={k: attempts[k] for k, _ in lowest_rows if k in attempts},
     )
+
+
+def _attempts(path: Path) -> dict[str, tuple[int, int]]:
+    """key → (attempt, attempts) of a regenerating shard; {} for a shard without the columns (a
+    run without regeneration, or made before it existed)."""
+    import pyarrow.parquet as pq
+
+    if "attempts" not in pq.read_schema(path).names:
+        return {}
+    t = shards.read_shard(path, columns=["key", "attempt", "attempts"]).to_pylist()
+    return {r["key"]: (r["attempt"], r["attempts"]) for r in t}

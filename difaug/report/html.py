@@ -21,7 +21,7 @@ from difaug.core import fsio, imageio, sheet
 from difaug.core.text import display_text
 from difaug.report.data import SCORE_BINS, TASK_TOTAL_LABELS, RunReport, ScoreStats
 from difaug.report.sheets import MASK_COLUMN, SheetRow, column_labels
-from difaug.report.text import bin_label, human_bytes
+from difaug.report.text import bin_label, human_bytes, regeneration_rows
 
 _STYLE = (
     "body{font-family:sans-serif;margin:1.5em;background:#fafafa}"
@@ -49,12 +49,14 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    head = "".join(f"<th>{_e(str(h))}</th>" for h in headers)
+def _table(headers: Sequence[str] | None, rows: Sequence[Sequence[Any]]) -> str:
+    """A table; `headers` None: a key–value table, with no (empty) header row."""
+    head = "".join(f"<th>{_e(str(h))}</th>" for h in headers or ())
     body = "".join(
         "<tr>" + "".join(f"<td>{_e('' if v is None else str(v))}</td>" for v in r) + "</tr>" for r in rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    thead = f"<thead><tr>{head}</tr></thead>" if head else ""
+    return f"<table>{thead}<tbody>{body}</tbody></table>"
 
 
 def _table_or_none(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -88,7 +90,7 @@ def _totals(report: RunReport) -> list[tuple[str, Any]]:
         ("disk (run dir / shards)", f"{human_bytes(report.disk_bytes)} / {human_bytes(report.shard_bytes)}"),
         ("wall time (s)", _fmt(report.wall_seconds)),
         ("images/s overall", _fmt(report.images_per_s)),
-        ("GPU-seconds (generate)", _fmt(report.device_seconds)),
+        (f"{report.device_label} (generate)", _fmt(report.device_seconds)),
     ]
 
 
@@ -99,7 +101,9 @@ def _sections(report: RunReport) -> list[str]:
         invalid = (
             _table(("shard", "reason"), list(report.invalid_shards.items())) + f"<p>fix: {_e(report.fix)}</p>"
         )
-    config = list(report.config.items()) + [(k, ", ".join(v)) for k, v in report.provenance.items()]
+    config = list(report.config.items()) + [
+        (f"{k} (shards)", ", ".join(v)) for k, v in report.provenance.items()
+    ]
     failed = [(f.row, f.sample_id, f.stage, f.reason, f.shard) for f in report.failures]
     task_totals = [(TASK_TOTAL_LABELS[k], _fmt(v)) for k, v in report.task_seconds.items()]
     per_shard = [
@@ -108,7 +112,12 @@ def _sections(report: RunReport) -> list[str]:
     ]
     return [
         "<h2>Totals</h2>",
-        _table(("", ""), _totals(report)),
+        _table(None, _totals(report)),
+        *(
+            ["<h2>Regeneration</h2>", _table(None, regeneration_rows(report.regeneration))]
+            if report.regeneration
+            else []
+        ),
         "<h2>Configuration</h2>",
         _table(("key", "value"), config),
         "<h2>Invalid shards</h2>",
@@ -122,7 +131,7 @@ def _sections(report: RunReport) -> list[str]:
         "<h2>Task totals (overlap the stages)</h2>",
         _table_or_none(("total", "seconds"), task_totals),
         "<h2>Per shard</h2>",
-        _table(("shard", "images", "seconds", "GPU-seconds", "images/s"), per_shard),
+        _table(("shard", "images", "seconds", report.device_label, "images/s"), per_shard),
         "<h2>Classes</h2>",
         _table(("class", "samples"), list(report.classes.items())),
     ]
@@ -179,7 +188,7 @@ def scores_html(stats: ScoreStats, lowest: Sequence[SheetRow], thumb: int = 160)
     return "\n".join(
         [
             "<h2>Drift scores (DiffSeg IoU with the support mask)</h2>",
-            _table(("", ""), numbers),
+            _table(None, numbers),
             f"<img alt='drift_iou histogram' src='{hist}'>",
             f"<h2>Lowest drift scores ({len(lowest)})</h2>",
             _grid("aux image", lowest, 1, thumb, with_class_id=False),

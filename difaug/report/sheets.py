@@ -102,9 +102,11 @@ def lowest_sheet_rows(
     for key, iou in stats.lowest:
         sid, _, k = key.rpartition("/")
         aux = index.aux_images(sid)
-        out.append(
-            _sheet_row(index, sid, f"{key}  drift_iou {iou:.2f}", [aux[int(k)]] if int(k) < len(aux) else [])
-        )
+        label = f"{key}  drift_iou {iou:.2f}"
+        if key in stats.lowest_attempts:  # a regenerating run: the kept attempt (the row's `attempt`)
+            kept, made = stats.lowest_attempts[key]
+            label += f"  attempt {kept} ({made} generated)"
+        out.append(_sheet_row(index, sid, label, [aux[int(k)]] if int(k) < len(aux) else []))
     return out
 
 

@@ -1,8 +1,9 @@
-"""Report numbers as text: byte sizes and the drift-score histogram, for the terminal and the page."""
+"""Report numbers as text: byte sizes, the drift-score histogram and the regeneration numbers, for
+the terminal and the page."""
 
 from __future__ import annotations
 
-from difaug.report.data import SCORE_BINS, ScoreStats
+from difaug.report.data import SCORE_BINS, Regeneration, ScoreStats
 
 
 def human_bytes(n: float) -> str:
@@ -26,3 +27,18 @@ def text_histogram(stats: ScoreStats, width: int = 30) -> list[str]:
         bar = "█" * round(width * n / top)
         lines.append(f"{bin_label(i)}–{bin_label(i + 1)} │{bar:<{width}} {n}")
     return lines
+
+
+def regeneration_rows(regen: Regeneration) -> list[tuple[str, str]]:
+    """The regeneration numbers, as the terminal and the page show them."""
+    shares = ", ".join(
+        f"{a}: {n} ({share:.0%})"
+        for a, (n, share) in enumerate(zip(regen.passed_at, regen.passed_share(), strict=True))
+    )
+    return [
+        ("threshold / attempts", f"drift_iou >= {regen.threshold:g}, at most {regen.max_attempts} attempts"),
+        ("passed at attempt", shares),
+        ("never passed (best attempt kept)", f"{regen.never_passed} of {regen.images}"),
+        ("extra images per kept image", f"{regen.extra_per_kept:.2f} ({regen.extra_images} extra)"),
+        ("seconds of the extra images", f"{regen.seconds:,.1f}"),
+    ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from difaug.core.config import Job
 from difaug.core.folderlock import FolderLock
+from difaug.diffusion.sampler import CUT_PROMPT_PREFIX
 from difaug.inputs.manifest import (
     Manifest,
     ManifestError,
@@ -33,10 +35,12 @@ from difaug.inputs.manifest import (
     Sample,
     SizeLimits,
     read_manifest,
+    refuse_unreadable_urls,
     repeated_ids,
     validate_manifest,
 )
 from difaug.run import layout, verify
+from difaug.run.cluster import preflight as cluster_preflight
 from difaug.run.compile_policy import runtime_for_plan
 from difaug.run.executors import Execution, open_executor
 from difaug.run.model_cache import (
@@ -57,6 +61,7 @@ __all__ = [
     "EventSink",
     "LockTakenOver",
     "PlanMade",
+    "PromptsCut",
     "RowsRefused",
     "RunEvent",
     "ShardEvent",
@@ -161,10 +166,10 @@ class PlanMade:
 
 @dataclass(frozen=True)
 class LockTakenOver:
-    """OUT's lock was left by a process of this host that is gone; this run took it."""
+    """OUT's lock was left by a process of this host that no longer holds it; this run took it."""
 
     out: str
-    owner: str
+    owner: str  # who, and why the lock was free ("no longer running", or its pid is another process)
 
 
 @dataclass(frozen=True)
@@ -172,6 +177,15 @@ class RowsRefused:
     """Rows that cannot be generated (manifest or validation problems): recorded as failures."""
 
     rows: int
+
+
+@dataclass(frozen=True)
+class PromptsCut:
+    """Distinct prompts longer than the text encoder's limit, which it cut: said once per run (the
+    marker of the shard that met a prompt first names it in `compile_warnings`)."""
+
+    prompts: int
+    limit: int
 
 
 @dataclass(frozen=True)
@@ -217,7 +231,16 @@ class ShardFailed(ShardEvent):
     stops_run: bool  # OUT cannot be written: the run stops (`Summary.stopped` says why)
 
 
-RunEvent = PlanMade | LockTakenOver | RowsRefused | ClusterReady | ShardProgress | ShardFinished | ShardFailed
+RunEvent = (
+    PlanMade
+    | LockTakenOver
+    | RowsRefused
+    | PromptsCut
+    | ClusterReady
+    | ShardProgress
+    | ShardFinished
+    | ShardFailed
+)
 EventSink = Callable[[RunEvent], None]
 
 
@@ -231,9 +254,13 @@ def log_event(event: RunEvent) -> None:
         if event.invalid:
             log.warning("%d shard(s) were invalid and are redone: %s", len(event.invalid), event.invalid)
     elif isinstance(event, LockTakenOver):
-        log.warning("took over the lock of %s left by %s (not running)", event.out, event.owner)
+        log.warning("took over the lock of %s left by %s", event.out, event.owner)
     elif isinstance(event, RowsRefused):
         log.warning("validation: %d row(s) cannot be generated; they are recorded as failures", event.rows)
+    elif isinstance(event, PromptsCut):
+        log.warning(
+            "%d prompt(s) cut to %d tokens (the shards' markers name them)", event.prompts, event.limit
+        )
     elif isinstance(event, ClusterReady):
         log.info("%s", event.dashboard)
     elif isinstance(event, ShardFailed) and not event.stops_run:
@@ -265,6 +292,13 @@ class _Tally:
     def __init__(self, job: Job, summary: Summary, emit: EventSink) -> None:
         self.job, self.summary, self.emit = job, summary, emit
         self.stop = threading.Event()
+        self.cut_prompts: set[str] = set()  # distinct across shards: each warning carries a digest
+
+    def close(self) -> None:
+        """The run's once-only notes, after its last shard."""
+        if self.cut_prompts:
+            limit = int(next(iter(self.cut_prompts)).removeprefix(CUT_PROMPT_PREFIX).split()[0])
+            self.emit(PromptsCut(len(self.cut_prompts), limit))
 
     def done(self, spec: ShardSpec, stats: ShardStats) -> None:
         s = self.summary
@@ -273,6 +307,7 @@ class _Tally:
         s.images += stats.images
         s.shards_done += 1
         s.failures.extend(replace(f, shard=spec.shard.name) for f in stats.failures)
+        self.cut_prompts.update(w for w in stats.compile_warnings if w.startswith(CUT_PROMPT_PREFIX))
         self.emit(
             ShardFinished(spec.shard.index, stats.images, spec.shard.num_rows * self.job.config.num_aux)
         )
@@ -310,15 +345,42 @@ def _refuse_before_plan(job: Job, manifest: Manifest) -> None:
             f"{manifest.path}: the manifest has no rows (only a header, or nothing); add one row per "
             "support image and class, e.g. with `difaug manifest build`"
         )
+    refuse_unreadable_urls(manifest)  # http(s):// rows without aiohttp/requests: one line, not one per row
     Path(job.out).mkdir(parents=True, exist_ok=True)  # FileExistsError / NotADirectoryError name the path
     layout.probe_writable(job.out, folders=("",))  # OUT itself: its shards/ and stats/ come with the plan
 
 
 def _preflight(job: Job) -> None:
-    """Resolve the model spec on the driver, so a wrong `--model` fails before any task does."""
+    """Resolve the model spec and check its local weights on the driver, and the device and
+    dtype against this machine when the workers run here, so a wrong `--model` or `--device cuda`
+    without a GPU fails before the plan is written, not in every task after its retries."""
+    from difaug.core.device import resolve_device, resolve_dtype
+    from difaug.diffusion.loading import check_local_models
     from difaug.diffusion.specs import ModelSpec
 
-    ModelSpec.from_config(job.config)
+    check_local_models(ModelSpec.from_config(job.config), job.config.condition)
+    rt = job.runtime
+    if rt.cluster in ("sync", "local", "cuda") and not rt.scheduler_address:  # workers on this machine
+        resolve_dtype(rt.dtype, resolve_device(rt.device))
+
+
+def _capped_workers(job: Job, shards: int) -> Job:
+    """A local cluster has no use for more worker processes than cores or shards to run (each
+    holds its own models): the extra ones would only take memory. Said once, as a note."""
+    rt = job.runtime
+    if rt.cluster != "local" or rt.scheduler_address:
+        return job
+    cap = max(1, min(os.cpu_count() or 1, shards))
+    if rt.workers <= cap:
+        return job
+    log.warning(
+        "--workers %d capped to %d (%d cores, %d shard(s) to run)",
+        rt.workers,
+        cap,
+        os.cpu_count() or 1,
+        shards,
+    )
+    return replace(job, runtime=replace(rt, workers=cap))
 
 
 def run(
@@ -351,14 +413,17 @@ def run(
     factory_key(
         generator_factory or default_generator_factory, condition_factory or default_condition_factory, job
     )
+    job.config.check_regeneration()  # settings that need each other: before the plan, one line
     if generator_factory is None:
         _preflight(job)
     manifest = read_manifest(job.manifest)
     _refuse_before_plan(job, manifest)
+    cluster_preflight(job.runtime)  # SLURM accepts the worker job, the scheduler answers, a GPU is there
     plan = build_plan(job, manifest, command=command)
-    with FolderLock(job.out, command=layout.GENERATE_COMMAND, force=force_unlock) as lock:
-        if lock.took_over is not None:
-            emit(LockTakenOver(job.out, str(lock.took_over)))
+    run_lock = FolderLock(job.out, command=layout.GENERATE_COMMAND, force=force_unlock, log_takeover=False)
+    with run_lock as lock:
+        if lock.took_over is not None:  # said once, by the event
+            emit(LockTakenOver(job.out, lock.took_over_note))
         return _run_locked(job, manifest, plan, (generator_factory, condition_factory), emit, t0)
 
 
@@ -376,6 +441,7 @@ def _run_locked(
     planned_images = sum(len(r) for r in pending) * job.config.num_aux
     # The speed settings that need the plan: compile "auto" off for short jobs, the compile cache.
     job = replace(job, runtime=runtime_for_plan(job.runtime, job.out, planned_images))
+    job = _capped_workers(job, len(pending))
     emit(
         PlanMade(
             out=job.out,
@@ -393,7 +459,16 @@ def _run_locked(
         emit(RowsRefused(len(failures)))
     specs = iter_specs(job.out, plan, manifest, pending, failures)
     if pending:
-        _execute(job, specs, factories, _Tally(job, summary, emit))
+        try:
+            tally = _Tally(job, summary, emit)
+            _execute(job, specs, factories, tally)
+            tally.close()
+        except KeyboardInterrupt as e:  # SIGINT, SIGTERM (`cluster.Terminated`): say so in OUT, then stop
+            summary.stopped = f"interrupted ({getattr(e, 'signal_name', 'SIGINT')})"
+            # The shards in flight when it came end in none of the counts: they are not run either.
+            summary.not_run = summary.rows - summary.done - summary.failed - summary.skipped
+            _close(summary, job.out, plan, t0)
+            raise
     summary.not_run = sum(spec.shard.num_rows for spec in specs)  # what a stopped run never started
     return _close(summary, job.out, plan, t0)
 
@@ -422,8 +497,28 @@ def _execute(
         tally.emit(ClusterReady(dashboard, waiting_for_worker))
 
     execution = Execution(specs, job, factories, tally.done, tally.error, tally.progress, tally.stop)
+    nanny = logging.getLogger("distributed.nanny")
+    nanny.addFilter(_quiet_shutdown)
+    try:
+        _run_executor(job, execution, ready, tally)
+    finally:
+        nanny.removeFilter(_quiet_shutdown)
+
+
+def _quiet_shutdown(record: logging.LogRecord) -> bool:
+    """Drop Dask's note that it kills a worker process at the cluster's close (its normal end of a
+    local cluster, after the shards are written) unless the run is verbose (debug logging)."""
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        return True
+    return not str(record.msg).startswith("Worker process still alive after")
+
+
+def _run_executor(job: Job, execution: Execution, ready: Callable[[str, bool], None], tally: _Tally) -> None:
     with open_executor(job.runtime, on_ready=ready) as executor:
-        executor.run(execution)
+        try:
+            executor.run(execution)
+        finally:
+            tally.summary.workers_replaced = getattr(executor, "workers_replaced", 0)
 
 
 def _close(summary: Summary, out: str, plan: Plan, t0: float) -> Summary:

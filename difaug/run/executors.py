@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from difaug.core.config import Job, RuntimeConfig
-from difaug.run.cluster import dashboard_text, gpu_resources, open_client, uses_client
+from difaug.run.cluster import (
+    SlurmWatch,
+    dashboard_text,
+    gpu_resources,
+    open_client,
+    uses_client,
+    wait_for_worker,
+)
 from difaug.run.layout import is_permanent
 from difaug.run.model_cache import ConditionFactory, GeneratorFactory
 from difaug.run.records import ShardStats
@@ -110,6 +117,11 @@ class DaskExecutor:
     def __init__(self, client: Any, resources: dict[str, float] | None) -> None:
         self.client = client
         self.resources = resources
+        self.watch: SlurmWatch | None = None  # replaces SLURM worker jobs that ended
+
+    @property
+    def workers_replaced(self) -> int:
+        return self.watch.replaced if self.watch is not None else 0
 
     def run(self, execution: Execution) -> None:
         from distributed import as_completed
@@ -175,5 +187,9 @@ def open_executor(runtime: RuntimeConfig, on_ready: Callable[[str, bool], None])
         waits = bool(runtime.scheduler_address or runtime.cluster == "slurm")
         on_ready(dashboard_text(client), waits)
         if waits:
-            client.wait_for_workers(1)
-        yield DaskExecutor(client, gpu_resources(client, runtime))
+            wait_for_worker(client, runtime)
+        slurm = runtime.cluster == "slurm" and not runtime.scheduler_address
+        with SlurmWatch(client.cluster, runtime.workers) if slurm else contextlib.nullcontext() as watch:
+            executor = DaskExecutor(client, gpu_resources(client, runtime))
+            executor.watch = watch
+            yield executor

@@ -61,7 +61,10 @@ def output_problem(error: BaseException, where: str | Path) -> str:
 
 
 def is_permanent(error: BaseException) -> bool:
-    """An error that a retry cannot fix (read-only OUT, no space, …)."""
+    """An error that a retry cannot fix (read-only OUT, no space, …; an error that says so itself,
+    such as a model folder without its weights: `permanent`)."""
+    if getattr(error, "permanent", False) is True:
+        return True
     return isinstance(error, OutputError) or (isinstance(error, OSError) and error.errno in PERMANENT_ERRNOS)
 
 

@@ -187,7 +187,29 @@ class Plan:
             ) from e
         if [s.index for s in plan.shards] != list(range(len(plan.shards))):
             raise RunDirError(f"{source}: shard indices are not 0..N-1; rerun with --overwrite")
+        damage = plan.damage()
+        if damage:
+            raise RunDirError(
+                f"{source} was edited or damaged ({damage}); restore it, or rerun `difaug generate` with "
+                "--overwrite to start this run over (only difaug's own files are removed)"
+            )
         return plan
+
+    def damage(self) -> str:
+        """Why the plan's contents do not match themselves ("" when they do): its own hash, the
+        config's fingerprint, the row count and the shard list are all derived from the rest, so a
+        hand edit of any one of them (a row range, `num_aux`) shows here before any work."""
+        if self.plan_hash != self.compute_hash():
+            return f"plan_hash {self.plan_hash[:12]} is not the hash of its contents ({self.compute_hash()[:12]})"
+        config_hash = hashlib.sha256(json.dumps(self.config, sort_keys=True).encode()).hexdigest()
+        if config_hash != self.config_fingerprint:
+            return "its config does not match its config_fingerprint"
+        rows = min(self.manifest.rows, self.limit) if self.limit else self.manifest.rows
+        if self.rows != rows or self.limit < 0:
+            return f"rows {self.rows} do not follow from the manifest's {self.manifest.rows} and limit {self.limit}"
+        if self.shard_size < 1 or list(self.shards) != cut(self.rows, self.shard_size):
+            return f"its shard list is not {self.rows} rows cut in shards of {self.shard_size}"
+        return ""
 
 
 def _what(e: BaseException) -> str:
@@ -230,6 +252,16 @@ class ShardStats:
     fallbacks: dict[str, int] = field(default_factory=dict)
     # What went wrong but did not fail the shard: a torch.compile that fell back to eager, …
     compile_warnings: tuple[str, ...] = ()
+    # Regeneration (`min_drift_iou`; all zero/empty when the job does not regenerate): kept images
+    # that passed at attempt 0, 1, …; kept images that never passed (their best attempt is kept,
+    # `drift_pass` false); images generated beyond one per kept image; kept images that took more
+    # than one attempt; the seconds of those extra images (their share of `seconds.generate` and
+    # `seconds.score`, not a stage of its own).
+    passed_at: tuple[int, ...] = ()
+    never_passed: int = 0
+    extra_images: int = 0
+    regenerated: int = 0
+    regenerate_seconds: float = 0.0
     worker: dict[str, Any] = field(default_factory=dict)
     started: str = ""
     finished: str = ""
@@ -245,6 +277,7 @@ class ShardStats:
         d["file"] = asdict(self.file)
         d["failures"] = [f.to_dict() for f in self.failures]
         d["compile_warnings"] = list(self.compile_warnings)
+        d["passed_at"] = list(self.passed_at)
         d["samples"] = self.samples
         return d
 
@@ -270,6 +303,11 @@ class ShardStats:
                 cpu_seconds=_optional_float(d.get("cpu_seconds")),
                 fallbacks=dict(d.get("fallbacks") or {}),
                 compile_warnings=tuple(str(w) for w in d.get("compile_warnings") or ()),
+                passed_at=tuple(int(n) for n in d.get("passed_at") or ()),
+                never_passed=int(d.get("never_passed") or 0),
+                extra_images=int(d.get("extra_images") or 0),
+                regenerated=int(d.get("regenerated") or 0),
+                regenerate_seconds=float(d.get("regenerate_seconds") or 0.0),
                 worker=dict(d.get("worker") or {}),
                 started=str(d.get("started") or ""),
                 finished=str(d.get("finished") or ""),
@@ -284,6 +322,11 @@ class ShardStats:
             problems.append(f"{len(stats.failures)} failures listed but failed = {stats.failed}")
         if stats.images != stats.file.rows:
             problems.append(f"images {stats.images} != file rows {stats.file.rows}")
+        if stats.passed_at and sum(stats.passed_at) + stats.never_passed != stats.images:
+            problems.append(
+                f"passed at each attempt {list(stats.passed_at)} + never passed {stats.never_passed} "
+                f"!= images {stats.images}"
+            )
         if problems:
             raise RunDirError(f"{source}: inconsistent marker ({'; '.join(problems)})")
         return stats
@@ -313,6 +356,7 @@ class Summary:
     stopped: str = ""  # why the run stopped early ("" = it did not)
     seconds: float = 0.0
     dashboard: str = ""
+    workers_replaced: int = 0  # SLURM worker jobs that ended (walltime, …) and were resubmitted
 
     @property
     def ok(self) -> bool:

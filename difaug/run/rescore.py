@@ -108,7 +108,7 @@ def score_run(
     Holds the run's lock (`FolderLock`): never while `difaug generate` writes into the run."""
     t0 = time.perf_counter()
     summary = ScoreSummary()
-    with FolderLock(run_dir, command="difaug score"):
+    with FolderLock(run_dir, command="difaug score", busy_hint="Wait for it to finish."):
         for check in verify.verify_run(run_dir).checks:
             index = check.shard.index
             if not check.ok or check.stats is None:

@@ -68,28 +68,41 @@ _COLUMNS: tuple[tuple[str, pa.DataType, str | None], ...] = (
     ("drift_segments", pa.int32(), "int32"),
 )
 
+# Regeneration (`min_drift_iou`, `max_attempts`): only the shards of a job that regenerates carry
+# them, so a job without it writes the same bytes as before they existed, and a reader treats
+# their absence as "attempt 0 of 1, not judged".
+_REGEN_COLUMNS: tuple[tuple[str, pa.DataType, str | None], ...] = (
+    ("attempt", pa.int32(), "int32"),  # the kept attempt (0 = the first seed)
+    ("attempts", pa.int32(), "int32"),  # how many were generated for this row
+    ("drift_pass", pa.bool_(), "bool"),  # drift_iou >= min_drift_iou (null: no score to judge)
+)
+REGEN_COLUMNS: tuple[str, ...] = tuple(name for name, _, _ in _REGEN_COLUMNS)
+
 COLUMNS: tuple[str, ...] = tuple(name for name, _, _ in _COLUMNS)
+ALL_COLUMNS: tuple[str, ...] = COLUMNS + REGEN_COLUMNS
 
 # zstd everywhere except the encoded PNG/JPEG bytes, which do not shrink: compressing them again
 # only costs CPU.
 _COMPRESSION_BY_COLUMN: dict[str, str] = {
-    **{c: COMPRESSION for c in COLUMNS if c not in IMAGE_COLUMNS},
+    **{c: COMPRESSION for c in ALL_COLUMNS if c not in IMAGE_COLUMNS},
     **{f"{c}.path": COMPRESSION for c in IMAGE_COLUMNS},
     **{f"{c}.bytes": "none" for c in IMAGE_COLUMNS},
 }
 
 
-def _hf_features() -> dict[str, Any]:
-    return {
+def _schema(columns: Sequence[tuple[str, pa.DataType, str | None]]) -> pa.Schema:
+    features = {
         name: ({"_type": "Image"} if dtype is None else {"dtype": dtype, "_type": "Value"})
-        for name, _, dtype in _COLUMNS
+        for name, _, dtype in columns
     }
+    return pa.schema(
+        [pa.field(name, typ) for name, typ, _ in columns],
+        metadata={"huggingface": json.dumps({"info": {"features": features}}, sort_keys=True)},
+    )
 
 
-SCHEMA: pa.Schema = pa.schema(
-    [pa.field(name, typ) for name, typ, _ in _COLUMNS],
-    metadata={"huggingface": json.dumps({"info": {"features": _hf_features()}}, sort_keys=True)},
-)
+SCHEMA: pa.Schema = _schema(_COLUMNS)
+REGEN_SCHEMA: pa.Schema = _schema(_COLUMNS + _REGEN_COLUMNS)  # a regenerating job's shards
 
 
 class ShardError(DifaugError, ValueError):
@@ -128,8 +141,10 @@ def make_row(
     aux_bytes: bytes,
     provenance: Mapping[str, Any],
     scores: Mapping[str, Any] | None = None,
+    attempts: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One shard row (one auxiliary image) in the column order of `SCHEMA`."""
+    """One shard row (one auxiliary image) in the column order of `SCHEMA`; with `attempts`
+    (`REGEN_COLUMNS`: a regenerating job) in that of `REGEN_SCHEMA`."""
     name = f"{sample.sample_id}_{aux_index}"
     ext = "jpg" if cfg.image_format == "jpeg" else "png"
     width, height = size
@@ -156,18 +171,22 @@ def make_row(
         "seed": seed,
         **{k: provenance[k] for k in PROVENANCE_COLUMNS},
         **{k: (scores or {}).get(k) for k in SCORE_COLUMNS},
+        **({k: attempts.get(k) for k in REGEN_COLUMNS} if attempts is not None else {}),
     }
 
 
 def rows_to_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
-    """Rows (dicts keyed by column name) → a table with exactly `SCHEMA`. Missing columns refuse."""
+    """Rows (dicts keyed by column name) → a table with exactly `SCHEMA`, or `REGEN_SCHEMA` when
+    the rows carry the regeneration columns. Missing columns refuse."""
+    regen = bool(rows) and any(c in rows[0] for c in REGEN_COLUMNS)
     if rows:
         # Score columns may be left out (null: scoring off); every other column must be there.
-        missing = [c for c in COLUMNS if c not in rows[0] and c not in SCORE_COLUMNS]
+        wanted = ALL_COLUMNS if regen else COLUMNS
+        missing = [c for c in wanted if c not in rows[0] and c not in SCORE_COLUMNS]
         if missing:
             raise ShardError(f"shard rows lack column(s) {', '.join(missing)}")
     arrays = []
-    for name, typ, _ in _COLUMNS:
+    for name, typ, _ in _COLUMNS + (_REGEN_COLUMNS if regen else ()):
         try:
             if name in IMAGE_COLUMNS:
                 arrays.append(_image_array([r[name] for r in rows]))
@@ -177,7 +196,7 @@ def rows_to_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
                 )
         except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError, TypeError) as e:
             raise ShardError(f"column {name!r}: {e}") from e
-    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+    return pa.Table.from_arrays(arrays, schema=REGEN_SCHEMA if regen else SCHEMA)
 
 
 def _image_array(values: Sequence[Mapping[str, Any]]) -> pa.StructArray:
@@ -203,18 +222,20 @@ def write_shard(path: str | Path, rows: Sequence[Mapping[str, Any]] | pa.Table) 
     """Write one shard atomically. Same rows in the same order → the same bytes (no timestamps)."""
     path = Path(path)
     table = rows if isinstance(rows, pa.Table) else rows_to_table(rows)
-    if not table.schema.equals(SCHEMA, check_metadata=False):
-        raise ShardError(f"{path}: table schema differs from difaug.run.shards.SCHEMA")
-    table = table.replace_schema_metadata(SCHEMA.metadata)
+    schema = next((s for s in (SCHEMA, REGEN_SCHEMA) if table.schema.equals(s, check_metadata=False)), None)
+    if schema is None:
+        raise ShardError(f"{path}: table schema differs from difaug.run.shards.SCHEMA (and REGEN_SCHEMA)")
+    table = table.replace_schema_metadata(schema.metadata)
+    names = table.schema.names
 
     def write(tmp: Path) -> None:
         pq.write_table(
             table,
             tmp,
-            compression=_COMPRESSION_BY_COLUMN,
+            compression={k: v for k, v in _COMPRESSION_BY_COLUMN.items() if k.split(".")[0] in names},
             row_group_size=ROW_GROUP_SIZE,
-            use_dictionary=[c for c in COLUMNS if c not in IMAGE_COLUMNS],
-            write_statistics=[c for c in COLUMNS if c not in IMAGE_COLUMNS],
+            use_dictionary=[c for c in names if c not in IMAGE_COLUMNS],
+            write_statistics=[c for c in names if c not in IMAGE_COLUMNS],
             write_page_checksum=True,  # a flipped byte fails the read instead of passing silently
         )
 

@@ -20,7 +20,7 @@ import queue
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -99,10 +99,12 @@ class ShardState:
     failed_ids: set[str] = field(default_factory=set)
     stage_seconds: dict[str, float] = field(default_factory=dict)  # busy seconds per stage
     error: BaseException | None = None
-    # Drift scoring (difaug.diffusion.diffseg): support masks by sample id, scores by row key; masks
-    # are kept only when the job scores (None otherwise).
+    # Drift scoring (difaug.diffusion.diffseg): support masks by sample id, kept only when the job
+    # scores (None otherwise).
     masks: dict[str, np.ndarray] | None = None
-    scores: dict[str, dict] = field(default_factory=dict)
+    # Regeneration: the regenerated images' share of the generate and score seconds (the rows
+    # themselves say which attempt each kept and how many it took).
+    regenerate_seconds: float = 0.0
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     # Set by the caller to abandon the shard (the in-process executor, interrupted): stages wind down.
@@ -265,65 +267,137 @@ class _Prepare:
 # ----------------------------------------------------------------------------- generate
 
 
-def _generate_stage(
-    generator: Generator,
-    items_q: queue.Queue,
-    results_q: queue.Queue,
-    state: ShardState,
-    report: Callable[[int], None],
-    drift_scorer: DriftScorer | None,
-    encoders: int,
-) -> None:
-    """Bucket items by condition shape (`ShapeBuckets`); run a batch when a bucket fills, the
-    rest at the end.
+@dataclass(frozen=True)
+class _Best:
+    """The best-scoring attempt of an image so far (kept when none passes)."""
 
-    Batches depend only on the shard's contents and the generator's batch size, never on timing,
-    so a shard's images are the same on every run, worker and retry."""
-    from difaug.diffusion.sampler import ShapeBuckets
+    result: Any
+    score: Any  # DriftScore
+    attempt: int
 
-    buckets: ShapeBuckets[tuple[Sample, Any]] = ShapeBuckets(generator.batch_size)
-    done = 0
 
-    def flush(batch: list[tuple[Sample, Any]]) -> None:
-        nonlocal done
+_Entry = tuple[Sample, Any, int]  # (sample, work item, attempt)
+
+
+def _columns(kept: int, generated: int, passed: bool | None) -> dict[str, Any]:
+    """A regenerating row's `shards.REGEN_COLUMNS`."""
+    return {"attempt": kept, "attempts": generated, "drift_pass": passed}
+
+
+class _Generate:
+    """The generate stage of one shard: bucket items by condition shape (`ShapeBuckets`), run a
+    batch when a bucket fills and the rest at the end; score each batch right after it.
+
+    With `min_drift_iou` > 0, an image scoring below it goes back into the buckets with its next
+    attempt's seed (`retry_item`), so regenerations ride in the next full batches with the shard's
+    first attempts; it leaves for the encoders once an attempt passes, or with its best attempt
+    when `max_attempts` are spent. Batches depend only on the shard's contents, the scores and the
+    generator's batch size, never on timing, so a shard's images are the same on every run,
+    worker and retry."""
+
+    def __init__(
+        self,
+        generator: Generator,
+        cfg: JobConfig,
+        queues: tuple[queue.Queue, queue.Queue],
+        state: ShardState,
+        report: Callable[[int], None],
+        drift_scorer: DriftScorer | None,
+        encoders: int,
+    ) -> None:
+        from difaug.diffusion.sampler import ShapeBuckets
+
+        self.generator, self.cfg, self.state, self.report, self.encoders = (
+            generator, cfg, state, report, encoders,
+        )  # fmt: skip
+        self.items_q, self.results_q = queues
+        self.scorer = drift_scorer if state.masks is not None else None
+        self.regenerate = cfg.min_drift_iou > 0 and self.scorer is not None
+        self.buckets: ShapeBuckets[_Entry] = ShapeBuckets(generator.batch_size)
+        self.ready: deque[list[_Entry]] = deque()
+        self.best: dict[str, _Best] = {}
+        self.done = 0  # images that left for the encoders
+
+    def __call__(self) -> None:
+        while True:
+            got = _get(self.items_q, self.state)
+            if got is _DONE:
+                break
+            self._add((got[0], got[1], 0))
+            self._run_ready()
+        while True:  # the partial buckets, then the regenerations they ask for, until none is left
+            self.ready.extend(self.buckets.drain())
+            if not self.ready:
+                break
+            self._run_ready()
+        for _ in range(self.encoders):
+            _put(self.results_q, _DONE, self.state)
+
+    def _add(self, entry: _Entry) -> None:
+        full = self.buckets.add(tuple(entry[1].condition.shape), entry)
+        if full is not None:
+            self.ready.append(full)
+
+    def _run_ready(self) -> None:
+        while self.ready:
+            self._flush(self.ready.popleft())
+
+    def _flush(self, batch: list[_Entry]) -> None:
+        state = self.state
         t0 = time.perf_counter()
         # generate() rather than run_batch(): the generator may pad short batches (torch.compile).
-        results = generator.generate([item for _, item in batch])
-        state.add_time("generate", time.perf_counter() - t0)
+        results = self.generator.generate([item for _, item, _ in batch])
+        seconds = time.perf_counter() - t0
+        state.add_time("generate", seconds)
         if len(results) != len(batch):
             raise RuntimeError(f"generator returned {len(results)} images for a batch of {len(batch)}")
-        if drift_scorer is not None and state.masks is not None:  # on the device, right after the batch
-            _score_batch(drift_scorer, batch, results, state)
-        for (sample, _), res in zip(batch, results, strict=True):
-            _put(results_q, (sample, res), state)
-        done += len(batch)
-        report(done)
+        scores: list[Any] = [None] * len(batch)
+        if self.scorer is not None:  # on the device, right after the batch
+            scores = self._score(batch, results)
+            seconds = time.perf_counter() - t0
+        retries = sum(1 for _, _, attempt in batch if attempt > 0)
+        if retries:
+            state.regenerate_seconds += seconds * retries / len(batch)
+        for entry, res, score in zip(batch, results, scores, strict=True):
+            self._settle(entry, res, score)
+        self.report(self.done)
 
-    while True:
-        got = _get(items_q, state)
-        if got is _DONE:
-            break
-        full = buckets.add(tuple(got[1].condition.shape), got)
-        if full is not None:
-            flush(full)
-    for batch in buckets.drain():
-        flush(batch)
-    for _ in range(encoders):
-        _put(results_q, _DONE, state)
+    def _score(self, batch: list[_Entry], results: Sequence[Any]) -> list[Any]:
+        assert self.scorer is not None and self.state.masks is not None
+        t0 = time.perf_counter()
+        drift = self.scorer(
+            [r.image for r in results],
+            [self.state.masks[s.sample_id] for s, _, _ in batch],
+            [s.class_id for s, _, _ in batch],
+        )
+        self.state.add_time("score", time.perf_counter() - t0)
+        return list(drift)
 
+    def _settle(self, entry: _Entry, res: Any, score: Any) -> None:
+        """Keep this attempt, regenerate it, or (attempts spent) keep the best one."""
+        from difaug.diffusion.sampler import retry_item
 
-def _score_batch(
-    score: DriftScorer, batch: list[tuple[Sample, Any]], results: list, state: ShardState
-) -> None:
-    assert state.masks is not None
-    t0 = time.perf_counter()
-    drift = score(
-        [r.image for r in results],
-        [state.masks[s.sample_id] for s, _ in batch],
-        [s.class_id for s, _ in batch],
-    )
-    state.scores.update((r.item.key, d.columns()) for r, d in zip(results, drift, strict=True))
-    state.add_time("score", time.perf_counter() - t0)
+        sample, item, attempt = entry
+        if not self.regenerate:
+            self._keep(sample, res, score, None)
+            return
+        iou = score.iou
+        if iou is None or iou >= self.cfg.min_drift_iou:  # None: no valid mask pixel to judge by
+            self.best.pop(item.key, None)
+            self._keep(sample, res, score, _columns(attempt, attempt + 1, None if iou is None else True))
+            return
+        best = self.best.get(item.key)
+        if best is None or iou > best.score.iou:  # ties keep the earlier attempt
+            best = self.best[item.key] = _Best(res, score, attempt)
+        if attempt + 1 < self.cfg.max_attempts:
+            self._add((sample, retry_item(item, self.cfg.seed, attempt + 1), attempt + 1))
+            return
+        del self.best[item.key]
+        self._keep(sample, best.result, best.score, _columns(best.attempt, attempt + 1, False))
+
+    def _keep(self, sample: Sample, res: Any, score: Any, attempts: dict[str, Any] | None) -> None:
+        self.done += 1
+        _put(self.results_q, (sample, res, None if score is None else score.columns(), attempts), self.state)
 
 
 class Measured(NamedTuple):
@@ -371,14 +445,12 @@ def _encode_stage(
             got = _get(results_q, state)
             if got is _DONE:
                 return
-            sample, res = got
+            sample, res, scores, attempts = got
             if sample.sample_id in state.failed_ids:
                 continue
             t0 = time.perf_counter()
             try:
-                state.rows.append(
-                    _row(sample, res, cfg, provenance, cond_png, state.scores.get(res.item.key))
-                )
+                state.rows.append(_row(sample, res, cfg, provenance, cond_png, scores, attempts))
             except INPUT_ERRORS as e:
                 state.fail(sample, "encode", short_reason(e))
             state.add_time("encode", time.perf_counter() - t0)
@@ -393,6 +465,7 @@ def _row(
     prov: dict,
     cond_png: dict[str, bytes],
     scores: dict | None = None,
+    attempts: dict | None = None,
 ) -> dict:
     item = res.item
     if sample.sample_id not in cond_png:  # one condition per sample, shared by its X rows
@@ -413,6 +486,7 @@ def _row(
         aux_bytes=imageio.encode(res.image, cfg.image_format, cfg.jpeg_quality, fast=True),
         provenance=prov,
         scores=scores,
+        attempts=attempts,
     )
 
 
@@ -452,11 +526,9 @@ def run_stages(inputs: StageInputs, state: ShardState, turn: ShardTurn) -> Measu
     ]
 
     def generate() -> Measured:
-        def stage() -> None:
-            _generate_stage(
-                generator, items_q, results_q, state, inputs.report, inputs.drift_scorer, encoders
-            )
-
+        stage = _Generate(
+            generator, cfg, (items_q, results_q), state, inputs.report, inputs.drift_scorer, encoders
+        )
         return _measured(generator, stage, inputs.torch_threads)
 
     measured = Measured(0.0, ())

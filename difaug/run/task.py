@@ -138,6 +138,24 @@ def _finished_rows(spec: ShardSpec, num_aux: int, state: ShardState) -> tuple[li
     return rows, len(per_sample)
 
 
+def _regeneration(job: Job, rows: list[dict], state: ShardState) -> dict:
+    """The marker's regeneration counts, from the rows written (a sample that failed after its
+    images were made counts nowhere); none when the shard's rows do not regenerate."""
+    if not rows or "attempts" not in rows[0]:
+        return {}
+    passed_at = [0] * job.config.max_attempts
+    for r in rows:
+        if r["drift_pass"] is not False:
+            passed_at[r["attempt"]] += 1
+    return {
+        "passed_at": tuple(passed_at),
+        "never_passed": sum(r["drift_pass"] is False for r in rows),
+        "extra_images": sum(r["attempts"] - 1 for r in rows),
+        "regenerated": sum(r["attempts"] > 1 for r in rows),
+        "regenerate_seconds": round(state.regenerate_seconds, 4),
+    }
+
+
 def _finish(
     spec: ShardSpec, job: Job, state: ShardState, clocks: _Clocks, models: LoadedModels, measured: Measured
 ) -> ShardStats:
@@ -166,6 +184,7 @@ def _finish(
         cpu_seconds=round(time.process_time() - clocks.cpu, 4),
         fallbacks=dict(sorted(state.fallbacks.items())),
         compile_warnings=measured.compile_warnings,
+        **_regeneration(job, rows, state),
         worker={"host": socket.gethostname(), "pid": os.getpid()},
         started=clocks.started,
         finished=_now(),

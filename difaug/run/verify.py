@@ -22,12 +22,20 @@ from difaug.run.records import Failure, Plan, RunDirError, ShardFile, ShardRange
 _SHA_CACHE: dict[tuple[str, int, int, int], str] = {}
 
 
+def _hash_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        # 1 MiB blocks (`hashlib.file_digest` is Python 3.11+); sha256 releases the GIL per block
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def file_sha256(path: str | Path) -> str:
     st = os.stat(path)
     key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
     if key not in _SHA_CACHE:
-        with open(path, "rb") as fh:
-            _SHA_CACHE[key] = hashlib.file_digest(fh, "sha256").hexdigest()
+        _SHA_CACHE[key] = _hash_file(path)
     return _SHA_CACHE[key]
 
 

@@ -616,3 +616,50 @@ def test_a_dead_exports_lock_is_taken_over_another_hosts_needs_force(tmp_path: P
     assert res.exit_code == 2 and "--force-unlock" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(app, ["export", str(run.run_dir), "--out", str(other), "--force-unlock"])
     assert res.exit_code == 0 and len(_files(other)) == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# Nothing of another run overwritten, no export inside a run, a wait re-reads the run
+
+
+def test_a_second_run_with_the_same_names_is_refused_before_writing(tmp_path: Path) -> None:
+    first = make_run(tmp_path / "a", PASCAL_SPECS[:3], num_aux=2)
+    second = make_run(tmp_path / "b", PASCAL_SPECS[:3], num_aux=2, drift=None)  # the same sample ids
+    out = tmp_path / "aux"
+    export_run(first.run_dir, out, "folder")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(ExportError, match=r"6 file\(s\) of this export of .*/b/run.* run .*/a/run there"):
+        export_run(second.run_dir, out, "folder")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing written
+    res = CliRunner().invoke(app, ["export", str(second.run_dir), "--out", str(out), "--layout", "folder"])
+    assert res.exit_code == 2 and "its own folder" in res.output
+    assert "finished shards are kept" not in res.output  # generate's hint, not export's
+    export_run(first.run_dir, out, "folder")  # the same run again is its own files: fine
+
+
+@pytest.mark.parametrize("inside", ["", "shards", "exp/aux"])
+def test_out_inside_a_run_directory_is_refused(tmp_path: Path, inside: str) -> None:
+    run = make_run(tmp_path, PASCAL_SPECS[:2], num_aux=1)
+    out = run.run_dir / inside if inside else run.run_dir
+    before = sorted(p for p in run.run_dir.rglob("*"))
+    with pytest.raises(ExportError, match=r"inside the run directory .*difaug.json"):
+        export_run(run.run_dir, out, "folder")
+    assert sorted(p for p in run.run_dir.rglob("*")) == before
+
+
+def test_an_export_that_waited_reads_the_run_again(tmp_path: Path) -> None:
+    from difaug.core.folderlock import FolderLock
+    from difaug.run import layout as run_layout
+
+    run = make_run(tmp_path, PASCAL_SPECS[:3], num_aux=2)
+    out = tmp_path / "aux"
+    holder = FolderLock(out, command="difaug export").acquire()
+
+    def on_wait(owner: object) -> None:  # while it waits, the run changes: shard 0 is no longer done
+        run_layout.marker_path(run.run_dir, 0).unlink()
+        holder.release()
+
+    result = export_run(run.run_dir, out, "folder", on_wait=on_wait)
+    assert [s["name"] for s in result.unfinished_shards] == ["00000"]
+    assert result.not_generated == 2 and result.complete == 1
+    assert len(_files(out)) == 2  # only the shard still verified after the wait

@@ -31,7 +31,7 @@ def test_cli_inspect_shows_failures_and_writes_sheet_and_html(
         ["inspect", str(failed_run.run_dir), "--sheet", str(sheet), "--html", str(page), "--thumb", "40"],
     )
     assert res.exit_code == 0, res.output
-    for text in ("2008_000123_7", "truncated", "failures by reason", "00002", "GPU-seconds"):
+    for text in ("2008_000123_7", "truncated", "failures by reason", "00002", "device-seconds (cpu)"):
         assert text in res.output
     assert "task totals (overlap the stages)" in res.output and "model loading 2.0" in res.output
     with Image.open(sheet) as img:

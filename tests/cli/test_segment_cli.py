@@ -67,15 +67,10 @@ def test_segment_needs_exactly_one_input(tmp_path: Path) -> None:
 
 
 def test_score_then_inspect_shows_the_distribution(tmp_path: Path, tiny_models: Path) -> None:
-    import json
-
     from _runs import make_run
 
-    synth = make_run(tmp_path, num_aux=2, shard_size=3)
-    plan_path = synth.run_dir / "difaug.json"
-    plan = json.loads(plan_path.read_text())
-    plan["config"]["model"] = str(tiny_models)  # the run's own model is what `score` loads
-    plan_path.write_text(json.dumps(plan))
+    # The run's own model is what `score` loads.
+    synth = make_run(tmp_path, num_aux=2, shard_size=3, model=str(tiny_models))
     runner = CliRunner()
     before = runner.invoke(app, ["inspect", str(synth.run_dir)])
     assert before.exit_code == 0 and "none of" in before.output

@@ -157,7 +157,7 @@ def test_flags_follow_the_field_metadata() -> None:
     assert cli_flag(by_name["offload"]) == "--offload/--no-offload"
     assert cli_flag(by_name["compile"]) == "--compile/--no-compile"  # `bool | str`: a switch on the CLI
     assert cli_flag(by_name["compile_cache_dir"]) == "--compile-cache"  # a flag named apart from its key
-    assert cli_flag(by_name["slurm"]) is None  # YAML only
+    assert cli_flag(by_name["slurm_partition"]) == "--slurm-partition"  # YAML: `slurm: {partition: …}`
     for name in ("hed_batch", "prepare_threads", "compile_min_images"):
         assert cli_flag(by_name[name]) == "--" + name.replace("_", "-")
 
@@ -183,3 +183,29 @@ def test_model_settings_spell_equivalent_values_once() -> None:
     assert model_settings(off) == model_settings(replace(off, compile_cache_dir="/b"))
     on = RuntimeConfig(compile="on", compile_cache_dir="/a")
     assert model_settings(on) != model_settings(replace(on, compile_cache_dir="/b"))
+
+
+def test_limit_and_num_aux_bounds_refused_up_front(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"limit must be an integer >= 0.*got -5"):
+        resolve_job(manifest="m.csv", out="o", limit=-5)
+    assert resolve_job(manifest="m.csv", out="o", limit=0).limit == 0
+    with pytest.raises(ConfigError, match=r"num_aux=1000000000 is more than 1000"):
+        resolve_job(manifest="m.csv", out="o", num_aux=1_000_000_000)
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("manifest: m.csv\na: b: c\n", r"job.yaml:2:5: not valid YAML"),
+        ("manifest: m.csv\nexecution: 5\n", r"job.yaml:2: `execution:` must be a mapping"),
+        ("\xff\xfe bad", r"job.yaml: not UTF-8 text"),
+    ],
+    ids=["syntax", "execution-type", "bytes"],
+)
+def test_yaml_errors_name_the_file_and_line(tmp_path: Path, text: str, where: str) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(ConfigError, match=where):
+        load_yaml(path)
+    with pytest.raises(ConfigError, match="is a folder, not a file"):
+        load_yaml(tmp_path)

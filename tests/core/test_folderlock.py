@@ -138,3 +138,38 @@ def test_wait_message_names_the_holder_and_the_folder(tmp_path: Path) -> None:
         f"to finish with {tmp_path} …"
     )
     assert wait_message(tmp_path, None) == f"waiting for another export to finish with {tmp_path} …"
+
+
+def test_a_live_pid_that_holds_no_lock_is_taken_over_with_the_real_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # alive, no lock
+    try:
+        record = {"host": fsio.HOST, "pid": other.pid, "started": "2026-01-01T00:00:00+00:00"}
+        (tmp_path / LOCK_FILE).write_text(json.dumps(record))
+        with caplog.at_level("WARNING"), FolderLock(tmp_path, command="difaug generate") as lock:
+            assert lock.took_over is not None and lock.took_over.pid == other.pid
+            assert f"pid {other.pid} is alive but holds no lock" in lock.took_over_note
+            assert "no longer running" not in lock.took_over_note
+        assert [r.getMessage().count("took over") for r in caplog.records] == [1]  # said once
+        caplog.clear()
+        (tmp_path / LOCK_FILE).write_text(json.dumps(record))
+        with FolderLock(tmp_path, command="difaug generate", log_takeover=False) as lock:
+            assert lock.took_over_note  # the caller reports it: nothing logged here
+        assert caplog.records == []
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_each_verb_gets_its_own_hint_for_a_busy_folder(tmp_path: Path) -> None:
+    holder = _holder(tmp_path)
+    try:
+        with pytest.raises(LockError) as score:
+            FolderLock(tmp_path, command="difaug score", busy_hint="Wait for it to finish.").acquire()
+        assert str(score.value).endswith("Wait for it to finish.") and "--out" not in str(score.value)
+        with pytest.raises(LockError, match=r"or use another --out\.$"):
+            FolderLock(tmp_path, command="difaug generate").acquire()
+    finally:
+        holder.kill()
+        holder.wait()

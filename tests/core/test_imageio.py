@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +174,26 @@ def test_the_fast_png_is_lossless_and_its_own_encoding() -> None:
     assert fast != imageio.encode_png(img)  # another encoder's bytes: zlib level 1, not PIL's 6
     grey = rng.integers(0, 255, (12, 10), dtype=np.uint8)
     assert np.array_equal(imageio.load_mask(imageio.encode_png(grey, fast=True)), grey)
+
+
+def test_url_support_is_checked_without_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert imageio.url_support_problem("memory://x/a.jpg") == ""  # fsspec's own backend
+    assert imageio.url_support_problem(str(tmp_path / "a.jpg")) == ""  # local paths need nothing
+    assert "unknown URL protocol nosuch://" in imageio.url_support_problem("nosuch://x/a.jpg")
+    # Present (stand-ins: only their presence is checked, nothing is imported or fetched): left to fsspec.
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name in ("aiohttp", "requests") else real(name, *a),
+    )
+    assert imageio.url_support_problem("https://example.org/a.jpg") == ""
+    monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "aiohttp", None)  # as if not installed
+    assert imageio.url_support_problem("http://example.org/a.jpg").startswith("http:// URLs need aiohttp")
+    # A reader that still meets the missing backend says the same, as an ImageReadError (one line).
+    monkeypatch.setattr("fsspec.open", lambda *a, **k: (_ for _ in ()).throw(ImportError("no aiohttp")))
+    with pytest.raises(
+        imageio.ImageReadError, match=r"cannot read http://example.org/a.jpg: http:// URLs need aiohttp"
+    ):
+        imageio.read_bytes("http://example.org/a.jpg")

@@ -160,3 +160,37 @@ def test_lcm_lora_without_peft_is_a_clear_error(tiny_models: Path) -> None:
     spec = ModelSpec.from_config(JobConfig(model=str(tiny_models)))
     with pytest.raises(ModelLoadError, match="needs the `peft` package"):
         load_pipeline(spec, device="cpu", lcm_lora="latent-consistency/lcm-lora-sdv1-5")
+
+
+def test_local_weights_are_checked_without_the_network(tmp_path: Path, tiny_models: Path) -> None:
+    from difaug.diffusion.loading import check_local_models
+    from difaug.run.layout import is_permanent
+
+    check_local_models(ModelSpec.from_config(JobConfig(model=str(tiny_models))), "hed")  # complete: fine
+    empty, file = tmp_path / "empty", tmp_path / "weights.bin"
+    empty.mkdir()
+    file.write_bytes(b"x")
+    cases = [
+        (ModelSpec(base=str(empty)), "seg", "the folder has no model_index.json"),
+        (ModelSpec(base=str(file)), "seg", "a file, not a folder"),
+        (ModelSpec(base=str(tmp_path / "nope")), "seg", "no such folder"),
+        (
+            ModelSpec(base=str(tiny_models / "stable-diffusion-v1-5"), controlnet=str(empty)),
+            "seg",
+            "config.json",
+        ),
+        (
+            ModelSpec(
+                base=str(tiny_models / "stable-diffusion-v1-5"),
+                controlnet=str(tiny_models / "sd-controlnet-hed"),
+                hed_weights=str(empty),
+            ),
+            "hed",
+            "ControlNetHED.pth is missing",
+        ),
+    ]
+    for spec, condition, says in cases:
+        with pytest.raises(ModelLoadError, match=says) as err:
+            check_local_models(spec, condition)
+        assert is_permanent(err.value)  # not retried: no retry brings the files back
+    assert not is_permanent(ModelLoadError("hub unreachable"))

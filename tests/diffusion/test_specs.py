@@ -45,3 +45,16 @@ def test_cli_models_show(tiny_models: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "sd-controlnet-seg" in result.output
     assert "Annotators" in result.output
+
+
+def test_a_bundle_index_of_random_bytes_is_one_line_and_permanent(tmp_path: Path) -> None:
+    (tmp_path / BUNDLE_INDEX).write_bytes(bytes(range(128, 256)) * 4)
+    with pytest.raises(ModelLoadError) as err:
+        ModelSpec.from_config(JobConfig(model=str(tmp_path)))
+    message = str(err.value)
+    assert "not UTF-8 text at byte 0" in message and "\n" not in message and err.value.permanent
+    # The flag survives the trip from a Dask worker back to the driver.
+    import pickle
+
+    back = pickle.loads(pickle.dumps(err.value))
+    assert back.permanent and str(back) == message

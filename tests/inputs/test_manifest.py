@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -381,3 +382,56 @@ def test_size_limits_come_from_the_job() -> None:
         "m.csv", "out", JobConfig(resolution=256), RuntimeConfig(max_side=100, max_aspect=2, max_pixels=9)
     )
     assert SizeLimits.for_job(job) == SizeLimits(256, 100, 2, 9)
+
+
+def test_a_folder_given_as_the_manifest_says_it_is_a_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "d" / "images"
+    folder.mkdir(parents=True)
+    with pytest.raises(ManifestError, match="is a folder, not a manifest file") as e:
+        read_manifest(folder)
+    assert "not found" not in str(e.value)
+    out = tmp_path / "out"
+    for argv in (["manifest", "validate", str(folder)], ["generate", "-m", str(folder), "--out", str(out)]):
+        result = CliRunner().invoke(app, argv)
+        assert result.exit_code == 2, result.output
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and "is a folder, not a manifest file" in lines[0], result.output
+    assert not out.exists()  # refused before any plan is written
+
+
+def _block_http_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if aiohttp and requests were not installed (whether or not they are here)."""
+    for name in ("aiohttp", "requests"):
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def test_http_urls_without_their_backend_are_refused_with_the_install_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _block_http_backend(monkeypatch)
+    with pytest.raises(
+        ManifestError, match=r"https:// URLs need aiohttp and requests.*pip install 'difaug\[http\]'"
+    ):
+        read_manifest("https://example.org/manifest.csv")
+    image = str(save_image(tmp_path / "a.jpg"))
+    mask = str(save_mask(tmp_path / "a.png", class_mask({7: (1, 1, 50, 50)}), "L"))
+    rows = [{"image": image, "mask": mask, "class_id": 7, "class_name": "cat", "sample_id": "local"}]
+    rows += [{"image": f"http://example.org/{i}.jpg", "mask": mask, "class_id": 7, "class_name": "cat",
+              "sample_id": f"web{i}"} for i in range(7)]  # fmt: skip
+    write_manifest(rows, tmp_path / "m.csv")
+    m = read_manifest(tmp_path / "m.csv")  # the manifest itself is local: it reads
+    with pytest.raises(ManifestError) as e:
+        validate_manifest(m)  # refused before any file is fetched: nothing here reaches the network
+    assert str(e.value) == (
+        f"{tmp_path / 'm.csv'}: rows 2, 3, 4, 5, 6, … (7 rows): http:// URLs need aiohttp and requests, not "
+        "installed: pip install 'difaug[http]' (or pip install aiohttp requests)"
+    )
+    out = tmp_path / "out"
+    for argv in (
+        ["manifest", "validate", str(tmp_path / "m.csv")],
+        ["generate", "-m", str(tmp_path / "m.csv"), "--out", str(out)],
+    ):
+        result = CliRunner().invoke(app, argv)
+        assert result.exit_code == 2, result.output
+        assert [line for line in result.output.splitlines() if line.strip()] == [f"error: {e.value}"]
+    assert not out.exists()  # generate refuses before the plan

@@ -51,3 +51,12 @@ def test_scores_section() -> None:
     section = html.scores_html(scored, [])
     assert "<td>mean drift_iou</td><td>0.500</td>" in section and "drift_iou histogram" in section
     assert html.histogram_image(scored).shape == (160, 360, 3)
+
+
+def test_control_characters_are_tagged_as_the_terminal_shows_them() -> None:
+    from difaug.core.text import display_text
+    from difaug.report.html import _e
+
+    hostile = "cat\x1b[31m<b>\x07"
+    assert _e(hostile) == "cat&lt;U+001B&gt;[31m&lt;b&gt;&lt;U+0007&gt;"
+    assert "\x1b" not in _e(hostile) and display_text(hostile).startswith("cat<U+001B>")

@@ -18,7 +18,7 @@ def test_a_shard_task_claims_a_share_of_the_gpu() -> None:
     assert GPU_SHARE * MAX_SHARDS_IN_FLIGHT == 1 and THREADS_PER_WORKER == MAX_SHARDS_IN_FLIGHT
     assert gpu_resources(None, RuntimeConfig(cluster="cuda")) == {"GPU": GPU_SHARE}
     assert gpu_resources(None, RuntimeConfig(cluster="local")) is None
-    with pytest.raises(ConfigError, match="GPU=1"):
+    with pytest.raises(ConfigError, match="--slurm-gpus 1"):
         gpu_resources(None, RuntimeConfig(cluster="slurm", device="cuda"))
 
 
@@ -43,3 +43,14 @@ def test_a_gpu_worker_runs_two_shard_tasks_at_once(tmp_path: Path) -> None:
     stats = sorted(verified_stats(out), key=lambda x: x.started)
     assert len({x.worker["pid"] for x in stats}) == 1
     assert any(b.started < a.finished for a, b in itertools.pairwise(stats))
+
+
+def test_cuda_without_a_gpu_or_dask_cuda_is_refused_before_the_plan(tmp_path: Path) -> None:
+    from difaug.core.errors import DifaugError
+    from difaug.run.layout import PLAN_FILE
+
+    m = make_dataset(tmp_path / "d", 2)
+    out = tmp_path / "out"
+    with pytest.raises(DifaugError, match=r"dask-cuda|no usable CUDA GPU"):
+        run(job(m, out, runtime={"cluster": "cuda"}), generator_factory=sleep_factory())
+    assert not (out / PLAN_FILE).exists()

@@ -395,3 +395,88 @@ def test_run_reports_through_events_and_prints_nothing(
     assert "3 shards already done, 0 to do" in caplog.text
     out, err = capfd.readouterr()
     assert out == "" and err == ""
+
+
+@pytest.mark.parametrize(
+    ("settings", "runtime", "says"),
+    [
+        ({"model": "EMPTY"}, {}, "no model_index.json"),
+        ({}, {"device": "cuda"}, "CUDA is not available here"),
+        ({}, {"device": "cpu", "dtype": "float16"}, "float16 is not supported on CPU"),
+    ],
+    ids=["empty-model-folder", "cuda-without-gpu", "fp16-on-cpu"],
+)
+def test_bad_models_or_device_refused_before_the_plan(
+    tmp_path: Path, tiny_models: Path, settings: dict, runtime: dict, says: str
+) -> None:
+    if runtime.get("device") == "cuda" and torch_cuda_available():
+        pytest.skip("this machine has a GPU")
+    from difaug.core.errors import DifaugError
+
+    (tmp_path / "empty").mkdir()
+    model = str(tmp_path / "empty") if settings.get("model") == "EMPTY" else str(tiny_models)
+    j = job(make_dataset(tmp_path / "d", 2), tmp_path / "out", runtime=runtime, model=model)
+    with pytest.raises(DifaugError, match=says) as err:
+        run(j)
+    assert err.value.exit_code == 2 and "\n" not in str(err.value)
+    assert not plan_path(tmp_path / "out").exists()
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def test_local_workers_capped_to_cores_and_shards(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from difaug.run.driver import _capped_workers
+
+    j = job(tmp_path / "m.csv", tmp_path / "out", runtime={"cluster": "local", "workers": 64})
+    with caplog.at_level("WARNING"):
+        capped = _capped_workers(j, shards=3)
+    assert capped.runtime.workers == min(3, os.cpu_count() or 1)
+    assert "--workers 64 capped to" in caplog.text
+    slurm = replace(j, runtime=replace(j.runtime, cluster="slurm"))
+    assert _capped_workers(slurm, shards=3).runtime.workers == 64  # other machines' cores: not ours to cap
+
+
+def test_dask_shutdown_noise_is_dropped_unless_verbose() -> None:
+    import logging
+
+    from difaug.run.driver import _quiet_shutdown
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("distributed.nanny", logging.WARNING, __file__, 1, msg, (4.0,), None)
+
+    assert not _quiet_shutdown(record("Worker process still alive after %.1f seconds, killing"))
+    assert _quiet_shutdown(record("Restarting worker %s"))  # every other note stays
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(logging.DEBUG)
+    try:
+        assert _quiet_shutdown(record("Worker process still alive after %.1f seconds, killing"))
+    finally:
+        root.setLevel(old)
+
+
+def test_a_prompt_cut_by_the_text_encoder_is_said_once_per_run(tmp_path: Path, tiny_models: Path) -> None:
+    """Two shards share one over-long prompt: the marker of the shard that met it first names it,
+    and the run says so once."""
+    from difaug.run.driver import PromptsCut
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    long_name = "ab " * 1666 + "cd"  # 5000 characters, far past CLIP's 77 tokens
+    rows = [make_sample(folder, i) | {"class_name": long_name, "sample_id": f"s{i}"} for i in range(4)]
+    events: list[Any] = []
+    summary = run(
+        job(write_csv(folder / "manifest.csv", rows), tmp_path / "out", model=str(tiny_models), num_aux=1),
+        on_event=events.append,
+    )
+    assert summary.ok and summary.shards_done == 2
+    cut = [e for e in events if isinstance(e, PromptsCut)]
+    assert cut == [PromptsCut(prompts=1, limit=77)]
+    named = [w for s in verified_stats(tmp_path / "out") for w in s.compile_warnings]
+    assert len(named) == 1 and named[0].startswith("prompt cut to 77 tokens [")

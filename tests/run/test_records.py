@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _rundirs import ROWS, done_run, inspect_cli, reconciled
@@ -89,3 +90,52 @@ def test_corrupt_plan_is_a_clear_error_everywhere(tmp_path: Path) -> None:
         layout.read_plan(out)
     assert run(replace(j, overwrite=True), generator_factory=sleep_factory()).done == ROWS
     reconciled(out)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda d: d["shards"][0].update(rows=[1, 99]),  # a row range: the plan hash no longer matches
+        lambda d: d["config"].update(num_aux=3),  # X: the config no longer matches its fingerprint
+    ],
+    ids=["row-range", "num_aux"],
+)
+def test_hand_edited_plan_is_edited_or_damaged_everywhere(tmp_path: Path, edit: Any) -> None:
+    from typer.testing import CliRunner
+
+    from difaug.cli import app
+
+    out, j = done_run(tmp_path)
+    plan_file = layout.plan_path(out)
+    d = json.loads(plan_file.read_text())
+    edit(d)
+    plan_file.write_text(json.dumps(d))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(RunDirError, match="edited or damaged"):
+        layout.read_plan(out)
+    with pytest.raises(PlanError, match=r"edited or damaged.*--overwrite"):
+        run(j, generator_factory=sleep_factory())
+    result = inspect_cli(out)
+    assert result.exit_code == 2 and "edited or damaged" in result.output and "--overwrite" in result.output
+    exported = CliRunner().invoke(
+        app, ["export", str(out), "--out", str(tmp_path / "x"), "--layout", "folder"]
+    )
+    assert exported.exit_code == 2 and "edited or damaged" in exported.output
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing touched
+
+
+def test_regeneration_counts_round_trip_and_old_markers_still_parse(tmp_path: Path) -> None:
+    out, _ = done_run(tmp_path)
+    d = layout.read_marker(out, 0).to_dict()  # 2 samples, 4 images
+    counts = {"passed_at": [2, 1, 0], "never_passed": 1, "extra_images": 4, "regenerated": 2}
+    stats = ShardStats.from_dict({**d, **counts, "regenerate_seconds": 1.5})
+    assert (stats.passed_at, stats.never_passed, stats.regenerate_seconds) == ((2, 1, 0), 1, 1.5)
+    assert ShardStats.from_dict(json.loads(json.dumps(stats.to_dict()))) == stats
+    # A marker written before regeneration existed: no counts, still valid.
+    old = {k: v for k, v in d.items() if k not in {*counts, "regenerate_seconds"}}
+    assert ShardStats.from_dict(old).passed_at == () and ShardStats.from_dict(old).never_passed == 0
+    with pytest.raises(
+        RunDirError, match=r"passed at each attempt \[2, 1, 0\] \+ never passed 0 != images 4"
+    ):
+        ShardStats.from_dict({**d, **counts, "never_passed": 0})

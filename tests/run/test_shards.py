@@ -172,3 +172,25 @@ def test_datasets_decodes_image_columns(tmp_path: Path) -> None:
     assert first["condition_image"].size == (24, 16)
     assert first["seed"] == rows[0]["seed"]
     assert ds[2]["fold"] is None and ds[0]["fold"] == 1
+
+
+def test_regeneration_columns_only_in_a_regenerating_jobs_shards(tmp_path: Path) -> None:
+    """Rows with `attempt`/`attempts`/`drift_pass` give `REGEN_SCHEMA` (nullable `drift_pass`, HF
+    features included); rows without them the schema of before, so such a job's bytes are unchanged."""
+    plain = shards.rows_to_table(_rows(2))
+    assert plain.schema.equals(shards.SCHEMA, check_metadata=True)
+    rows = [r | {"attempt": 1, "attempts": 2, "drift_pass": i != 0} for i, r in enumerate(_rows(2))]
+    rows[1]["drift_pass"] = None
+    path = shards.write_shard(tmp_path / "r.parquet", rows)
+    table = shards.read_shard(path)
+    assert table.schema.equals(shards.REGEN_SCHEMA, check_metadata=True)
+    assert table.column_names[-3:] == ["attempt", "attempts", "drift_pass"]
+    assert table.column("drift_pass").to_pylist() == [False, None, True, True]
+    features = json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]
+    assert features["drift_pass"] == {"dtype": "bool", "_type": "Value"}
+    # A rewrite (difaug score) keeps them; a table of neither schema is refused.
+    assert shards.write_shard(tmp_path / "again.parquet", table).read_bytes() == path.read_bytes()
+    with pytest.raises(shards.ShardError, match="schema differs"):
+        shards.write_shard(tmp_path / "x.parquet", table.drop_columns(["attempts"]))
+    with pytest.raises(shards.ShardError, match="lack column"):
+        shards.rows_to_table([{k: v for k, v in r.items() if k != "attempts"} for r in rows])

@@ -119,10 +119,8 @@ def test_verification_hashes_each_file_once(tmp_path: Path, monkeypatch: pytest.
     out, _ = done_run(tmp_path)
     verify._SHA_CACHE.clear()
     opened: list[str] = []
-    real = verify.hashlib.file_digest
-    monkeypatch.setattr(
-        verify.hashlib, "file_digest", lambda fh, algo: opened.append(fh.name) or real(fh, algo)
-    )
+    real = verify._hash_file
+    monkeypatch.setattr(verify, "_hash_file", lambda path: opened.append(str(path)) or real(path))
     for _ in range(3):
         assert len(verify.verify_run(out).done) == 3
     assert len(opened) == 3  # one hash per shard, then (size, mtime, inode) hits

@@ -37,6 +37,7 @@ from difaug.adapters.run import Failure, RunView, open_run
 from difaug.core import fsio, imageio
 from difaug.core.folderlock import FolderLock, LockOwner, wait_message
 from difaug.core.names import is_safe_component, safe_join
+from difaug.run import layout as run_layout
 from difaug.run import shards
 
 EXPORT_COMMAND = "difaug export"  # the holder named in DIR's lock
@@ -88,25 +89,23 @@ def export_run(
     default it is logged); a lock left by another host is refused unless `force_unlock`."""
     chosen = get_layout(layout)
     fmt = _image_format(chosen, image_format, quality)
-    view = open_run(run_dir)
     out = Path(out)
-    result = ExportResult(
-        chosen.name, out, fmt, view.num_aux, str(Path(run_dir).resolve()), min_drift_iou, with_conditions
-    )
-    try:
-        keep = drift_filter(view, min_drift_iou)
-    except DriftScoreError as e:
-        raise ExportError(str(e)) from None
-
-    # Every name is decided (and a layout that cannot describe the run refused) before writing.
-    chosen.check(view)
-    targets = _plan_targets(view, out, chosen, fmt, keep, with_conditions, result)
-    lock = FolderLock(out, command=EXPORT_COMMAND, force=force_unlock, on_wait=on_wait or _log_wait(out))
+    refuse_out_in_run(out)
+    selection = (chosen, fmt, min_drift_iou, with_conditions)
+    view, targets, result = _read_and_name(run_dir, out, selection)
+    wait = on_wait or _log_wait(out)  # the CLI prints the take-over note from the result: once
+    lock = FolderLock(out, command=EXPORT_COMMAND, force=force_unlock, on_wait=wait, log_takeover=False)
     with lock:  # creates `out`; from the report's read to its write, no other export interferes
+        if lock.waited:  # the run may have changed while we waited: export what it holds now
+            view, targets, result = _read_and_name(run_dir, out, selection)
         if lock.took_over is not None:
-            result.lock_taken_over = str(lock.took_over)
+            result.lock_taken_over = lock.took_over_note
         report = out / folder_report.REPORT_FILE
-        runs = folder_report.read_report(report) if write_report else {}
+        runs = folder_report.read_report(report)
+        if not chosen.names_by_run:
+            folder_report.refuse_clashes(out, runs, result.run, [t.name for t in targets])
+        if not write_report:
+            runs = {}
         recorded = (
             folder_report.pending_record(runs, result, ((t.name, t.path) for t in targets))
             if write_report
@@ -122,6 +121,36 @@ def export_run(
             folder_report.remove_stale(out, recorded, runs, result)
             result.folder_total = folder_report.merge_report(report, result)["total"]
     return result
+
+
+def refuse_out_in_run(out: Path) -> None:
+    """Refuse an export folder inside a run directory (RUN, RUN/shards, RUN/exp, …): its files
+    would mix with the run's own, and its lock would be the run's."""
+    resolved = out.expanduser().resolve()
+    for folder in (resolved, *resolved.parents):
+        if run_layout.plan_path(folder).is_file():
+            raise ExportError(
+                f"--out {out} is inside the run directory {folder} (it holds {run_layout.PLAN_FILE}); "
+                "export into a folder outside every run directory"
+            )
+
+
+def _read_and_name(
+    run_dir: str | Path, out: Path, selection: tuple[Layout, str, float | None, bool]
+) -> tuple[RunView, list[_Target], ExportResult]:
+    """The run as it is now and every file name its export writes (a layout that cannot describe
+    the run refused), before anything is written."""
+    chosen, fmt, min_drift_iou, with_conditions = selection
+    view = open_run(run_dir)
+    result = ExportResult(
+        chosen.name, out, fmt, view.num_aux, str(Path(run_dir).resolve()), min_drift_iou, with_conditions
+    )
+    try:
+        keep = drift_filter(view, min_drift_iou)
+    except DriftScoreError as e:
+        raise ExportError(str(e)) from None
+    chosen.check(view)
+    return view, _plan_targets(view, out, chosen, fmt, keep, with_conditions, result), result
 
 
 def _image_format(chosen: Layout, image_format: str | None, quality: int) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from difaug.adapters.export.layouts import FORMATS
-from difaug.adapters.export.result import ExportResult
+from difaug.adapters.export.result import ExportError, ExportResult
 from difaug.core import fsio
 from difaug.core.names import UnsafePathError, is_safe_component, safe_join
 
@@ -110,6 +110,21 @@ def pending_record(
         if name not in recorded and not os.path.lexists(path):
             recorded[name] = None
     return recorded
+
+
+def refuse_clashes(out: Path, runs: dict[str, dict[str, Any]], run: str, names: Iterable[str]) -> None:
+    """ExportError when a file this export of `run` would write is one another run's entry
+    records: the second run would overwrite the first's image under the same name (same sample
+    ids). Called before anything is written."""
+    claimed = {name: other for other, entry in runs.items() if other != run for name in run_paths(entry)}
+    clashes = [(name, claimed[name]) for name in names if name in claimed]
+    if clashes:
+        name, other = clashes[0]
+        raise ExportError(
+            f"{out}: {len(clashes)} file(s) of this export of {run} are already the export of the run "
+            f"{other} there, e.g. {name}; nothing was written. Export each run into its own folder "
+            "(its file names come from the sample ids, which the two runs share)"
+        )
 
 
 def _recorded_file(base: Path, name: str) -> Path | None:

@@ -55,6 +55,10 @@ class Layout:
     # The trainer builds these names itself: an unsafe one cannot be "fixed" into a safe one, so
     # its image is skipped (and reported) instead of written under another name.
     exact_names: ClassVar[bool] = True
+    # True for a layout whose file names include the run: two runs exported into one folder then
+    # cannot name the same file. None of the built-in layouts does (their names are the trainers'),
+    # so `export_run` refuses a file another run's export holds in the folder.
+    names_by_run: ClassVar[bool] = False
     # Printed when supports lack files: what the trainer does about a missing one.
     missing_note: ClassVar[str] = ""
 
