@@ -148,13 +148,15 @@ def test_a_request_slurm_cannot_satisfy_is_one_line_before_the_plan(slurm: None,
 
 @pytest.mark.slow
 def test_a_worker_killed_by_its_walltime_is_replaced_and_the_job_finishes(
-    slurm: None, tmp_path: Path
+    slurm: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # 12 shards of 2 rows at 4 s an image: longer than one job's 1-minute walltime.
-    m = make_dataset(tmp_path / "d", 24)
+    monkeypatch.chdir(tmp_path)  # sbatch writes the worker's slurm-JOBID.out where it is called
+    # 8 shards of 2 rows, 2 images each at 4 s an image: 128 s of work, twice one job's 1-minute
+    # walltime (SLURM's shortest), so the first worker job is killed mid-run whatever its start-up.
+    m = make_dataset(tmp_path / "d", 16)
     rt = {"cluster": "slurm", "slurm_memory": "2GB", "slurm_walltime": "00:01:00", "worker_wait": 300}
     s = run(job(m, tmp_path / "out", runtime=rt, shard_size=2), generator_factory=sleep_factory(4000))
-    assert s.ok and s.done == 24
+    assert s.ok and s.done == 16
     assert s.workers_replaced >= 1
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["workers_replaced"] >= 1
 
