@@ -22,7 +22,7 @@ real LCM-LoRA weights, so it is printed as n/a — and cache_interval 2 and 3). 
 On CUDA it also counts host synchronisations inside one generator call
 (`torch.cuda.set_sync_debug_mode`).
 
-    python benchmarks/gpu_e2e.py                  # GPU: the figures of issue 14
+    python benchmarks/gpu_e2e.py                  # GPU: the figures in benchmarks/README.md
     python benchmarks/gpu_e2e.py --tiny           # CPU: tiny model at 64², a minute (make bench)
 
 (b) `--preset diffss-reference` (DDIM 2 steps, guidance 9; `--no-preset` skips it): difaug's job

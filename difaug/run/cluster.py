@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -172,14 +172,28 @@ def _job_ids(cluster: Any) -> dict[str, str]:
     }
 
 
+def jobs_answer(ids: dict[str, str], states: dict[str, str]) -> str:
+    """What SLURM says of the worker jobs, for a message: "job 12: PENDING (Resources), …"."""
+    return ", ".join(f"job {i}: {states.get(i, 'ended')}" for i in ids.values()) or "no job was submitted"
+
+
 class SlurmWatch:
     """Keeps `workers` worker jobs queued or running: a job that ended (its walltime, preemption, a
     failed node) is dropped from the cluster's spec and a new one submitted; its shards go back to
-    the scheduler, which runs them again on the replacement (Dask's own retry of a lost worker)."""
+    the scheduler, which runs them again on the replacement (Dask's own retry of a lost worker).
 
-    def __init__(self, cluster: Any, workers: int) -> None:
-        self.cluster, self.workers = cluster, workers
+    A run left without any worker for `worker_wait` seconds (every replacement still queued) is
+    given up on: `gave_up` says why and what SLURM answers, and `on_give_up` (the executor's)
+    cancels the shards in flight, so the run ends with that line instead of waiting forever."""
+
+    def __init__(
+        self, cluster: Any, workers: int, worker_wait: float, on_give_up: Callable[[], None] | None = None
+    ) -> None:
+        self.cluster, self.workers, self.worker_wait = cluster, workers, worker_wait
+        self.on_give_up = on_give_up
         self.replaced = 0
+        self.gave_up = ""
+        self._alone_since: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="difaug-slurm-watch", daemon=True)
 
@@ -201,6 +215,7 @@ class SlurmWatch:
     def check(self) -> None:
         ids = _job_ids(self.cluster)
         listed = slurm_states(list(ids.values()))
+        self._check_alone(ids, listed)
         ended = [name for name, job_id in ids.items() if job_id not in listed]
         if not ended:
             return
@@ -210,12 +225,33 @@ class SlurmWatch:
         async def replace() -> None:  # on the cluster's event loop, which owns its worker spec
             for name in ended:
                 self.cluster.worker_spec.pop(name, None)
+                # Its job is gone: nothing to retire (retiring a worker that left waits on a timeout,
+                # which would delay the replacement by as much).
+                self.cluster.workers.pop(name, None)
             # Drop the ended jobs first: a new spec may reuse a freed name, and a name still among
             # the cluster's workers would not be started again.
             await self.cluster._correct_state()
             self.cluster.scale(self.workers)
 
         self.cluster.loop.add_callback(replace)
+
+    def _check_alone(self, ids: dict[str, str], listed: dict[str, str]) -> None:
+        if self.gave_up:
+            return
+        if self.cluster.scheduler_info.get("workers"):
+            self._alone_since = None
+            return
+        now = time.monotonic()
+        if self._alone_since is None:
+            self._alone_since = now
+        if now - self._alone_since < self.worker_wait:
+            return
+        self.gave_up = (
+            f"no SLURM worker for {self.worker_wait} s mid-run (--worker-wait): {jobs_answer(ids, listed)}; "
+            "the finished shards are kept: rerun the same command to resume, or raise --worker-wait"
+        )
+        if self.on_give_up is not None:
+            self.on_give_up()
 
 
 # ----------------------------------------------------------------------------- before the plan
@@ -325,9 +361,8 @@ def wait_for_worker(client: Any, runtime: RuntimeConfig) -> None:
     cluster = getattr(client, "cluster", None)
     ids = _job_ids(cluster) if cluster is not None else {}
     states = slurm_states(list(ids.values())) if ids else {}
-    answer = ", ".join(f"job {i}: {states.get(i, 'ended')}" for i in ids.values()) or "no job was submitted"
     raise ClusterError(
-        f"no SLURM worker joined within {runtime.worker_wait} s (--worker-wait): {answer}; raise "
+        f"no SLURM worker joined within {runtime.worker_wait} s (--worker-wait): {jobs_answer(ids, states)}; raise "
         "--worker-wait for a busy queue, or ask for less (--slurm-cores/--slurm-memory/--slurm-gpus)"
     )
 

@@ -40,6 +40,7 @@ from difaug.inputs.manifest import (
     validate_manifest,
 )
 from difaug.run import layout, verify
+from difaug.run.cluster import ClusterError
 from difaug.run.cluster import preflight as cluster_preflight
 from difaug.run.compile_policy import runtime_for_plan
 from difaug.run.executors import Execution, open_executor
@@ -463,8 +464,13 @@ def _run_locked(
             tally = _Tally(job, summary, emit)
             _execute(job, specs, factories, tally)
             tally.close()
-        except KeyboardInterrupt as e:  # SIGINT, SIGTERM (`cluster.Terminated`): say so in OUT, then stop
-            summary.stopped = f"interrupted ({getattr(e, 'signal_name', 'SIGINT')})"
+        except (KeyboardInterrupt, ClusterError) as e:
+            # SIGINT, SIGTERM (`cluster.Terminated`), or a cluster left without workers past
+            # --worker-wait: say so in OUT, then stop with that line.
+            interrupted = isinstance(e, KeyboardInterrupt)
+            summary.stopped = (
+                f"interrupted ({getattr(e, 'signal_name', 'SIGINT')})" if interrupted else str(e)
+            )
             # The shards in flight when it came end in none of the counts: they are not run either.
             summary.not_run = summary.rows - summary.done - summary.failed - summary.skipped
             _close(summary, job.out, plan, t0)

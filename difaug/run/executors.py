@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from difaug.core.config import Job, RuntimeConfig
 from difaug.run.cluster import (
+    ClusterError,
     SlurmWatch,
     dashboard_text,
     gpu_resources,
@@ -131,7 +132,10 @@ class DaskExecutor:
             PROGRESS_TOPIC, lambda event: ex.on_progress(event[1]["shard"], event[1]["images"])
         )
         in_flight: dict[str, ShardSpec] = {}
+        futures: dict[str, Any] = {}  # what a watch that gave up on the cluster cancels
         pending = as_completed()
+        if self.watch is not None:
+            self.watch.on_give_up = lambda: client.cancel(tuple(futures.values()))
 
         def submit_more() -> None:
             limit = self._capacity(ex.job)  # one scheduler query per completed shard, not per submission
@@ -144,12 +148,16 @@ class DaskExecutor:
                     key=f"shard-{spec.shard.index:05d}-{spec.plan_hash[:8]}", resources=self.resources,
                 )  # fmt: skip
                 in_flight[future.key] = spec
+                futures[future.key] = future
                 pending.add(future)
 
         submit_more()
         try:
             for future in pending:
                 spec = in_flight.pop(future.key)
+                futures.pop(future.key, None)
+                if self.watch is not None and self.watch.gave_up:
+                    raise ClusterError(self.watch.gave_up)
                 if future.status == "finished":
                     ex.on_done(spec, future.result())
                 else:
@@ -189,7 +197,8 @@ def open_executor(runtime: RuntimeConfig, on_ready: Callable[[str, bool], None])
         if waits:
             wait_for_worker(client, runtime)
         slurm = runtime.cluster == "slurm" and not runtime.scheduler_address
-        with SlurmWatch(client.cluster, runtime.workers) if slurm else contextlib.nullcontext() as watch:
+        watching = SlurmWatch(client.cluster, runtime.workers, runtime.worker_wait) if slurm else None
+        with watching or contextlib.nullcontext() as watch:
             executor = DaskExecutor(client, gpu_resources(client, runtime))
             executor.watch = watch
             yield executor

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,6 +160,51 @@ def test_a_worker_killed_by_its_walltime_is_replaced_and_the_job_finishes(
     assert s.ok and s.done == 16
     assert s.workers_replaced >= 1
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["workers_replaced"] >= 1
+
+
+@pytest.mark.slow
+def test_a_replacement_that_cannot_start_ends_the_run_with_one_line(
+    slurm: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first worker job reaches its walltime while the partition takes no new job, so no worker
+    comes back: after --worker-wait the run stops with one line saying what SLURM answers, the
+    finished shards kept and the summary written."""
+    from difaug.run.cluster import ClusterError
+
+    monkeypatch.chdir(tmp_path)
+    m = make_dataset(tmp_path / "d", 16)
+    rt = {"cluster": "slurm", "slurm_memory": "2GB", "slurm_walltime": "00:01:00", "worker_wait": 60}
+    partition = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True).stdout
+    partition = partition.split()[0].rstrip("*")
+
+    def close_the_partition_once_a_worker_runs() -> None:
+        end = time.monotonic() + 120
+        while time.monotonic() < end and not any(_running(j) for j in _worker_jobs()):
+            time.sleep(0.5)
+        subprocess.run(["scontrol", "update", f"PartitionName={partition}", "State=DOWN"], check=True)
+
+    closer = threading.Thread(target=close_the_partition_once_a_worker_runs, daemon=True)
+    closer.start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(ClusterError) as stopped:
+            run(job(m, tmp_path / "out", runtime=rt, shard_size=2), generator_factory=sleep_factory(4000))
+    finally:
+        closer.join(timeout=130)
+        subprocess.run(["scontrol", "update", f"PartitionName={partition}", "State=UP"], check=True)
+    assert time.monotonic() - t0 < 200
+    message = str(stopped.value)
+    # One line naming the wait and what SLURM answers about the worker jobs.
+    assert message.startswith("no SLURM worker for 60 s mid-run (--worker-wait): ") and "\n" not in message
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["stopped"] == message and 0 < summary["done"] < 16
+    assert summary["done"] + summary["not_run"] + summary["failed"] == 16
+    assert _no_worker_jobs()
+
+
+def _running(job_id: str) -> bool:
+    done = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
+    return done.stdout.strip() == "RUNNING"
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
