@@ -303,7 +303,29 @@ def device_stages(device: str, tiny: bool, batch: int, size: int, repeats: int) 
     alone = [seg.drift_scores([img], [m], [1])[0] for img, m in zip(images, masks, strict=True)]
     deltas = [abs(a.iou - b.iou) for a, b in zip(together, alone, strict=True) if a.iou is not None]
     print(f"batched vs one by one: max |Δ drift_iou| {max(deltas, default=0.0):.4f}")
+    half_probabilities(seg, images, masks, batch, repeats, stage)
     return dict(ms)
+
+
+def half_probabilities(
+    seg: Any, images: np.ndarray, masks: list, batch: int, repeats: int, stage: Callable
+) -> None:
+    """The opt-in float16 attention probabilities (float32 sums) against the default float32 ones:
+    their time, the share of label pixels that change and the max |Δ drift_iou|."""
+    from difaug.diffusion import diffseg
+
+    half = diffseg.DiffSeg(seg.pipe, half_probabilities=True)
+    half.drift_scores(list(images), masks, [1] * batch)  # warm-up
+    for _ in range(repeats):
+        stage("drift_scores() half probs", lambda: half.drift_scores(list(images), masks, [1] * batch))
+    full_labels, half_labels = seg.segment(images), half.segment(images)
+    changed = float(np.mean([np.mean(a != b) for a, b in zip(full_labels, half_labels, strict=True)]))
+    full_s = [diffseg.drift_score(x, m, 1).iou for x, m in zip(full_labels, masks, strict=True)]
+    half_s = [diffseg.drift_score(x, m, 1).iou for x, m in zip(half_labels, masks, strict=True)]
+    delta = max((abs(a - b) for a, b in zip(full_s, half_s, strict=True) if a is not None), default=0.0)
+    print(
+        f"half probabilities vs float32: {changed:.2%} of label pixels changed, max |Δ drift_iou| {delta:.4f}"
+    )
 
 
 def main() -> None:
@@ -326,6 +348,8 @@ def main() -> None:
             print(f"  {name:<18} {value:8.2f}")
         ratio = ms["drift_scores() per image"] / ms["drift_scores() whole"]
         print(f"diffseg_batched_vs_per_image: {ratio:.2f}  (per-image ms ÷ batched ms, batch {args.batch})")
+        half = ms["drift_scores() whole"] / ms["drift_scores() half probs"]
+        print(f"diffseg_half_probabilities_speedup: {half:.2f}  (float32 ms ÷ float16-probabilities ms)")
         print(f"diffseg_score_ms_per_image: {ms['drift_scores() whole']:.2f}")
         return
 

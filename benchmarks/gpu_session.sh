@@ -12,7 +12,8 @@
 #        (b) --preset diffss-reference: the job with scoring, plain diffusers DDIM 2 steps, the
 #        reference's own way; last lines job_with_score_vs_generator (target ≥ 0.95),
 #        preset_images_per_s (≥ 40), preset_vs_reference (≥ 5);
-#     3. with what is left: runner_overlap.py --ms 20 on the GPU node's cores (≥ 0.9).
+#     3. issue 22: regenerate.py on the same bundle (extra images per kept image, seconds);
+#     4. with what is left: runner_overlap.py --ms 20 on the GPU node's cores (≥ 0.9).
 #   One call: run(command="bash benchmarks/gpu_session.sh next", carry=[".whl"], timeout_s=590)
 #
 # With the device tool: run `fetch` once in the repo root, then one call
@@ -130,6 +131,14 @@ next)
   timeout $((left > 400 ? 360 : left - 40)) python3 benchmarks/gpu_e2e.py --work /tmp/e2e --no-options 2>&1 \
     | grep --line-buffered -v "Loading pipeline components" | tee "$results/gpu_e2e.txt" \
     || echo "gpu_e2e.py stopped (exit $?)" | tee -a "$results/gpu_e2e.txt"
+  # Issue 22's GPU case: regeneration's cost on the same bundle and supports (warm compile cache).
+  left=$((budget - SECONDS))
+  if [ -f /tmp/e2e/data/manifest.csv ] && [ "$left" -gt 100 ]; then
+    timeout $((left > 190 ? 150 : left - 40)) python3 benchmarks/regenerate.py --models /tmp/e2e/models \
+      --manifest /tmp/e2e/data/manifest.csv --samples 16 --device cuda --size 512 --steps 20 --batch-size 16 \
+      --compile-cache /tmp/e2e/compile-cache 2>&1 | grep --line-buffered -v "Loading pipeline components" \
+      | tee "$results/regenerate.txt" || echo "regenerate.py stopped (exit $?)" | tee -a "$results/regenerate.txt"
+  fi
   left=$((budget - SECONDS))
   if [ "$left" -gt 40 ]; then
     timeout $((left - 10)) python3 benchmarks/runner_overlap.py --ms 20 2>&1 | tee "$results/runner_overlap.txt" \

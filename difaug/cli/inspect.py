@@ -8,13 +8,16 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from difaug.cli._common import console
+from difaug.cli._common import console, fail
 from difaug.cli._common import escape_text as escape
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from rich.table import Table
 
     from difaug.report.data import RunReport, ScoreStats
+    from difaug.report.overlay import Explained
     from difaug.report.sheets import SheetRow
 
 
@@ -42,19 +45,31 @@ def inspect(
         min=0,
         help="Lowest drift scores to show: listed, on a second sheet (SHEET-lowest.png) and in --html.",
     ),
+    explain: bool = typer.Option(
+        False,
+        "--explain",
+        help="Segment the lowest-scoring images again with DiffSeg on the run's base model and draw why "
+        "each scored low: its segments over it, those counted as the object striped, the mask's outline "
+        "(on SHEET-lowest.png and in --html; the recomputed scores are listed). Loads the base model.",
+    ),
+    device: str = typer.Option("auto", "--device", help="For --explain: auto, cpu, cuda, cuda:N."),
+    dtype: str = typer.Option(
+        "auto", "--dtype", help="For --explain: auto (float16 on CUDA, float32 on CPU), float32, …"
+    ),
 ) -> None:
     """Print what a run holds: rows, samples, classes, failures by reason; images/s overall and per
     shard, GPU-seconds; disk use; the job config. Optionally draw a contact sheet and an HTML page.
 
     Example:
 
-        difaug inspect runs/demo --sheet runs/demo/contact_sheet.png --html runs/demo/index.html
+        difaug inspect runs/demo --sheet runs/demo/contact_sheet.png --html runs/demo/index.html --explain
     """
     from difaug.report import data
 
     report = data.summarise(run)
     scores = data.score_stats(run, lowest)
-    low_rows = _draw(run, report, scores, sheet, html, max_samples, thumb)
+    explained = _explain(run, scores, device, dtype) if explain else None
+    low_rows = _draw(run, report, scores, sheet, html, max_samples, thumb, explained)
     if as_json:
         console.print_json(json.dumps(report.to_dict() | {"drift_scores": scores.to_dict()}, default=str))
         return
@@ -63,7 +78,7 @@ def inspect(
     _print_config(report)
     _print_shards(report, show)
     _print_failures(report, show)
-    _print_scores(scores)
+    _print_scores(scores, explained)
     if sheet:
         console.print(f"contact sheet: {escape(str(sheet))}")
         if low_rows:
@@ -80,22 +95,43 @@ def _draw(
     html: Path | None,
     max_samples: int,
     thumb: int,
+    explained: Mapping[str, Explained] | None,
 ) -> list[SheetRow]:
-    """Write the contact sheets and the page that were asked for; the lowest-score rows drawn."""
+    """Write the contact sheets and the page that were asked for; the lowest-score rows drawn
+    (with their drift overlays when `explained`)."""
     from difaug.report import html as page
     from difaug.report import sheets
 
     if not (sheet or html):
         return []
-    low_rows = sheets.lowest_sheet_rows(run, scores) if scores.lowest else []
+    low_rows = sheets.lowest_sheet_rows(run, scores, explained=explained) if scores.lowest else []
     rows = sheets.sheet_rows(run, max_samples)
     if sheet:
         sheets.write_sheet(sheet, rows, report.num_aux, thumb)
         if low_rows:
-            sheets.write_sheet(_lowest_sheet_path(sheet), low_rows, 1, thumb)
+            labels = sheets.lowest_labels(explained is not None)
+            sheets.write_sheet(_lowest_sheet_path(sheet), low_rows, len(labels) - 3, thumb, labels)
     if html:
-        page.write_html(html, report, rows, extra=page.scores_html(scores, low_rows))
+        page.write_html(
+            html, report, rows, extra=page.scores_html(scores, low_rows, explained=explained is not None)
+        )
     return low_rows
+
+
+def _explain(run: Path, scores: ScoreStats, device: str, dtype: str) -> dict[str, Explained]:
+    """The lowest-scoring images segmented again on the run's base model (`--explain`)."""
+    from difaug.core.config import RuntimeConfig
+    from difaug.report import overlay
+
+    if not scores.lowest:
+        return {}
+    runtime = RuntimeConfig(device=device, dtype=dtype).validate()
+    try:
+        explainer = overlay.load_explainer(run, runtime)
+    except OSError as e:  # a model that cannot be loaded: the loader's words name it
+        fail(str(e))
+    with console.status(f"segmenting the {len(scores.lowest)} lowest-scoring images with DiffSeg"):
+        return overlay.explain_lowest(run, scores, explainer)
 
 
 def _lowest_sheet_path(sheet: Path) -> Path:
@@ -208,7 +244,7 @@ def _print_failures(report: RunReport, show: int) -> None:
         console.print(f"… {len(report.failures) - show} more failed rows (--json lists all)")
 
 
-def _print_scores(scores: ScoreStats) -> None:
+def _print_scores(scores: ScoreStats, explained: Mapping[str, Explained] | None = None) -> None:
     """The drift-score distribution (difaug.diffusion.diffseg): numbers, a text histogram, the lowest rows."""
     from difaug.report.text import text_histogram
 
@@ -224,3 +260,6 @@ def _print_scores(scores: ScoreStats) -> None:
         console.print("  " + line, highlight=False)
     if scores.lowest:
         console.print("lowest: " + ", ".join(f"{escape(k)} {v:.2f}" for k, v in scores.lowest))
+    for key, iou in scores.lowest if explained is not None else ():
+        why = explained[key].caption() if key in explained else "not explained (aux image or mask unreadable)"
+        console.print(f"  {escape(key)}: stored {iou:.2f}, {escape(why)}", highlight=False)

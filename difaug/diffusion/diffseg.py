@@ -41,6 +41,8 @@ the batch's largest count, the counts kept on the host), so a batch costs 3 devi
 whatever its size (each merge's closeness matrices, the labels), not 3 per image. Each group's mean
 is one matrix product and the labels are renumbered on the device. An image's labels do not
 depend on its batch mates beyond the UNet pass's batched-kernel rounding (tests state the bound).
+`DiffSeg(half_probabilities=True)` computes the captured attention probabilities in float16 with
+float32 sums (opt-in, not a job setting, until its label changes are measured on real weights).
 
 The published quality (COCO-Stuff-27 mIoU 43.6 with real SD weights) was not reproduced here: this
 environment has no real weights. Tests check the implementation against a numpy restatement of
@@ -124,7 +126,9 @@ class AttentionSink:
             self.layers[tokens] = 0
         if start == 0:
             self.layers[tokens] += 1
-        self.sums[tokens][:, start : start + rows] += probs.mean(1).to(self.dtype)
+        # The mean over heads accumulates in the sink's dtype whatever the probabilities' dtype
+        # (float16 probabilities: float32 sums, `CaptureSelfAttention(probs_dtype=…)`).
+        self.sums[tokens][:, start : start + rows] += probs.mean(1, dtype=self.dtype)
 
     def mean_maps(self) -> dict[int, torch.Tensor]:
         """`{tokens: (B, N, N)}`, the mean over layers of each resolution (in place)."""
@@ -142,11 +146,18 @@ class CaptureSelfAttention:
     one the UNet runs without the capture). The probabilities for the sink are computed apart,
     `chunk` query rows at a time, in float32, as `AttnProcessor` does (`get_attention_scores`: one
     `baddbmm` with the scale, then softmax), so peak memory is one chunk of probabilities and each
-    chunk is written once, read by the softmax and once by the mean over heads."""
+    chunk is written once, read by the softmax and once by the mean over heads. `probs_dtype`
+    float16 computes the scores and the softmax in half precision (tensor cores, half the bytes;
+    the softmax still accumulates in float32 on CUDA) while the sink's sums stay float32: opt-in
+    until measured on real weights (`benchmarks/diffseg_speed.py --device cuda` prints the share of
+    label pixels that change and the max |Δ drift_iou|)."""
 
-    def __init__(self, sink: AttentionSink, chunk: int = QUERY_CHUNK) -> None:
+    def __init__(
+        self, sink: AttentionSink, chunk: int = QUERY_CHUNK, probs_dtype: torch.dtype | None = None
+    ) -> None:
         self.sink = sink
         self.chunk = chunk
+        self.probs_dtype = probs_dtype
 
     # Copied in part from diffusers.models.attention_processor.AttnProcessor2_0.__call__ (the
     # projections, norms and reshapes); the probabilities are the chunked softmax below.
@@ -193,9 +204,10 @@ class CaptureSelfAttention:
             query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
         )
         heads = attn.heads
-        query_f = query.float().reshape(batch_size * heads, tokens, head_dim)
-        key_t = key.float().reshape(batch_size * heads, tokens, head_dim).transpose(-1, -2)
-        mask = None if attention_mask is None else attention_mask.float().expand(-1, heads, tokens, -1)
+        dtype = self.probs_dtype or torch.float32
+        query_f = query.to(dtype).reshape(batch_size * heads, tokens, head_dim)
+        key_t = key.to(dtype).reshape(batch_size * heads, tokens, head_dim).transpose(-1, -2)
+        mask = None if attention_mask is None else attention_mask.to(dtype).expand(-1, heads, tokens, -1)
         for start in range(0, tokens, self.chunk):
             stop = min(tokens, start + self.chunk)
             rows = stop - start
@@ -483,6 +495,7 @@ class DiffSeg:
         thresholds: Sequence[float] = KL_THRESHOLDS,
         points: int = ANCHOR_GRID,
         chunk: int = QUERY_CHUNK,
+        half_probabilities: bool = False,
     ) -> None:
         self.pipe = pipe
         # A compiled UNet is run eagerly for the capture (its graph has SDPA baked in).
@@ -492,6 +505,8 @@ class DiffSeg:
         self.thresholds = tuple(thresholds)
         self.points = points
         self.chunk = chunk
+        # Opt-in (`CaptureSelfAttention`): float16 attention probabilities, float32 sums.
+        self.half_probabilities = half_probabilities
         self._context: torch.Tensor | None = None
 
     def input_size(self, width: int, height: int) -> tuple[int, int]:
@@ -541,7 +556,7 @@ class DiffSeg:
         latent_hw = (int(latents.shape[2]), int(latents.shape[3]))
         sink = AttentionSink(latent_hw)
         before = self.unet.attn_processors
-        capture = CaptureSelfAttention(sink, self.chunk)
+        capture = CaptureSelfAttention(sink, self.chunk, torch.float16 if self.half_probabilities else None)
         self.unet.set_attn_processor(
             {
                 name: capture if name in set(self_attention_names(self.unet)) else proc
@@ -592,8 +607,18 @@ class DiffSeg:
         """The drift score of each aux image (each at its support mask's size) against its mask's
         class: the one scoring function of the job (a generate batch) and of `difaug score`, batched
         over `images` (one UNet pass per image size); a score does not depend on its batch mates."""
+        return [e.score for e in self.explain(images, masks, class_ids)]
+
+    def explain(
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        class_ids: Sequence[int],
+    ) -> list[DriftExplanation]:
+        """`drift_scores` with what each score was computed from: the label map and which
+        segments counted as the object (`difaug inspect --explain` draws them)."""
         labels = self.segment_any(images, batch_size=max(1, len(images)))
-        return [drift_score(lab, m, c) for lab, m, c in zip(labels, masks, class_ids, strict=True)]
+        return [explain_drift(lab, m, c) for lab, m, c in zip(labels, masks, class_ids, strict=True)]
 
 
 # ----------------------------------------------------------------------------- the drift score
@@ -609,9 +634,9 @@ class DriftScore:
         return {"drift_iou": self.iou, "drift_segments": self.segments}
 
 
-def object_segments(labels: np.ndarray, mask: np.ndarray, class_id: int) -> np.ndarray:
-    """Boolean map of the union of segments lying mostly (> `MOSTLY_INSIDE` of their valid area)
-    inside the mask's `class_id` pixels; pixels with value `IGNORE_VALUE` count for neither side."""
+def inside_segments(labels: np.ndarray, mask: np.ndarray, class_id: int) -> np.ndarray:
+    """Per segment id, whether it lies mostly (> `MOSTLY_INSIDE` of its valid area) inside the
+    mask's `class_id` pixels; pixels with value `IGNORE_VALUE` count for neither side."""
     if labels.shape != mask.shape:
         raise ValueError(f"label map {labels.shape} and mask {mask.shape} differ in size")
     valid = mask != IGNORE_VALUE
@@ -619,20 +644,38 @@ def object_segments(labels: np.ndarray, mask: np.ndarray, class_id: int) -> np.n
     n = int(labels.max()) + 1 if labels.size else 0
     area = np.bincount(labels[valid].ravel(), minlength=n)
     area_in = np.bincount(labels[inside].ravel(), minlength=n)
-    chosen = area_in > MOSTLY_INSIDE * area
-    return chosen[labels] & valid
+    return area_in > MOSTLY_INSIDE * area
 
 
 def drift_score(labels: np.ndarray, mask: np.ndarray, class_id: int) -> DriftScore:
     """IoU between the mask's `class_id` pixels and the segments mostly inside them (ignore 255)."""
+    return explain_drift(labels, mask, class_id).score
+
+
+@dataclass(frozen=True)
+class DriftExplanation:
+    """A drift score with what it was computed from, at the mask's size."""
+
+    labels: np.ndarray  # H×W segment ids (0..n-1)
+    inside: np.ndarray  # (n,) bool: the segment counted as the object (`inside_segments`)
+    score: DriftScore
+
+    @property
+    def counted(self) -> int:
+        """Segments counted as the object."""
+        return int(self.inside.sum())
+
+
+def explain_drift(labels: np.ndarray, mask: np.ndarray, class_id: int) -> DriftExplanation:
+    """The drift score of one label map against its mask, with the segments it counted."""
+    inside = inside_segments(labels, mask, class_id)
     valid = mask != IGNORE_VALUE
     target = (mask == class_id) & valid
-    pred = object_segments(labels, mask, class_id)
+    pred = inside[labels] & valid
     union = int((pred | target).sum())
     segments = int(np.count_nonzero(np.bincount(labels.ravel())))
-    if union == 0:
-        return DriftScore(None, segments)
-    return DriftScore(float((pred & target).sum()) / union, segments)
+    iou = None if union == 0 else float((pred & target).sum()) / union
+    return DriftExplanation(labels, inside, DriftScore(iou, segments))
 
 
 _SCORERS: weakref.WeakKeyDictionary[Any, DiffSeg] = weakref.WeakKeyDictionary()

@@ -20,7 +20,8 @@ from PIL import Image, ImageDraw, ImageFont
 from difaug.core import fsio, imageio, sheet
 from difaug.core.text import display_text
 from difaug.report.data import SCORE_BINS, TASK_TOTAL_LABELS, RunReport, ScoreStats
-from difaug.report.sheets import MASK_COLUMN, SheetRow, column_labels
+from difaug.report.overlay import EXPLAIN_HINT, OVERLAY_LEGEND
+from difaug.report.sheets import MASK_COLUMN, SheetRow, column_labels, lowest_labels
 from difaug.report.text import bin_label, human_bytes, regeneration_rows
 
 _STYLE = (
@@ -63,9 +64,18 @@ def _table_or_none(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return _table(headers, rows) if rows else _NONE
 
 
-def _grid(first_header: str, rows: Sequence[SheetRow], num_aux: int, thumb: int, with_class_id: bool) -> str:
-    """The sample grid: a caption cell, then one image cell per column of the contact sheet."""
-    head = f"<tr><th>{_e(first_header)}</th>" + "".join(f"<th>{_e(c)}</th>" for c in column_labels(num_aux))
+def _grid(
+    first_header: str,
+    rows: Sequence[SheetRow],
+    num_aux: int,
+    thumb: int,
+    with_class_id: bool,
+    labels: Sequence[str] | None = None,
+) -> str:
+    """The sample grid: a caption cell, then one image cell per column of the contact sheet
+    (`labels`, `column_labels(num_aux)` unless given)."""
+    labels = labels or column_labels(num_aux)
+    head = f"<tr><th>{_e(first_header)}</th>" + "".join(f"<th>{_e(c)}</th>" for c in labels)
     body = []
     for row in rows:
         cells = "".join(
@@ -177,8 +187,11 @@ def histogram_image(stats: ScoreStats, width: int = 360, height: int = 160) -> n
     return np.asarray(img)
 
 
-def scores_html(stats: ScoreStats, lowest: Sequence[SheetRow], thumb: int = 160) -> str:
-    """The HTML section of the drift scores: numbers, histogram, lowest-scoring images."""
+def scores_html(
+    stats: ScoreStats, lowest: Sequence[SheetRow], thumb: int = 160, explained: bool = False
+) -> str:
+    """The HTML section of the drift scores: numbers, histogram, lowest-scoring images (with their
+    drift overlays when `explained`, `difaug.report.overlay`; else how to get them)."""
     if not stats.scored:
         return "<h2>Drift scores</h2><p>none (run <code>difaug score RUN</code>)</p>"
     numbers = [("scored / rows", f"{stats.scored} / {stats.rows}"), ("mean drift_iou", _fmt(stats.mean, 3))]
@@ -191,6 +204,7 @@ def scores_html(stats: ScoreStats, lowest: Sequence[SheetRow], thumb: int = 160)
             _table(None, numbers),
             f"<img alt='drift_iou histogram' src='{hist}'>",
             f"<h2>Lowest drift scores ({len(lowest)})</h2>",
-            _grid("aux image", lowest, 1, thumb, with_class_id=False),
+            f"<p>{_e(OVERLAY_LEGEND if explained else EXPLAIN_HINT)}</p>",
+            _grid("aux image", lowest, 1, thumb, with_class_id=False, labels=lowest_labels(explained)),
         ]
     )

@@ -3,17 +3,17 @@
 `sheet_rows(...)` makes a deterministic choice of samples (the same run always shows the same ones:
 samples are ordered by a hash of their sample_id, so the choice is spread over classes and shards
 yet stable across reruns and resumes) and reads their images; `lowest_sheet_rows(...)` does the same
-for the lowest drift scores. `contact_sheet` draws them with `difaug.core.sheet`; the HTML page
+for the lowest drift scores, each with its drift overlay when explained (`difaug.report.overlay`). `contact_sheet` draws them with `difaug.core.sheet`; the HTML page
 (`difaug.report.html`) shows the same rows. `write_segment_sheet` is `difaug segment`'s sheet.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from difaug.core import fsio, imageio, sheet
 from difaug.core.classes import IGNORE_VALUE
 from difaug.core.text import display_text
 from difaug.report.data import ScoreStats
+
+if TYPE_CHECKING:
+    from difaug.report.overlay import Explained
 
 INSPECT_BOTTOM = 2 * sheet.PAD  # below the last line of inspect's and segment's sheets
 MASK_COLUMN = 1  # label maps are thumbnailed with nearest neighbour, so edges stay hard
@@ -53,6 +56,11 @@ def choose_samples(sample_ids: Sequence[str], max_samples: int) -> list[str]:
 
 def column_labels(num_aux: int) -> list[str]:
     return ["support", "mask", "condition", *(f"aux {i + 1}" for i in range(num_aux))]
+
+
+def lowest_labels(explained: bool) -> list[str]:
+    """The lowest-score sheet's columns: one aux image, then its segments when explained."""
+    return ["support", "mask", "condition", "aux image", *(["why (segments)"] if explained else [])]
 
 
 def mask_preview(mask: np.ndarray, class_id: int) -> np.ndarray:
@@ -94,9 +102,13 @@ def sheet_rows(run_dir: str | Path, max_samples: int = 8, index: AuxIndex | None
 
 
 def lowest_sheet_rows(
-    run_dir: str | Path, stats: ScoreStats, index: AuxIndex | None = None
+    run_dir: str | Path,
+    stats: ScoreStats,
+    index: AuxIndex | None = None,
+    explained: Mapping[str, Explained] | None = None,
 ) -> list[SheetRow]:
-    """Contact-sheet rows for the lowest-scoring aux images: support | mask | condition | that aux."""
+    """Contact-sheet rows for the lowest-scoring aux images: support | mask | condition | that aux,
+    and with `explained` (`difaug.report.overlay.explain_lowest`) its drift overlay after it."""
     index = index or AuxIndex(run_dir)
     out = []
     for key, iou in stats.lowest:
@@ -106,7 +118,11 @@ def lowest_sheet_rows(
         if key in stats.lowest_attempts:  # a regenerating run: the kept attempt (the row's `attempt`)
             kept, made = stats.lowest_attempts[key]
             label += f"  attempt {kept} ({made} generated)"
-        out.append(_sheet_row(index, sid, label, [aux[int(k)]] if int(k) < len(aux) else []))
+        cells = [aux[int(k)]] if int(k) < len(aux) else []
+        if explained is not None and key in explained:
+            label += f"  ({explained[key].caption()})"
+            cells.append(explained[key].overlay)
+        out.append(_sheet_row(index, sid, label, cells))
     return out
 
 
@@ -115,9 +131,11 @@ def sheet_size(num_rows: int, num_aux: int, thumb: int) -> tuple[int, int]:
     return sheet.sheet_size(num_rows, 3 + num_aux, thumb, bottom=INSPECT_BOTTOM)
 
 
-def contact_sheet(rows: Sequence[SheetRow], num_aux: int, thumb: int = 128) -> np.ndarray:
-    """Draw the sheet (`difaug.core.sheet`): a header of column labels, then per sample a caption and
-    its cells."""
+def contact_sheet(
+    rows: Sequence[SheetRow], num_aux: int, thumb: int = 128, labels: Sequence[str] | None = None
+) -> np.ndarray:
+    """Draw the sheet (`difaug.core.sheet`): a header of column labels (`column_labels(num_aux)`
+    unless given), then per sample a caption and its cells."""
     lines = [
         sheet.SheetLine(
             row.cells(num_aux),
@@ -126,12 +144,18 @@ def contact_sheet(rows: Sequence[SheetRow], num_aux: int, thumb: int = 128) -> n
         )
         for row in rows
     ]
-    return sheet.draw_sheet(lines, thumb, labels=column_labels(num_aux), bottom=INSPECT_BOTTOM)
+    return sheet.draw_sheet(lines, thumb, labels=labels or column_labels(num_aux), bottom=INSPECT_BOTTOM)
 
 
-def write_sheet(out: str | Path, rows: Sequence[SheetRow], num_aux: int, thumb: int = 128) -> Path:
+def write_sheet(
+    out: str | Path,
+    rows: Sequence[SheetRow],
+    num_aux: int,
+    thumb: int = 128,
+    labels: Sequence[str] | None = None,
+) -> Path:
     """Write the contact sheet as a PNG of `sheet_size(len(rows), num_aux, thumb)`."""
-    return fsio.write_bytes(out, imageio.encode_png(contact_sheet(rows, num_aux, thumb)))
+    return fsio.write_bytes(out, imageio.encode_png(contact_sheet(rows, num_aux, thumb, labels)))
 
 
 def write_segment_sheet(

@@ -78,3 +78,30 @@ def test_seg_fallback_classes_counted_by_a_real_run(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["inspect", str(out)], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "'flux capacitor' has no ADE20K mapping: 1 sample(s)" in result.output
+
+
+def test_explain_draws_why_the_lowest_images_scored_low(tmp_path: Path, tiny_models: Path) -> None:
+    from difaug.report.overlay import EXPLAIN_HINT, OVERLAY_LEGEND
+
+    synth = make_run(tmp_path, num_aux=2, shard_size=3, model=str(tiny_models))
+    runner = CliRunner()
+    assert runner.invoke(app, ["score", str(synth.run_dir), "--device", "cpu"]).exit_code == 0
+    sheet, page = tmp_path / "sheet.png", tmp_path / "index.html"
+    args = ["inspect", str(synth.run_dir), "--sheet", str(sheet), "--html", str(page), "--lowest", "3"]
+    plain = runner.invoke(app, [*args, "--thumb", "40"])
+    assert plain.exit_code == 0, plain.output
+    assert "stored" not in plain.output
+    assert "Why each scored low" in page.read_text() and "why (segments)" not in page.read_text()
+    assert EXPLAIN_HINT.startswith("Why each scored low")
+
+    shown = runner.invoke(app, [*args, "--thumb", "40", "--explain", "--device", "cpu"])
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.count(", stored ") == 0 and shown.output.count(": stored ") == 3
+    assert "segments counted" in shown.output
+    with Image.open(tmp_path / "sheet-lowest.png") as img:
+        assert img.size == sheets.sheet_size(3, 2, 40)  # support | mask | condition | aux | why
+    html = page.read_text()
+    assert "why (segments)" in html and "segments counted" in html
+    assert "yellow: the support mask&#x27;s outline" in html and OVERLAY_LEGEND.startswith("DiffSeg segments")
+    # 5 sample rows × (3 + 2 aux) + the histogram + 3 lowest rows × 5 cells
+    assert html.count("data:image/png;base64,") == 5 * 5 + 1 + 3 * 5

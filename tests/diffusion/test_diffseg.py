@@ -318,6 +318,38 @@ def test_capture_probabilities_are_the_attention_maps_mean_over_heads():
     torch.testing.assert_close(out, plain, rtol=1e-4, atol=1e-5)
 
 
+def test_half_probabilities_keep_float32_sums_close_to_the_float32_maps():
+    from diffusers.models.attention_processor import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(64, heads=4, dim_head=16).eval()
+    x = torch.randn(2, 256, 64) * 3  # a 16×16 grid: peaked rows, as real attention
+    sinks = {dtype: diffseg.AttentionSink((16, 16)) for dtype in (None, torch.float16)}
+    with torch.no_grad():
+        outs = {
+            d: diffseg.CaptureSelfAttention(sink, 100, probs_dtype=d)(attn, x) for d, sink in sinks.items()
+        }
+    full, half = (sinks[d].mean_maps()[256] for d in (None, torch.float16))
+    assert half.dtype == torch.float32  # the sums stay float32
+    assert not torch.equal(half, full)  # the probabilities really were half precision
+    # float16 logits carry |logit|·2^-11 of error, so a probability moves by about that share
+    # (here ≤ 0.9 %, ≤ 5.4e-4 absolute); the mean over heads and layers is summed in float32.
+    torch.testing.assert_close(half, full, rtol=2e-2, atol=1e-3)
+    assert (half - full).abs().mean() < 1e-5
+    torch.testing.assert_close(half.sum(-1), torch.ones(2, 256), rtol=0, atol=2e-3)
+    assert torch.equal(outs[None], outs[torch.float16])  # the layer's output is SDPA's either way
+
+
+def test_half_probabilities_segment_like_float32_on_the_tiny_unet(pipe):
+    image = np.random.default_rng(3).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    fine = (0.001,) * 3  # the tiny model's near-uniform maps split only at low thresholds
+    full = diffseg.DiffSeg(pipe, thresholds=fine).segment(image)
+    half = diffseg.DiffSeg(pipe, thresholds=fine, half_probabilities=True).segment(image)
+    changed = np.mean([np.mean(a != b) for a, b in zip(full, half, strict=True)])
+    assert max(len(np.unique(a)) for a in full) > 1  # there is something to disagree on
+    assert changed <= 0.05, f"{changed:.1%} of label pixels changed"
+
+
 def test_drift_scores_any_size_on_the_tiny_unet(pipe):
     seg = diffseg.DiffSeg(pipe)
     rng = np.random.default_rng(1)
