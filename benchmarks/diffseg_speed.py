@@ -22,6 +22,9 @@ after each), of the whole call unsynchronised, and of the same images scored one
 (`diffseg_batched_vs_per_image`: per-image time ÷ batched time, in the same run; with the max
 |Δ drift_iou| between the two). `--device cpu --tiny` runs that path on the tiny model.
 
+With `--device cuda --compiled inductor`: only the compiled scoring pass (`CompiledPass`, what a
+compiled generator's job scores with) against the eager one, its warm-up and the max |Δ|.
+
 Run: .venv/bin/python benchmarks/diffseg_speed.py [--quick] [--images 2] [--device cuda [--tiny]]
 Last line: `diffseg_post_pass_ms_per_image: X` (all steps after the UNet pass, one thread), or
 with `--device`: `diffseg_score_ms_per_image: X`.
@@ -328,6 +331,57 @@ def half_probabilities(
     )
 
 
+def compiled_vs_eager(device: str, tiny: bool, batch: int, size: int, repeats: int, backend: str) -> None:
+    """The scoring pass compiled (`CompiledPass`, what a compiled generator's job uses) against
+    the eager one: the compile's warm-up, ms per image of the whole `drift_scores` call, and the
+    max |Δ| of the attention maps and of drift_iou on the same images."""
+    import torch
+
+    from difaug.diffusion import diffseg
+
+    seg = scorer(device, tiny)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    masks = [support_mask(i)[:size, :size] for i in range(batch)]
+    fast = diffseg.DiffSeg(
+        seg.pipe, compiled=diffseg.CompiledPass(seg.pipe, batch_size=batch, backend=backend)
+    )
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def per_image_ms(scorer_: Any) -> float:
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            scorer_.drift_scores(list(images), masks, [1] * batch)
+        sync()
+        return (time.perf_counter() - t0) * 1000 / (batch * repeats)
+
+    t0 = time.perf_counter()
+    fast.drift_scores(list(images), masks, [1] * batch)
+    sync()
+    warm = time.perf_counter() - t0
+    seg.drift_scores(list(images), masks, [1] * batch)
+    eager_ms, fast_ms = per_image_ms(seg), per_image_ms(fast)
+    want, got = seg.attention(images)[0], fast.attention(images)[0]
+    maps_delta = max(float((want[k].float() - got[k].float()).abs().max()) for k in want)
+    ious = [
+        abs(a.iou - b.iou)
+        for a, b in zip(
+            seg.drift_scores(list(images), masks, [1] * batch),
+            fast.drift_scores(list(images), masks, [1] * batch),
+            strict=True,
+        )
+        if a.iou is not None
+    ]
+    print(f"compiled scoring pass ({backend}): warm-up {warm:.1f} s, usable {fast.compiled.usable}")
+    print(f"  ms per image: eager {eager_ms:.2f}, compiled {fast_ms:.2f}")
+    print(f"  max |Δ| attention maps {maps_delta:.2e}, max |Δ drift_iou| {max(ious, default=0.0):.4f}")
+    print(f"diffseg_compiled_vs_eager: {eager_ms / fast_ms:.2f}  (eager ms ÷ compiled ms, batch {batch})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one image per thread count")
@@ -338,8 +392,18 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="with --device: the tiny model (a CPU check)")
     ap.add_argument("--batch", type=int, default=16, help="with --device: images per score call")
     ap.add_argument("--size", type=int, default=0, help="with --device: image side (512; tiny: 64)")
+    ap.add_argument(
+        "--compiled",
+        default="",
+        metavar="BACKEND",
+        help="with --device: only the compiled scoring pass vs the eager one (inductor; aot_eager on a CPU)",
+    )
     args = ap.parse_args()
     n_images = args.images or (1 if args.quick else 3)
+    if args.device and args.compiled:
+        size = args.size or (64 if args.tiny else 512)
+        compiled_vs_eager(args.device, args.tiny, args.batch, size, n_images, args.compiled)
+        return
     if args.device:
         size = args.size or (64 if args.tiny else 512)
         ms = device_stages(args.device, args.tiny, args.batch, size, n_images)

@@ -12,8 +12,9 @@
 #        (b) --preset diffss-reference: the job with scoring, plain diffusers DDIM 2 steps, the
 #        reference's own way; last lines job_with_score_vs_generator (target ≥ 0.95),
 #        preset_images_per_s (≥ 40), preset_vs_reference (≥ 5);
-#     3. issue 22: regenerate.py on the same bundle (extra images per kept image, seconds);
-#     4. with what is left: runner_overlap.py --ms 20 on the GPU node's cores (≥ 0.9).
+#     3. diffseg_speed.py --compiled inductor: the compiled scoring pass vs the eager one;
+#     4. issue 22: regenerate.py on the same bundle (extra images per kept image, seconds);
+#     5. with what is left: runner_overlap.py --ms 20 on the GPU node's cores (≥ 0.9).
 #   One call: run(command="bash benchmarks/gpu_session.sh next", carry=[".whl"], timeout_s=590)
 #
 # With the device tool: run `fetch` once in the repo root, then one call
@@ -131,6 +132,13 @@ next)
   timeout $((left > 400 ? 360 : left - 40)) python3 benchmarks/gpu_e2e.py --work /tmp/e2e --no-options 2>&1 \
     | grep --line-buffered -v "Loading pipeline components" | tee "$results/gpu_e2e.txt" \
     || echo "gpu_e2e.py stopped (exit $?)" | tee -a "$results/gpu_e2e.txt"
+  # The compiled scoring pass (the default of a compiled generator's job) against the eager one.
+  left=$((budget - SECONDS))
+  if [ "$left" -gt 150 ]; then
+    timeout $((left > 260 ? 150 : left - 100)) python3 benchmarks/diffseg_speed.py --device cuda --batch 16 --images 2 \
+      --compiled inductor 2>&1 | tee "$results/diffseg_compiled.txt" \
+      || echo "diffseg_speed.py --compiled stopped (exit $?)" | tee -a "$results/diffseg_compiled.txt"
+  fi
   # Issue 22's GPU case: regeneration's cost on the same bundle and supports (warm compile cache).
   left=$((budget - SECONDS))
   if [ -f /tmp/e2e/data/manifest.csv ] && [ "$left" -gt 100 ]; then

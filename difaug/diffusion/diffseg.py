@@ -41,6 +41,8 @@ the batch's largest count, the counts kept on the host), so a batch costs 3 devi
 whatever its size (each merge's closeness matrices, the labels), not 3 per image. Each group's mean
 is one matrix product and the labels are renumbered on the device. An image's labels do not
 depend on its batch mates beyond the UNet pass's batched-kernel rounding (tests state the bound).
+For a compiled generator the pass itself is compiled (`CompiledPass`, static shapes, batches
+padded to the generator's, the generator's compile cache); eager otherwise and for `difaug score`.
 `DiffSeg(half_probabilities=True)` computes the captured attention probabilities in float16 with
 float32 sums (opt-in, not a job setting, until its label changes are measured on real weights).
 
@@ -496,6 +498,7 @@ class DiffSeg:
         points: int = ANCHOR_GRID,
         chunk: int = QUERY_CHUNK,
         half_probabilities: bool = False,
+        compiled: CompiledPass | None = None,
     ) -> None:
         self.pipe = pipe
         # A compiled UNet is run eagerly for the capture (its graph has SDPA baked in).
@@ -507,6 +510,8 @@ class DiffSeg:
         self.chunk = chunk
         # Opt-in (`CaptureSelfAttention`): float16 attention probabilities, float32 sums.
         self.half_probabilities = half_probabilities
+        # The UNet pass compiled (`CompiledPass`; None: eager, processors swapped per call).
+        self.compiled = compiled
         self._context: torch.Tensor | None = None
 
     def input_size(self, width: int, height: int) -> tuple[int, int]:
@@ -554,6 +559,10 @@ class DiffSeg:
             raise ValueError(f"image size {w}×{h} is not a multiple of {self.multiple}, which the UNet needs")
         latents = self.latents(images).to(self.unet.dtype)
         latent_hw = (int(latents.shape[2]), int(latents.shape[3]))
+        if self.compiled is not None and self.compiled.usable:
+            maps = self.compiled(latents, self.context().to(self.unet.dtype))
+            if maps is not None:  # None: it failed and was switched off; the eager pass below
+                return maps, latent_hw
         sink = AttentionSink(latent_hw)
         before = self.unet.attn_processors
         capture = CaptureSelfAttention(sink, self.chunk, torch.float16 if self.half_probabilities else None)
@@ -619,6 +628,143 @@ class DiffSeg:
         segments counted as the object (`difaug inspect --explain` draws them)."""
         labels = self.segment_any(images, batch_size=max(1, len(images)))
         return [explain_drift(lab, m, c) for lab, m, c in zip(labels, masks, class_ids, strict=True)]
+
+
+class CompiledPass:
+    """DiffSeg's UNet pass under `torch.compile` (static shapes), for a compiled generator.
+
+    The eager pass swaps the capture processors onto the generator's UNet and back for each call;
+    a compiled graph cannot follow such swaps (and the generator's own compiled UNet would be
+    re-traced if its processors changed), so this pass runs on a second UNet module tree that
+    shares every parameter and buffer with the generator's (`copy.deepcopy` with them in the memo:
+    no weight is copied) and carries the capture processors for good. Its `AttentionSink` is reset
+    at the start of each compiled call, so the graph sees the same objects every time. Batches are
+    padded to `batch_size` (copies of the last latent, dropped after) so one graph serves every
+    batch of a size. The first call of each shape is timed into the reporter's `warmup_seconds`
+    and the compile cache saved, as the generator does; a compile failure is kept as a warning and
+    the scorer runs eagerly from then on (a broken compiler never fails a shard)."""
+
+    def __init__(
+        self,
+        pipe: Any,
+        reporter: Any = None,
+        *,
+        batch_size: int | None = None,
+        chunk: int = QUERY_CHUNK,
+        probs_dtype: torch.dtype | None = None,
+        mode: str | None = None,
+        backend: Any = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        import copy
+        import itertools
+
+        import torch
+
+        from difaug.diffusion.speed import DEFAULT_COMPILE_MODE
+
+        self.pipe = pipe
+        unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
+        shared = {id(t): t for t in itertools.chain(unet.parameters(), unet.buffers())}
+        self.unet = copy.deepcopy(unet, shared)
+        self.sink = AttentionSink((1, 1))
+        capture = CaptureSelfAttention(self.sink, chunk, probs_dtype)
+        names = set(self_attention_names(self.unet))
+        self.unet.set_attn_processor(
+            {n: capture if n in names else p for n, p in self.unet.attn_processors.items()}
+        )
+        self.reporter = reporter
+        self.batch_size = batch_size or int(getattr(reporter, "batch_size", 0) or 1)
+        self.cache_dir = getattr(reporter, "compile_cache_dir", "") if cache_dir is None else cache_dir
+        # The generator's own backend and mode (`compile_pipeline` records them) unless given.
+        generator_options = getattr(pipe, "_difaug_compile_options", None) or {}
+        backend = backend or generator_options.get("backend", "inductor")
+        options = (
+            {"mode": mode or generator_options.get("mode", DEFAULT_COMPILE_MODE)}
+            if backend == "inductor"
+            else {}
+        )
+        self.fn = torch.compile(self._forward, backend=backend, dynamic=False, **options)
+        self.failed = False
+        self.warm_shapes: set[tuple[int, ...]] = set()
+
+    @property
+    def usable(self) -> bool:
+        """Not failed, and the generator still compiled (one that fell back to eager takes its
+        scorer along: same compiler, same outcome, no second warning)."""
+        from difaug.diffusion.speed import is_compiled
+
+        return not self.failed and (is_compiled(self.pipe) or not hasattr(self.pipe, "_difaug_eager"))
+
+    def _forward(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> dict:
+        sink = self.sink
+        sink.latent_hw = (latents.shape[2], latents.shape[3])
+        sink.sums, sink.layers = {}, {}
+        self.unet(latents, timestep, encoder_hidden_states=context, return_dict=False)
+        return sink.mean_maps()
+
+    def __call__(self, latents: torch.Tensor, context: torch.Tensor) -> dict[int, torch.Tensor] | None:
+        """`{N: (B, N, N)}` for `latents` (B, C, h, w), in slices of `batch_size` (the last padded),
+        or None when compilation failed (then `usable` is False)."""
+        import torch
+
+        n, size = len(latents), self.batch_size
+        parts: list[dict[int, torch.Tensor]] = []
+        timestep = torch.tensor(TIMESTEP, device=latents.device)
+        for start in range(0, n, size):
+            part = latents[start : start + size]
+            short = size - len(part)
+            if short:
+                part = torch.cat([part, part[-1:].expand(short, *part.shape[1:])])
+            # One memory layout for every call (a cat with an expanded tensor may pick channels-last,
+            # and a stride change is a recompile).
+            maps = self._warm_call(part.contiguous(), timestep, context.expand(size, -1, -1).contiguous())
+            if maps is None:
+                return None
+            parts.append({k: v[: size - short] for k, v in maps.items()})
+        if len(parts) == 1:
+            return parts[0]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def _warm_call(
+        self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor
+    ) -> dict[int, torch.Tensor] | None:
+        import time
+
+        import torch
+
+        from difaug.diffusion.speed import save_compile_cache
+
+        shape = tuple(latents.shape)
+        if shape in self.warm_shapes:
+            with torch.no_grad():
+                return self.fn(latents, timestep, context)
+        t0 = time.perf_counter()
+        try:
+            with torch.no_grad():
+                maps = self.fn(latents, timestep, context)
+        except Exception as exc:
+            self.failed = True
+            self._warn(
+                f"torch.compile of the drift-scoring pass failed, scoring eagerly: {type(exc).__name__}: {exc}"
+            )
+            return None
+        if self.cache_dir:
+            try:
+                save_compile_cache(self.cache_dir)
+            except OSError as exc:  # a read-only or full cache folder costs the next worker time only
+                self._warn(f"compile cache not saved: {exc}")
+        if self.reporter is not None and hasattr(self.reporter, "warmup_seconds"):
+            self.reporter.warmup_seconds += time.perf_counter() - t0
+        self.warm_shapes.add(shape)
+        return maps
+
+    def _warn(self, message: str) -> None:
+        import logging
+
+        logging.getLogger(__name__).warning("%s", message[:500])
+        if self.reporter is not None and hasattr(self.reporter, "warnings"):
+            self.reporter.warnings.append(message[:500])
 
 
 # ----------------------------------------------------------------------------- the drift score
@@ -702,7 +848,12 @@ def for_generator(generator: Any, cfg: Any) -> DiffSeg | None:
         return None
     scorer = _SCORERS.get(generator)
     if scorer is None:
-        scorer = _SCORERS[generator] = DiffSeg(generator.pipe)
+        from difaug.diffusion.speed import is_compiled
+
+        # A compiled generator gets a compiled scoring pass: same static-shape policy (batches padded
+        # to the generator's), same cache folder, warm-up and warnings reported as the generator's.
+        compiled = CompiledPass(generator.pipe, generator) if is_compiled(generator.pipe) else None
+        scorer = _SCORERS[generator] = DiffSeg(generator.pipe, compiled=compiled)
     return scorer
 
 

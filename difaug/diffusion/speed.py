@@ -186,6 +186,7 @@ def compile_pipeline(
     owners = _owners(pipe)
     pipe._difaug_eager = {part: getattr(owners[part], part) for part in parts}
     options = {"mode": mode} if backend == "inductor" else {}
+    pipe._difaug_compile_options = {"backend": backend, **options}  # the scoring pass compiles alike
     for part in parts:
         # fullgraph=False: a graph break costs a little speed, a hard failure costs the job.
         module = torch.compile(getattr(owners[part], part), backend=backend, dynamic=False, **options)

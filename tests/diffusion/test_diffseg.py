@@ -510,3 +510,82 @@ def test_drift_scores_run_one_unet_pass_per_image_size(pipe):
     finally:
         del seg.unet.forward, seg.vae.encode
     assert calls == {"unet": [5], "vae": [5]}
+
+
+class _Reporter:
+    """What a generator offers the compiled pass: its batch size, cache folder, warm-up, warnings."""
+
+    def __init__(self, batch_size: int = 4) -> None:
+        self.batch_size, self.compile_cache_dir = batch_size, ""
+        self.warmup_seconds, self.warnings = 0.0, []
+
+
+def test_compiled_scoring_pass_equals_the_eager_pass_and_compiles_once(pipe):
+    # aot_eager: the real dynamo trace (what inductor compiles) without its minutes of C++ here.
+    reporter = _Reporter(batch_size=4)
+    before = dict(pipe.unet.attn_processors)
+    compiled = diffseg.CompiledPass(pipe, reporter, backend="aot_eager")
+    # The second module tree shares every weight; the generator's processors stay as they were.
+    assert all(a is b for a, b in zip(compiled.unet.parameters(), pipe.unet.parameters(), strict=True))
+    assert all(pipe.unet.attn_processors[k] is v for k, v in before.items())
+    eager, fast = diffseg.DiffSeg(pipe), diffseg.DiffSeg(pipe, compiled=compiled)
+    images = np.random.default_rng(5).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    want = {k: v.clone() for k, v in eager.attention(images[:3])[0].items()}
+    got = fast.attention(images[:3])[0]  # padded to 4
+    for tokens, maps in want.items():
+        assert got[tokens].shape == maps.shape
+        torch.testing.assert_close(got[tokens], maps, rtol=1e-5, atol=1e-7)
+    assert reporter.warmup_seconds > 0 and compiled.warm_shapes == {
+        (4, *compiled_latent_shape(eager, images))
+    }
+    torch._dynamo.config.error_on_recompile = True  # any other batch count reuses the one graph
+    try:
+        assert next(iter(fast.attention(images[:1])[0].values())).shape[0] == 1
+        five = fast.attention(images)[0]  # 4 + 1 padded to 4
+    finally:
+        torch._dynamo.config.error_on_recompile = False
+    for tokens, maps in eager.attention(images)[0].items():
+        torch.testing.assert_close(five[tokens], maps, rtol=1e-5, atol=1e-7)
+    assert reporter.warnings == []
+    masks = [np.where(np.arange(64)[None, :] < 32, 3, 0).repeat(64, 0).astype(np.uint8)] * 5
+    assert fast.drift_scores(list(images), masks, [3] * 5) == eager.drift_scores(list(images), masks, [3] * 5)
+
+
+def compiled_latent_shape(seg, images) -> tuple[int, ...]:
+    return tuple(seg.latents(images[:1]).shape[1:])
+
+
+def test_a_compile_failure_is_a_warning_and_the_scorer_runs_eagerly(pipe):
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    reporter = _Reporter()
+    fast = diffseg.DiffSeg(pipe, compiled=diffseg.CompiledPass(pipe, reporter, backend=broken_backend))
+    images = np.random.default_rng(6).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    got = fast.attention(images)[0]
+    want = diffseg.DiffSeg(pipe).attention(images)[0]
+    assert not fast.compiled.usable
+    assert len(reporter.warnings) == 1 and "scoring eagerly" in reporter.warnings[0]
+    assert "no compiler here" in reporter.warnings[0]
+    for tokens, maps in want.items():
+        assert torch.equal(got[tokens], maps)  # the eager pass, exactly
+
+
+def test_a_compiled_generator_gets_a_compiled_scorer_and_an_eager_one_does_not(tiny_models):
+    from difaug.core.config import JobConfig, RuntimeConfig
+    from difaug.diffusion.sampler import AuxGenerator
+    from difaug.diffusion.speed import compile_pipeline, restore_eager
+
+    cfg = JobConfig(model=str(tiny_models), score="diffseg").validate()
+    eager_gen = AuxGenerator.from_config(cfg, RuntimeConfig(device="cpu", compile="off"))
+    assert diffseg.for_generator(eager_gen, cfg).compiled is None
+    pipe = AuxGenerator.from_config(cfg, RuntimeConfig(device="cpu", compile="off")).pipe  # its own modules
+    compile_pipeline(pipe, backend="aot_eager", parts=("unet",))
+    gen = AuxGenerator(pipe, cfg, batch_size=3, compile_cache_dir="cache-here")
+    compiled = diffseg.for_generator(gen, cfg).compiled
+    assert compiled is not None and compiled.batch_size == 3 and compiled.cache_dir == "cache-here"
+    assert compiled.reporter is gen and compiled.usable
+    assert diffseg.for_generator(gen, JobConfig(score="none").validate()) is None
+    # A generator whose compile failed runs eagerly: its scorer follows, with no warning of its own.
+    restore_eager(pipe)
+    assert not compiled.usable and gen.warnings == []
