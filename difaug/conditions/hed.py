@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 import sys
 import threading
 import warnings
@@ -44,6 +43,7 @@ from difaug.conditions import HED_FILENAME, ConditionInput, foreground, prepare_
 from difaug.conditions.resize import hwc3, resize_image, resize_mask
 from difaug.core.config import DEFAULT_HED_WEIGHTS
 from difaug.core.geometry import ConditionError, working_size
+from difaug.core.hub import hub_offline, looks_local
 
 if TYPE_CHECKING:
     import torch
@@ -122,17 +122,6 @@ def make_random_hed_weights(path: Path, seed: int = 0) -> Path:
     return fsio.atomic_write(path, lambda tmp: torch.save(state, tmp), fsync=False)
 
 
-def _looks_like_hub_id(weights: str) -> bool:
-    parts = weights.split("/")
-    return (
-        len(parts) == 2
-        and all(parts)
-        and not weights.startswith((".", "~"))
-        and not weights.endswith(".pth")
-        and os.sep not in weights.replace("/", "")
-    )
-
-
 def _missing_message(what: str) -> str:
     return (
         f"HED weights {what} not found. Supply them with --hed-weights PATH (the file "
@@ -142,8 +131,12 @@ def _missing_message(what: str) -> str:
     )
 
 
-def resolve_hed_weights(weights: str) -> Path:
-    """A local path to `ControlNetHED.pth` for a hub repo id, a folder or a file."""
+def local_hed_weights(weights: str) -> Path | None:
+    """The local `ControlNetHED.pth` that `weights` names (the file, or a folder holding it), or
+    None for a hub repo id (`difaug.core.hub.looks_local`); a local name without the file raises
+    `HedWeightsError`. Checked on the driver before the plan, and by `resolve_hed_weights`."""
+    if not looks_local(weights):
+        return None
     local = Path(weights).expanduser()
     if local.is_file():
         return local
@@ -152,16 +145,21 @@ def resolve_hed_weights(weights: str) -> Path:
         if candidate.is_file():
             return candidate
         raise HedWeightsError(_missing_message(f"file {candidate}"))
-    if not _looks_like_hub_id(weights):
-        raise HedWeightsError(_missing_message(f"file {weights}"))
+    raise HedWeightsError(_missing_message(f"file {weights}"))
+
+
+def resolve_hed_weights(weights: str) -> Path:
+    """A local path to `ControlNetHED.pth` for a hub repo id, a folder or a file."""
+    local = local_hed_weights(weights)
+    if local is not None:
+        return local
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
         return Path(hf_hub_download(weights, HED_FILENAME))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        note = " (HF_HUB_OFFLINE is set and the file is not in the local cache)" if offline else ""
+        note = " (HF_HUB_OFFLINE is set and the file is not in the local cache)" if hub_offline() else ""
         raise HedWeightsError(
             _missing_message(f"{HED_FILENAME} from hub repo {weights}{note}") + f" ({type(e).__name__})"
         ) from None

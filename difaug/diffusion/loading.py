@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import os
-import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from difaug.conditions import HED_FILENAME
 from difaug.core.config import DEFAULT_VAE_BATCH, SCHEDULERS, ConfigError
 from difaug.core.device import resolve_device, resolve_dtype, torch_dtype
+from difaug.core.hub import hub_offline, looks_local
 from difaug.diffusion.specs import BUNDLE_INDEX, ModelLoadError, ModelSpec
 from difaug.diffusion.speed import (
     DEFAULT_COMPILE_MODE,
@@ -48,22 +46,11 @@ SCHEDULER_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
     "lcm": ("LCMScheduler", {}),
 }
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _HOW_TO_POINT = (
     "point at local weights instead: --model DIR (a folder made by `difaug models make-tiny`, or any "
     "folder with a difaug-models.json), --base-model DIR (a diffusers SD1.5 folder with "
     "model_index.json), --controlnet DIR (a ControlNet folder with config.json)"
 )
-
-
-def hub_offline() -> bool:
-    """HF_HUB_OFFLINE as huggingface_hub reads it, but at call time (its constant is read at import)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def looks_local(ref: str) -> bool:
-    """A path rather than a hub id: it exists, or it cannot be a hub id (absolute, ./, ~, 2+ slashes)."""
-    return Path(ref).expanduser().exists() or not _HUB_ID.match(ref)
 
 
 def _check_local(ref: str, what: str, marker: str) -> None:
@@ -92,15 +79,13 @@ def check_local_models(spec: ModelSpec, condition: str) -> None:
         _check_local(spec.base, "base model", "model_index.json")
     if looks_local(spec.controlnet):
         _check_local(spec.controlnet, "ControlNet", "config.json")
-    hed = Path(spec.hed_weights).expanduser()
-    uses_hed = condition in ("hed", "scribble") and looks_local(spec.hed_weights)
-    if uses_hed and not (hed.is_file() or (hed / HED_FILENAME).is_file()):
-        where = f"{hed / HED_FILENAME} is missing" if hed.is_dir() else "no such file or folder"
-        raise ModelLoadError(
-            f"cannot load the HED weights {spec.hed_weights!r}: {where}; pass --hed-weights "
-            f"with the file {HED_FILENAME} or a folder holding it",
-            permanent=True,
-        )
+    if condition in ("hed", "scribble"):
+        from difaug.conditions.hed import HedWeightsError, local_hed_weights
+
+        try:
+            local_hed_weights(spec.hed_weights)
+        except HedWeightsError as e:  # the resolver's own words, as a load error no retry fixes
+            raise ModelLoadError(str(e), permanent=True) from None
 
 
 def _hub_failure(ref: str, what: str, exc: BaseException) -> ModelLoadError:

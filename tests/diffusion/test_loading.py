@@ -186,7 +186,7 @@ def test_local_weights_are_checked_without_the_network(tmp_path: Path, tiny_mode
                 hed_weights=str(empty),
             ),
             "hed",
-            "ControlNetHED.pth is missing",
+            "ControlNetHED.pth not found. Supply them with --hed-weights",
         ),
     ]
     for spec, condition, says in cases:
