@@ -11,6 +11,7 @@ processes, so the second one can only be faster through the on-disk cache.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -119,9 +120,9 @@ def test_inductor_matches_eager_and_reuses_the_cache_folder(tmp_path: Path) -> N
     saves on the real pipeline is measured in benchmarks/compile_cache.py, not here."""
     cache = tmp_path / "cache"
 
-    def once() -> dict:
+    def once(folder: Path = cache) -> dict:
         res = subprocess.run(
-            [sys.executable, "-c", _INDUCTOR_SCRIPT, str(cache)], capture_output=True, text=True, timeout=600
+            [sys.executable, "-c", _INDUCTOR_SCRIPT, str(folder)], capture_output=True, text=True, timeout=600
         )
         assert res.returncode == 0, res.stderr[-3000:]
         return json.loads(res.stdout.strip().splitlines()[-1])
@@ -132,6 +133,14 @@ def test_inductor_matches_eager_and_reuses_the_cache_folder(tmp_path: Path) -> N
     second = once()
     assert second["max_diff"] <= 1e-5
     assert second["hits"] >= 1 and second["misses"] == 0
+    # Portable: the artefacts file alone, copied into an empty folder (another machine's cache,
+    # with no inductor folder of its own), gives the same hits and no compile.
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    shutil.copy2(cache / MEGA_CACHE_FILE, moved / MEGA_CACHE_FILE)
+    third = once(moved)
+    assert third["max_diff"] <= 1e-5
+    assert third["hits"] >= 1 and third["misses"] == 0
 
 
 def broken_compile_factory(cfg: JobConfig, runtime: RuntimeConfig) -> AuxGenerator:
