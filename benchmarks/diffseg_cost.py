@@ -43,13 +43,13 @@ def count_pass_flops(size: int = 512) -> float:
     from gpu_throughput import SD15_UNET, build_models
     from torch.utils.flop_counter import FlopCounterMode
 
-    from difaug.diffusion import diffseg
+    from difaug.diffusion import attention_capture, diffseg
 
     m = build_models("meta", torch.float32)
     unet, vae = m["unet"], m["vae"]
     lat = size // 8
-    sink = diffseg.AttentionSink((lat, lat))
-    capture = diffseg.CaptureSelfAttention(sink)
+    sink = attention_capture.AttentionSink((lat, lat))
+    capture = attention_capture.CaptureSelfAttention(sink)
     unet.set_attn_processor(
         {n: capture if n.endswith("attn1.processor") else p for n, p in unet.attn_processors.items()}
     )
@@ -110,7 +110,7 @@ def _capture_peak(mode: str, layers: int, queue: mp.Queue) -> None:
     import torch
     from diffusers.models.attention_processor import Attention
 
-    from difaug.diffusion import diffseg
+    from difaug.diffusion import attention_capture
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -118,12 +118,12 @@ def _capture_peak(mode: str, layers: int, queue: mp.Queue) -> None:
     attn = Attention(CHANNELS, heads=HEADS, dim_head=CHANNELS // HEADS).eval()
     x = torch.randn(1, tokens, CHANNELS)
     kept: list[torch.Tensor] = []
-    sink = diffseg.AttentionSink((TOKENS_SIDE, TOKENS_SIDE))
+    sink = attention_capture.AttentionSink((TOKENS_SIDE, TOKENS_SIDE))
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with torch.no_grad():
         for _ in range(layers):
             if mode == "difaug":
-                diffseg.CaptureSelfAttention(sink)(attn, x)
+                attention_capture.CaptureSelfAttention(sink)(attn, x)
             else:  # naive: the full per-head map of every layer, kept until the end
                 q, k = attn.to_q(x), attn.to_k(x)
                 q = q.view(1, tokens, HEADS, -1).transpose(1, 2)
@@ -176,7 +176,7 @@ def main() -> None:
 
 
 def diffseg_chunk_mib() -> float:
-    from difaug.diffusion.diffseg import QUERY_CHUNK
+    from difaug.diffusion.attention_capture import QUERY_CHUNK
 
     return HEADS * QUERY_CHUNK * TOKENS_SIDE**2 * 4 / (1024 * 1024)
 

@@ -172,18 +172,18 @@ def capture_ms(threads: int, repeats: int) -> float:
     import torch
     from diffusers.models.attention_processor import Attention
 
-    from difaug.diffusion import diffseg
+    from difaug.diffusion import attention_capture
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     attn = Attention(320, heads=8, dim_head=40).eval()
     x = torch.randn(1, SIDE * SIDE, 320)
-    sink = diffseg.AttentionSink((SIDE, SIDE))
+    sink = attention_capture.AttentionSink((SIDE, SIDE))
     with torch.no_grad():
-        diffseg.CaptureSelfAttention(sink)(attn, x)  # warm-up
+        attention_capture.CaptureSelfAttention(sink)(attn, x)  # warm-up
         t0 = time.perf_counter()
         for _ in range(repeats):
-            diffseg.CaptureSelfAttention(sink)(attn, x)
+            attention_capture.CaptureSelfAttention(sink)(attn, x)
     return (time.perf_counter() - t0) * 1000 / repeats
 
 
@@ -258,7 +258,7 @@ def device_stages(device: str, tiny: bool, batch: int, size: int, repeats: int) 
     each), and of the whole call unsynchronised, for `batch` random images at `size`²."""
     import torch
 
-    from difaug.diffusion import diffseg
+    from difaug.diffusion import attention_capture, diffseg
 
     seg = scorer(device, tiny)
     rng = np.random.default_rng(0)
@@ -282,7 +282,7 @@ def device_stages(device: str, tiny: bool, batch: int, size: int, repeats: int) 
     def steps() -> None:
         stage("images → latents", lambda: seg.latents(images))
         maps, latent_hw = stage("latents + UNet pass", lambda: seg.attention(images))
-        grid = diffseg.AttentionSink(latent_hw).grid(max(maps))
+        grid = attention_capture.AttentionSink(latent_hw).grid(max(maps))
         scale = size // grid[0]
         attention = stage("aggregate", lambda: diffseg.aggregate(maps, grid))
         proposals = stage("merge (batched)", lambda: diffseg.merge_batch(attention, grid))
@@ -337,14 +337,14 @@ def compiled_vs_eager(device: str, tiny: bool, batch: int, size: int, repeats: i
     max |Δ| of the attention maps and of drift_iou on the same images."""
     import torch
 
-    from difaug.diffusion import diffseg
+    from difaug.diffusion import attention_capture, diffseg
 
     seg = scorer(device, tiny)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
     masks = [support_mask(i)[:size, :size] for i in range(batch)]
     fast = diffseg.DiffSeg(
-        seg.pipe, compiled=diffseg.CompiledPass(seg.pipe, batch_size=batch, backend=backend)
+        seg.pipe, compiled=attention_capture.CompiledPass(seg.pipe, batch_size=batch, backend=backend)
     )
 
     def sync() -> None:

@@ -24,6 +24,21 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny(tmp_path_factory.mktemp("tiny-models"))
 
 
+@pytest.fixture(scope="module")
+def tiny_pipe(tiny_models: Path):
+    """The tiny SD1.5 + HED ControlNet pipeline, loaded on the CPU in float32 (once per module)."""
+    from difaug.diffusion.loading import load_pipeline
+    from difaug.diffusion.specs import ModelSpec
+
+    return load_pipeline(
+        ModelSpec(
+            base=str(tiny_models / "stable-diffusion-v1-5"), controlnet=str(tiny_models / "sd-controlnet-hed")
+        ),
+        device="cpu",
+        dtype="float32",
+    )
+
+
 @pytest.fixture(scope="session")
 def demo_manifest() -> Path:
     return DEMO_MANIFEST

@@ -35,7 +35,7 @@ def segment(
     """
     from difaug.core.config import JobConfig, RuntimeConfig
     from difaug.core.names import safe_component
-    from difaug.diffusion import diffseg
+    from difaug.diffusion import diffseg, segment_eval
 
     if (manifest is None) == (images is None):
         fail("give exactly one of --manifest FILE or --images DIR")
@@ -50,12 +50,12 @@ def segment(
         for s in m.samples:  # one image/mask pair once, whatever the number of its class rows
             if (s.image, s.mask) not in seen:
                 seen.add((s.image, s.mask))
-                inputs.append(diffseg.SegmentInput(safe_component(s.sample_id), s.image, s.mask))
+                inputs.append(segment_eval.SegmentInput(safe_component(s.sample_id), s.image, s.mask))
     else:
         if not images.is_dir():
             fail(f"{images} is not a folder")
         files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        inputs = [diffseg.SegmentInput(safe_component(p.stem), str(p)) for p in files]
+        inputs = [segment_eval.SegmentInput(safe_component(p.stem), str(p)) for p in files]
     if limit:
         inputs = inputs[:limit]
     if not inputs:
@@ -66,7 +66,7 @@ def segment(
         seg = diffseg.load(cfg, runtime)
     except OSError as e:  # a model that cannot be loaded: the loader's words name it, not a path to write
         fail(str(e))
-    result = diffseg.segment_files(inputs, seg, out, batch_size=batch_size)
+    result = segment_eval.segment_files(inputs, seg, out, batch_size=batch_size)
     console.print(f"{len(result.written)} label maps in {escape(str(out))}")
     if result.segments:
         console.print(f"segments per image: mean {sum(result.segments) / len(result.segments):.1f}")

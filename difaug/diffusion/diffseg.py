@@ -8,7 +8,7 @@ DiffSeg segments any image with no training from Stable Diffusion's self-attenti
    computes the attention probabilities in chunks of query rows and adds their mean over heads to
    one running sum per token resolution. No layer's full per-head map (4096×4096×heads at 64×64
    tokens) is ever held; the layer's output is still SDPA's, and every other attention keeps its
-   own processor.
+   own processor (`difaug.diffusion.attention_capture`).
 2. *Aggregation* (the reference's `aggregate_weights`): per resolution, the mean over its layers;
    each map upsampled bilinearly to the highest grid, renormalised to sum 1, tiled over the query
    positions, weighted by its resolution's side over the sum of the sides.
@@ -46,6 +46,7 @@ padded to the generator's, the generator's compile cache); eager otherwise and f
 `DiffSeg(half_probabilities=True)` computes the captured attention probabilities in float16 with
 float32 sums (opt-in, not a job setting, until its label changes are measured on real weights).
 
+Zero-shot evaluation against ground-truth masks (`difaug segment`) is `difaug.diffusion.segment_eval`.
 The published quality (COCO-Stuff-27 mIoU 43.6 with real SD weights) was not reproduced here: this
 environment has no real weights. Tests check the implementation against a numpy restatement of
 the reference on fixed attention tensors.
@@ -56,13 +57,19 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from difaug.core.classes import IGNORE_VALUE  # mask value that is neither object nor background
+from difaug.diffusion.attention_capture import (
+    QUERY_CHUNK,
+    AttentionSink,
+    CaptureSelfAttention,
+    CompiledPass,
+    self_attention_names,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -87,156 +94,8 @@ PROMPT = ""
 # ---- difaug's own choices -------------------------------------------------------------------------
 # A segment counts as "the object" when more than this share of its area lies inside the mask.
 MOSTLY_INSIDE = 0.5
-# Query rows per chunk in the capture: 8 heads × 1024 × 4096 float32 = 128 MiB per image at 64×64
-# tokens (the full map would be 512 MiB per layer).
-QUERY_CHUNK = 1024
 # Merged maps upsampled per chunk in the NMS (each chunk is chunk × image H × W floats).
 NMS_CHUNK = 16
-
-
-# ----------------------------------------------------------------------------- attention capture
-
-
-class AttentionSink:
-    """Running per-resolution sums of self-attention maps, mean over heads: `{tokens: (B, N, N)}`.
-
-    `add` is called by the capture processor chunk by chunk; a layer is counted when its first
-    chunk (start 0) arrives."""
-
-    def __init__(self, latent_hw: tuple[int, int], dtype: torch.dtype | None = None) -> None:
-        import torch
-
-        self.latent_hw = latent_hw
-        self.dtype = dtype or torch.float32
-        self.sums: dict[int, torch.Tensor] = {}
-        self.layers: dict[int, int] = {}
-
-    def grid(self, tokens: int) -> tuple[int, int]:
-        """(h, w) of a token grid of `tokens` positions with the latent's aspect."""
-        h, w = self.latent_hw
-        ratio = math.isqrt((h * w) // tokens) if tokens else 0
-        if ratio < 1 or (h * w) != tokens * ratio * ratio or h % ratio or w % ratio:
-            raise ValueError(f"{tokens} attention tokens are not a downscaled {h}×{w} latent grid")
-        return h // ratio, w // ratio
-
-    def add(self, probs: torch.Tensor, start: int) -> None:
-        """`probs` (B, heads, rows, N): softmax rows `start:start+rows` of one layer's map."""
-        batch, _, rows, tokens = probs.shape
-        self.grid(tokens)
-        if tokens not in self.sums:
-            self.sums[tokens] = probs.new_zeros((batch, tokens, tokens), dtype=self.dtype)
-            self.layers[tokens] = 0
-        if start == 0:
-            self.layers[tokens] += 1
-        # The mean over heads accumulates in the sink's dtype whatever the probabilities' dtype
-        # (float16 probabilities: float32 sums, `CaptureSelfAttention(probs_dtype=…)`).
-        self.sums[tokens][:, start : start + rows] += probs.mean(1, dtype=self.dtype)
-
-    def mean_maps(self) -> dict[int, torch.Tensor]:
-        """`{tokens: (B, N, N)}`, the mean over layers of each resolution (in place)."""
-        if not self.sums:
-            raise RuntimeError("no self-attention was captured: does the UNet have attn1 modules?")
-        for tokens, total in self.sums.items():
-            total /= self.layers[tokens]
-        return self.sums
-
-
-class CaptureSelfAttention:
-    """A diffusers attention processor for self-attention that also feeds an `AttentionSink`.
-
-    The layer's output is `AttnProcessor2_0`'s (scaled_dot_product_attention: the forward is the
-    one the UNet runs without the capture). The probabilities for the sink are computed apart,
-    `chunk` query rows at a time, in float32, as `AttnProcessor` does (`get_attention_scores`: one
-    `baddbmm` with the scale, then softmax), so peak memory is one chunk of probabilities and each
-    chunk is written once, read by the softmax and once by the mean over heads. `probs_dtype`
-    float16 computes the scores and the softmax in half precision (tensor cores, half the bytes;
-    the softmax still accumulates in float32 on CUDA) while the sink's sums stay float32: opt-in
-    until measured on real weights (`benchmarks/diffseg_speed.py --device cuda` prints the share of
-    label pixels that change and the max |Δ drift_iou|)."""
-
-    def __init__(
-        self, sink: AttentionSink, chunk: int = QUERY_CHUNK, probs_dtype: torch.dtype | None = None
-    ) -> None:
-        self.sink = sink
-        self.chunk = chunk
-        self.probs_dtype = probs_dtype
-
-    # Copied in part from diffusers.models.attention_processor.AttnProcessor2_0.__call__ (the
-    # projections, norms and reshapes); the probabilities are the chunked softmax below.
-    def __call__(
-        self,
-        attn: Any,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        *args: Any,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        import torch
-
-        if encoder_hidden_states is not None:
-            raise ValueError("CaptureSelfAttention is for self-attention (attn1) modules only")
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch_size, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
-        batch_size, tokens, _ = hidden_states.shape
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, tokens, batch_size)
-            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(hidden_states)
-        value = attn.to_v(hidden_states)
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-
-        out = torch.nn.functional.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
-        )
-        heads = attn.heads
-        dtype = self.probs_dtype or torch.float32
-        query_f = query.to(dtype).reshape(batch_size * heads, tokens, head_dim)
-        key_t = key.to(dtype).reshape(batch_size * heads, tokens, head_dim).transpose(-1, -2)
-        mask = None if attention_mask is None else attention_mask.to(dtype).expand(-1, heads, tokens, -1)
-        for start in range(0, tokens, self.chunk):
-            stop = min(tokens, start + self.chunk)
-            rows = stop - start
-            if mask is None:
-                bias, beta = query_f.new_empty((batch_size * heads, rows, tokens)), 0.0
-            else:
-                bias, beta = mask[:, :, start:stop].reshape(batch_size * heads, rows, tokens), 1.0
-            scores = torch.baddbmm(bias, query_f[:, start:stop], key_t, beta=beta, alpha=attn.scale)
-            del bias
-            probs = scores.softmax(-1)
-            del scores
-            self.sink.add(probs.view(batch_size, heads, rows, tokens), start)
-            del probs
-
-        hidden_states = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
-
-
-def self_attention_names(unet: Any) -> list[str]:
-    """Processor names of the UNet's self-attention modules (`…attn1.processor`), any layout."""
-    return [name for name in unet.attn_processors if name.endswith("attn1.processor")]
 
 
 # ----------------------------------------------------------------------------- the algorithm
@@ -560,7 +419,8 @@ class DiffSeg:
         latents = self.latents(images).to(self.unet.dtype)
         latent_hw = (int(latents.shape[2]), int(latents.shape[3]))
         if self.compiled is not None and self.compiled.usable:
-            maps = self.compiled(latents, self.context().to(self.unet.dtype))
+            timestep = torch.tensor(TIMESTEP, device=latents.device)
+            maps = self.compiled(latents, timestep, self.context().to(self.unet.dtype))
             if maps is not None:  # None: it failed and was switched off; the eager pass below
                 return maps, latent_hw
         sink = AttentionSink(latent_hw)
@@ -628,143 +488,6 @@ class DiffSeg:
         segments counted as the object (`difaug inspect --explain` draws them)."""
         labels = self.segment_any(images, batch_size=max(1, len(images)))
         return [explain_drift(lab, m, c) for lab, m, c in zip(labels, masks, class_ids, strict=True)]
-
-
-class CompiledPass:
-    """DiffSeg's UNet pass under `torch.compile` (static shapes), for a compiled generator.
-
-    The eager pass swaps the capture processors onto the generator's UNet and back for each call;
-    a compiled graph cannot follow such swaps (and the generator's own compiled UNet would be
-    re-traced if its processors changed), so this pass runs on a second UNet module tree that
-    shares every parameter and buffer with the generator's (`copy.deepcopy` with them in the memo:
-    no weight is copied) and carries the capture processors for good. Its `AttentionSink` is reset
-    at the start of each compiled call, so the graph sees the same objects every time. Batches are
-    padded to `batch_size` (copies of the last latent, dropped after) so one graph serves every
-    batch of a size. The first call of each shape is timed into the reporter's `warmup_seconds`
-    and the compile cache saved, as the generator does; a compile failure is kept as a warning and
-    the scorer runs eagerly from then on (a broken compiler never fails a shard)."""
-
-    def __init__(
-        self,
-        pipe: Any,
-        reporter: Any = None,
-        *,
-        batch_size: int | None = None,
-        chunk: int = QUERY_CHUNK,
-        probs_dtype: torch.dtype | None = None,
-        mode: str | None = None,
-        backend: Any = None,
-        cache_dir: str | None = None,
-    ) -> None:
-        import copy
-        import itertools
-
-        import torch
-
-        from difaug.diffusion.speed import DEFAULT_COMPILE_MODE
-
-        self.pipe = pipe
-        unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
-        shared = {id(t): t for t in itertools.chain(unet.parameters(), unet.buffers())}
-        self.unet = copy.deepcopy(unet, shared)
-        self.sink = AttentionSink((1, 1))
-        capture = CaptureSelfAttention(self.sink, chunk, probs_dtype)
-        names = set(self_attention_names(self.unet))
-        self.unet.set_attn_processor(
-            {n: capture if n in names else p for n, p in self.unet.attn_processors.items()}
-        )
-        self.reporter = reporter
-        self.batch_size = batch_size or int(getattr(reporter, "batch_size", 0) or 1)
-        self.cache_dir = getattr(reporter, "compile_cache_dir", "") if cache_dir is None else cache_dir
-        # The generator's own backend and mode (`compile_pipeline` records them) unless given.
-        generator_options = getattr(pipe, "_difaug_compile_options", None) or {}
-        backend = backend or generator_options.get("backend", "inductor")
-        options = (
-            {"mode": mode or generator_options.get("mode", DEFAULT_COMPILE_MODE)}
-            if backend == "inductor"
-            else {}
-        )
-        self.fn = torch.compile(self._forward, backend=backend, dynamic=False, **options)
-        self.failed = False
-        self.warm_shapes: set[tuple[int, ...]] = set()
-
-    @property
-    def usable(self) -> bool:
-        """Not failed, and the generator still compiled (one that fell back to eager takes its
-        scorer along: same compiler, same outcome, no second warning)."""
-        from difaug.diffusion.speed import is_compiled
-
-        return not self.failed and (is_compiled(self.pipe) or not hasattr(self.pipe, "_difaug_eager"))
-
-    def _forward(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> dict:
-        sink = self.sink
-        sink.latent_hw = (latents.shape[2], latents.shape[3])
-        sink.sums, sink.layers = {}, {}
-        self.unet(latents, timestep, encoder_hidden_states=context, return_dict=False)
-        return sink.mean_maps()
-
-    def __call__(self, latents: torch.Tensor, context: torch.Tensor) -> dict[int, torch.Tensor] | None:
-        """`{N: (B, N, N)}` for `latents` (B, C, h, w), in slices of `batch_size` (the last padded),
-        or None when compilation failed (then `usable` is False)."""
-        import torch
-
-        n, size = len(latents), self.batch_size
-        parts: list[dict[int, torch.Tensor]] = []
-        timestep = torch.tensor(TIMESTEP, device=latents.device)
-        for start in range(0, n, size):
-            part = latents[start : start + size]
-            short = size - len(part)
-            if short:
-                part = torch.cat([part, part[-1:].expand(short, *part.shape[1:])])
-            # One memory layout for every call (a cat with an expanded tensor may pick channels-last,
-            # and a stride change is a recompile).
-            maps = self._warm_call(part.contiguous(), timestep, context.expand(size, -1, -1).contiguous())
-            if maps is None:
-                return None
-            parts.append({k: v[: size - short] for k, v in maps.items()})
-        if len(parts) == 1:
-            return parts[0]
-        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-
-    def _warm_call(
-        self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor
-    ) -> dict[int, torch.Tensor] | None:
-        import time
-
-        import torch
-
-        from difaug.diffusion.speed import save_compile_cache
-
-        shape = tuple(latents.shape)
-        if shape in self.warm_shapes:
-            with torch.no_grad():
-                return self.fn(latents, timestep, context)
-        t0 = time.perf_counter()
-        try:
-            with torch.no_grad():
-                maps = self.fn(latents, timestep, context)
-        except Exception as exc:
-            self.failed = True
-            self._warn(
-                f"torch.compile of the drift-scoring pass failed, scoring eagerly: {type(exc).__name__}: {exc}"
-            )
-            return None
-        if self.cache_dir:
-            try:
-                save_compile_cache(self.cache_dir)
-            except OSError as exc:  # a read-only or full cache folder costs the next worker time only
-                self._warn(f"compile cache not saved: {exc}")
-        if self.reporter is not None and hasattr(self.reporter, "warmup_seconds"):
-            self.reporter.warmup_seconds += time.perf_counter() - t0
-        self.warm_shapes.add(shape)
-        return maps
-
-    def _warn(self, message: str) -> None:
-        import logging
-
-        logging.getLogger(__name__).warning("%s", message[:500])
-        if self.reporter is not None and hasattr(self.reporter, "warnings"):
-            self.reporter.warnings.append(message[:500])
 
 
 # ----------------------------------------------------------------------------- the drift score
@@ -855,115 +578,3 @@ def for_generator(generator: Any, cfg: Any) -> DiffSeg | None:
         compiled = CompiledPass(generator.pipe, generator) if is_compiled(generator.pipe) else None
         scorer = _SCORERS[generator] = DiffSeg(generator.pipe, compiled=compiled)
     return scorer
-
-
-# ----------------------------------------------------------------------------- zero-shot evaluation
-
-
-@dataclass
-class MatchCounts:
-    """Per-class true/false positives and false negatives over a dataset, after matching each
-    image's segments to its classes (the reference's `diffseg/utils.py: hungarian_matching`)."""
-
-    tp: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    fp: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    fn: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    pixels: int = 0
-
-    def add(self, labels: np.ndarray, truth: np.ndarray) -> None:
-        """One image: `labels` (segment ids) against `truth` (class ids; `IGNORE_VALUE` = unlabelled)."""
-        from scipy.optimize import linear_sum_assignment
-
-        valid = truth != IGNORE_VALUE
-        gt = truth[valid].astype(np.int64).ravel()
-        pred = labels[valid].astype(np.int64).ravel()
-        n_class = max(len(self.tp), int(gt.max()) + 1 if gt.size else 0)
-        for name in ("tp", "fp", "fn"):
-            arr = getattr(self, name)
-            setattr(self, name, np.concatenate([arr, np.zeros(n_class - len(arr))]))
-        n_pred = max(n_class, int(pred.max()) + 1 if pred.size else 0)
-        hist = np.bincount(n_pred * gt + pred, minlength=n_class * n_pred).reshape(n_class, n_pred)
-        rows, cols = linear_sum_assignment(hist, maximize=True)
-        self.pixels += int(hist.sum())
-        self.fn += hist.sum(1) - hist[rows, cols]
-        self.tp += hist[rows, cols]
-        hist = hist[:, cols]
-        self.fp += hist.sum(0) - np.diag(hist)
-
-    def miou(self) -> float | None:
-        """Mean IoU over the classes that occur (reference: `np.nanmean(TP / (TP + FP + FN))`)."""
-        denom = self.tp + self.fp + self.fn
-        seen = denom > 0
-        return float(np.mean(self.tp[seen] / denom[seen])) if seen.any() else None
-
-    def classes(self) -> int:
-        """Class ids that occur (in a mask or matched to a segment)."""
-        return int((self.tp + self.fp + self.fn > 0).sum())
-
-    def pixel_accuracy(self) -> float | None:
-        return float(self.tp.sum() / self.pixels) if self.pixels else None
-
-
-def label_png(labels: np.ndarray) -> bytes:
-    """A label map as a greyscale PNG (8-bit when it fits, else 16-bit): pixel value = segment id."""
-    from difaug.core import imageio
-
-    dtype = np.uint8 if labels.max(initial=0) < 256 else np.uint16
-    return imageio.encode_png(labels.astype(dtype))
-
-
-def colourise(labels: np.ndarray) -> np.ndarray:
-    """A label map in distinct colours (a fixed palette), for contact sheets."""
-    rng = np.random.default_rng(0)
-    palette = rng.integers(40, 256, (max(int(labels.max(initial=0)) + 1, 1), 3), dtype=np.uint8)
-    return palette[labels]
-
-
-@dataclass(frozen=True)
-class SegmentInput:
-    """One image to segment; `mask`/`class_id` when a ground truth exists (manifest rows)."""
-
-    name: str  # output file stem
-    image: str
-    mask: str = ""
-
-
-@dataclass
-class SegmentResult:
-    written: list[Path] = field(default_factory=list)
-    counts: MatchCounts = field(default_factory=MatchCounts)
-    segments: list[int] = field(default_factory=list)
-    previews: list[tuple[np.ndarray, np.ndarray | None, np.ndarray]] = field(default_factory=list)
-
-
-def segment_files(
-    inputs: Sequence[SegmentInput],
-    seg: DiffSeg,
-    out: Path,
-    *,
-    batch_size: int = 4,
-    previews: int = 8,
-) -> SegmentResult:
-    """Segment each image, write `out/{name}.png` label maps, match against masks when given."""
-    from difaug.core import imageio
-
-    out.mkdir(parents=True, exist_ok=True)
-    result = SegmentResult()
-    for start in range(0, len(inputs), batch_size):
-        part = inputs[start : start + batch_size]
-        images = [imageio.load_image(x.image) for x in part]
-        for x, img, labels in zip(part, images, seg.segment_any(images, batch_size), strict=True):
-            path = out / f"{x.name}.png"
-            path.write_bytes(label_png(labels))
-            result.written.append(path)
-            result.segments.append(len(np.unique(labels)))
-            truth = imageio.load_mask(x.mask) if x.mask else None
-            if truth is not None:
-                if truth.shape != labels.shape:
-                    raise ValueError(
-                        f"mask {x.mask} is {truth.shape[::-1]} but image {x.image} is {labels.shape[::-1]}"
-                    )
-                result.counts.add(labels, truth)
-            if len(result.previews) < previews:
-                result.previews.append((img, truth, labels))
-    return result

@@ -21,7 +21,8 @@ import numpy as np
 from difaug.adapters.index import AuxIndex
 from difaug.core import imageio
 from difaug.core.config import RuntimeConfig
-from difaug.diffusion.diffseg import DriftExplanation, colourise
+from difaug.diffusion.diffseg import DriftExplanation
+from difaug.diffusion.segment_eval import colourise
 from difaug.report.data import ScoreStats
 
 OVERLAY_LEGEND = (

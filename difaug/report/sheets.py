@@ -162,7 +162,7 @@ def write_segment_sheet(
     out: str | Path, previews: Sequence[tuple[np.ndarray, np.ndarray | None, np.ndarray]], thumb: int = 128
 ) -> Path:
     """`difaug segment`'s sheet: image | ground-truth mask | DiffSeg segments, one row per image."""
-    from difaug.diffusion.diffseg import colourise
+    from difaug.diffusion.segment_eval import colourise
 
     lines = [
         sheet.SheetLine(

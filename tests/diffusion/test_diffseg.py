@@ -8,7 +8,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from difaug.diffusion import diffseg  # noqa: E402
+from _labels import same_partition  # noqa: E402
+
+from difaug.diffusion import attention_capture, diffseg  # noqa: E402
 
 # ----------------------------------------------------------------------------- the reference, in numpy
 # A plain restatement of google/diffseg `diffseg/segmentor.py` (DiffSeg.aggregate_weights,
@@ -108,15 +110,9 @@ def structured_attention(rng: np.random.Generator, side: int, heads: int, centre
     return probs / probs.sum(-1, keepdims=True)
 
 
-def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
-    """Equal up to a relabelling: the label pairs form a bijection."""
-    pairs = set(zip(a.ravel().tolist(), b.ravel().tolist(), strict=True))
-    return len(pairs) == len(np.unique(a)) == len(np.unique(b))
-
-
 def run_difaug(per_res: dict[int, list[np.ndarray]], side: int, scale: int) -> np.ndarray:
     """difaug's path: every layer through the capture sink chunk by chunk, as in a UNet pass."""
-    sink = diffseg.AttentionSink((side, side), dtype=torch.float64)
+    sink = attention_capture.AttentionSink((side, side), dtype=torch.float64)
     for s, layers in per_res.items():
         for layer in layers:
             t = torch.from_numpy(layer)[None]
@@ -252,106 +248,18 @@ def test_content_inside_the_mask_scores_higher_than_moved_outside():
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny_models):
-    from difaug.diffusion.loading import load_pipeline
-    from difaug.diffusion.specs import ModelSpec
-
-    return load_pipeline(
-        ModelSpec(
-            base=str(tiny_models / "stable-diffusion-v1-5"), controlnet=str(tiny_models / "sd-controlnet-hed")
-        ),
-        device="cpu",
-        dtype="float32",
-    )
-
-
-def test_capture_on_the_tiny_unet_keeps_the_forward_and_restores_processors(pipe):
-    seg = diffseg.DiffSeg(pipe, chunk=7)  # a chunk that does not divide the token count
-    names = diffseg.self_attention_names(seg.unet)
-    assert names and all(".attn1." in n for n in names)
-    saved = seg.unet.attn_processors
-    before = {k: type(v) for k, v in saved.items()}
-    image = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
-
-    latents = seg.latents(image)
-    context = seg.context()
-    t = torch.tensor(diffseg.TIMESTEP)
-    with torch.no_grad():
-        plain = seg.unet(latents, t, encoder_hidden_states=context, return_dict=False)[0]
-    sink = diffseg.AttentionSink(tuple(latents.shape[2:]))
-    capture = diffseg.CaptureSelfAttention(sink, chunk=7)
-    seg.unet.set_attn_processor(
-        {n: capture if n in names else p for n, p in seg.unet.attn_processors.items()}
-    )
-    with torch.no_grad():
-        captured = seg.unet(latents, t, encoder_hidden_states=context, return_dict=False)[0]
-    seg.unet.set_attn_processor(saved)
-    torch.testing.assert_close(captured, plain, atol=1e-5, rtol=1e-4)  # same forward as SDPA's
-    # Every captured level is a downscaled latent grid; each row is a probability distribution.
-    for tokens, total in sink.mean_maps().items():
-        assert sink.grid(tokens)
-        torch.testing.assert_close(total.sum(-1), torch.ones_like(total.sum(-1)))
-
-    seg2 = diffseg.DiffSeg(pipe)
-    labels = seg2.segment(image)[0]
-    assert labels.shape == (64, 64) and labels.dtype == np.int32
-    assert {k: type(v) for k, v in seg2.unet.attn_processors.items()} == before  # SDPA restored
-    # Chunking changes nothing but memory.
-    assert same_partition(diffseg.DiffSeg(pipe, chunk=5).segment(image)[0], labels)
-
-
-def test_capture_probabilities_are_the_attention_maps_mean_over_heads():
-    from diffusers.models.attention_processor import Attention, AttnProcessor
-
-    torch.manual_seed(0)
-    attn = Attention(16, heads=2, dim_head=8).eval()
-    x = torch.randn(3, 24, 16)  # a 4×6 token grid, batch 3
-    sink = diffseg.AttentionSink((4, 6))
-    with torch.no_grad():
-        out = diffseg.CaptureSelfAttention(sink, chunk=7)(attn, x)  # 7 does not divide 24
-        q = attn.to_q(x).view(3, 24, 2, 8).transpose(1, 2)
-        k = attn.to_k(x).view(3, 24, 2, 8).transpose(1, 2)
-        expected = ((q @ k.transpose(-1, -2)) * attn.scale).softmax(-1).mean(1)
-        plain = AttnProcessor()(attn, x)  # diffusers' explicit softmax(q kᵀ · scale) v
-    assert sink.layers == {24: 1}
-    torch.testing.assert_close(sink.mean_maps()[24], expected, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(out, plain, rtol=1e-4, atol=1e-5)
-
-
-def test_half_probabilities_keep_float32_sums_close_to_the_float32_maps():
-    from diffusers.models.attention_processor import Attention
-
-    torch.manual_seed(0)
-    attn = Attention(64, heads=4, dim_head=16).eval()
-    x = torch.randn(2, 256, 64) * 3  # a 16×16 grid: peaked rows, as real attention
-    sinks = {dtype: diffseg.AttentionSink((16, 16)) for dtype in (None, torch.float16)}
-    with torch.no_grad():
-        outs = {
-            d: diffseg.CaptureSelfAttention(sink, 100, probs_dtype=d)(attn, x) for d, sink in sinks.items()
-        }
-    full, half = (sinks[d].mean_maps()[256] for d in (None, torch.float16))
-    assert half.dtype == torch.float32  # the sums stay float32
-    assert not torch.equal(half, full)  # the probabilities really were half precision
-    # float16 logits carry |logit|·2^-11 of error, so a probability moves by about that share
-    # (here ≤ 0.9 %, ≤ 5.4e-4 absolute); the mean over heads and layers is summed in float32.
-    torch.testing.assert_close(half, full, rtol=2e-2, atol=1e-3)
-    assert (half - full).abs().mean() < 1e-5
-    torch.testing.assert_close(half.sum(-1), torch.ones(2, 256), rtol=0, atol=2e-3)
-    assert torch.equal(outs[None], outs[torch.float16])  # the layer's output is SDPA's either way
-
-
-def test_half_probabilities_segment_like_float32_on_the_tiny_unet(pipe):
+def test_half_probabilities_segment_like_float32_on_the_tiny_unet(tiny_pipe):
     image = np.random.default_rng(3).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
     fine = (0.001,) * 3  # the tiny model's near-uniform maps split only at low thresholds
-    full = diffseg.DiffSeg(pipe, thresholds=fine).segment(image)
-    half = diffseg.DiffSeg(pipe, thresholds=fine, half_probabilities=True).segment(image)
+    full = diffseg.DiffSeg(tiny_pipe, thresholds=fine).segment(image)
+    half = diffseg.DiffSeg(tiny_pipe, thresholds=fine, half_probabilities=True).segment(image)
     changed = np.mean([np.mean(a != b) for a, b in zip(full, half, strict=True)])
     assert max(len(np.unique(a)) for a in full) > 1  # there is something to disagree on
     assert changed <= 0.05, f"{changed:.1%} of label pixels changed"
 
 
-def test_drift_scores_any_size_on_the_tiny_unet(pipe):
-    seg = diffseg.DiffSeg(pipe)
+def test_drift_scores_any_size_on_the_tiny_unet(tiny_pipe):
+    seg = diffseg.DiffSeg(tiny_pipe)
     rng = np.random.default_rng(1)
     images = [
         rng.integers(0, 256, (40, 56, 3), dtype=np.uint8),
@@ -363,49 +271,6 @@ def test_drift_scores_any_size_on_the_tiny_unet(pipe):
     scores = seg.drift_scores(images, masks, [3, 3])
     for s in scores:
         assert 0.0 <= s.iou <= 1.0 and s.segments >= 1
-
-
-def test_capture_on_a_unet_with_attention_at_every_level():
-    """Another layout than the tiny model's: attention at two levels and in the mid block."""
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=8,
-        attention_head_dim=4,
-        norm_num_groups=8,
-    ).eval()
-    names = diffseg.self_attention_names(unet)
-    sink = diffseg.AttentionSink((16, 16))
-    capture = diffseg.CaptureSelfAttention(sink, chunk=50)
-    unet.set_attn_processor({n: capture if n in names else p for n, p in unet.attn_processors.items()})
-    with torch.no_grad():
-        unet(torch.randn(1, 4, 16, 16), diffseg.TIMESTEP, encoder_hidden_states=torch.randn(1, 5, 8))
-    # 16×16: one down + two up layers; 8×8: one down + one mid + two up layers.
-    assert sink.layers == {256: 3, 64: 4}
-    maps = sink.mean_maps()
-    labels = diffseg.segment_maps(maps, (16, 16), 2)[0]
-    assert labels.shape == (32, 32) and labels.min() == 0
-
-
-def test_hungarian_matching_is_label_free_and_ignores_255():
-    truth = np.array([[0, 0, 4, 4], [0, 0, 4, 4], [255, 255, 4, 4]])
-    perfect = np.array([[7, 7, 2, 2], [7, 7, 2, 2], [1, 1, 2, 2]])  # any segment ids
-    counts = diffseg.MatchCounts()
-    counts.add(perfect, truth)
-    assert counts.miou() == 1.0 and counts.pixel_accuracy() == 1.0 and counts.classes() == 2
-    one_blob = np.zeros_like(truth)  # everything one segment: it matches class 4 (6 px > 4 px)
-    counts = diffseg.MatchCounts()
-    counts.add(one_blob, truth)
-    # class 4: tp 6, fp 4 → IoU 0.6; class 0: nothing matched → IoU 0.
-    assert counts.miou() == pytest.approx(0.3) and counts.pixel_accuracy() == pytest.approx(0.6)
 
 
 # ----------------------------------------------------------------------------- batched scoring
@@ -455,8 +320,8 @@ def _blob_images(n: int, size: int) -> tuple[list[np.ndarray], list[np.ndarray]]
     return images, masks
 
 
-def test_batched_drift_scores_equal_one_by_one_on_the_tiny_unet(pipe):
-    seg = diffseg.DiffSeg(pipe)
+def test_batched_drift_scores_equal_one_by_one_on_the_tiny_unet(tiny_pipe):
+    seg = diffseg.DiffSeg(tiny_pipe)
     images, masks = _blob_images(6, 64)
     together = seg.segment_any(images, batch_size=len(images))
     alone = [seg.segment_any([img])[0] for img in images]
@@ -472,14 +337,14 @@ def test_batched_drift_scores_equal_one_by_one_on_the_tiny_unet(pipe):
     assert mates.iou is not None and abs(mates.iou - single[0].iou) <= BATCH_IOU_DELTA
 
 
-def test_post_pass_of_a_batch_equals_each_image_alone_on_the_tiny_unet(pipe):
+def test_post_pass_of_a_batch_equals_each_image_alone_on_the_tiny_unet(tiny_pipe):
     """Aggregation, merging and NMS of a batch = of each image alone, bit for bit, on real captured
     maps; at threshold 0.001 the tiny model's near-uniform maps split into several segments."""
-    seg = diffseg.DiffSeg(pipe, thresholds=(0.001,) * 3)
+    seg = diffseg.DiffSeg(tiny_pipe, thresholds=(0.001,) * 3)
     images = np.stack(_blob_images(6, 64)[0])
     alone = [seg.attention(images[i : i + 1]) for i in range(len(images))]
     latent_hw = alone[0][1]
-    grid = diffseg.AttentionSink(latent_hw).grid(max(alone[0][0]))
+    grid = attention_capture.AttentionSink(latent_hw).grid(max(alone[0][0]))
     scale = 64 // grid[0]
     stacked = {n: torch.cat([maps[n] for maps, _ in alone]) for n in alone[0][0]}
     batched = diffseg.segment_maps(stacked, grid, scale, seg.thresholds)
@@ -489,9 +354,9 @@ def test_post_pass_of_a_batch_equals_each_image_alone_on_the_tiny_unet(pipe):
         np.testing.assert_array_equal(b, one)
 
 
-def test_drift_scores_run_one_unet_pass_per_image_size(pipe):
+def test_drift_scores_run_one_unet_pass_per_image_size(tiny_pipe):
     """The scoring pass is batched: one VAE encode and one UNet call per size in the batch."""
-    seg = diffseg.DiffSeg(pipe)
+    seg = diffseg.DiffSeg(tiny_pipe)
     calls = {"unet": [], "vae": []}
     unet_forward, vae_encode = seg.unet.forward, seg.vae.encode
 
@@ -510,82 +375,3 @@ def test_drift_scores_run_one_unet_pass_per_image_size(pipe):
     finally:
         del seg.unet.forward, seg.vae.encode
     assert calls == {"unet": [5], "vae": [5]}
-
-
-class _Reporter:
-    """What a generator offers the compiled pass: its batch size, cache folder, warm-up, warnings."""
-
-    def __init__(self, batch_size: int = 4) -> None:
-        self.batch_size, self.compile_cache_dir = batch_size, ""
-        self.warmup_seconds, self.warnings = 0.0, []
-
-
-def test_compiled_scoring_pass_equals_the_eager_pass_and_compiles_once(pipe):
-    # aot_eager: the real dynamo trace (what inductor compiles) without its minutes of C++ here.
-    reporter = _Reporter(batch_size=4)
-    before = dict(pipe.unet.attn_processors)
-    compiled = diffseg.CompiledPass(pipe, reporter, backend="aot_eager")
-    # The second module tree shares every weight; the generator's processors stay as they were.
-    assert all(a is b for a, b in zip(compiled.unet.parameters(), pipe.unet.parameters(), strict=True))
-    assert all(pipe.unet.attn_processors[k] is v for k, v in before.items())
-    eager, fast = diffseg.DiffSeg(pipe), diffseg.DiffSeg(pipe, compiled=compiled)
-    images = np.random.default_rng(5).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
-    want = {k: v.clone() for k, v in eager.attention(images[:3])[0].items()}
-    got = fast.attention(images[:3])[0]  # padded to 4
-    for tokens, maps in want.items():
-        assert got[tokens].shape == maps.shape
-        torch.testing.assert_close(got[tokens], maps, rtol=1e-5, atol=1e-7)
-    assert reporter.warmup_seconds > 0 and compiled.warm_shapes == {
-        (4, *compiled_latent_shape(eager, images))
-    }
-    torch._dynamo.config.error_on_recompile = True  # any other batch count reuses the one graph
-    try:
-        assert next(iter(fast.attention(images[:1])[0].values())).shape[0] == 1
-        five = fast.attention(images)[0]  # 4 + 1 padded to 4
-    finally:
-        torch._dynamo.config.error_on_recompile = False
-    for tokens, maps in eager.attention(images)[0].items():
-        torch.testing.assert_close(five[tokens], maps, rtol=1e-5, atol=1e-7)
-    assert reporter.warnings == []
-    masks = [np.where(np.arange(64)[None, :] < 32, 3, 0).repeat(64, 0).astype(np.uint8)] * 5
-    assert fast.drift_scores(list(images), masks, [3] * 5) == eager.drift_scores(list(images), masks, [3] * 5)
-
-
-def compiled_latent_shape(seg, images) -> tuple[int, ...]:
-    return tuple(seg.latents(images[:1]).shape[1:])
-
-
-def test_a_compile_failure_is_a_warning_and_the_scorer_runs_eagerly(pipe):
-    def broken_backend(gm, example_inputs):
-        raise RuntimeError("no compiler here")
-
-    reporter = _Reporter()
-    fast = diffseg.DiffSeg(pipe, compiled=diffseg.CompiledPass(pipe, reporter, backend=broken_backend))
-    images = np.random.default_rng(6).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
-    got = fast.attention(images)[0]
-    want = diffseg.DiffSeg(pipe).attention(images)[0]
-    assert not fast.compiled.usable
-    assert len(reporter.warnings) == 1 and "scoring eagerly" in reporter.warnings[0]
-    assert "no compiler here" in reporter.warnings[0]
-    for tokens, maps in want.items():
-        assert torch.equal(got[tokens], maps)  # the eager pass, exactly
-
-
-def test_a_compiled_generator_gets_a_compiled_scorer_and_an_eager_one_does_not(tiny_models):
-    from difaug.core.config import JobConfig, RuntimeConfig
-    from difaug.diffusion.sampler import AuxGenerator
-    from difaug.diffusion.speed import compile_pipeline, restore_eager
-
-    cfg = JobConfig(model=str(tiny_models), score="diffseg").validate()
-    eager_gen = AuxGenerator.from_config(cfg, RuntimeConfig(device="cpu", compile="off"))
-    assert diffseg.for_generator(eager_gen, cfg).compiled is None
-    pipe = AuxGenerator.from_config(cfg, RuntimeConfig(device="cpu", compile="off")).pipe  # its own modules
-    compile_pipeline(pipe, backend="aot_eager", parts=("unet",))
-    gen = AuxGenerator(pipe, cfg, batch_size=3, compile_cache_dir="cache-here")
-    compiled = diffseg.for_generator(gen, cfg).compiled
-    assert compiled is not None and compiled.batch_size == 3 and compiled.cache_dir == "cache-here"
-    assert compiled.reporter is gen and compiled.usable
-    assert diffseg.for_generator(gen, JobConfig(score="none").validate()) is None
-    # A generator whose compile failed runs eagerly: its scorer follows, with no warning of its own.
-    restore_eager(pipe)
-    assert not compiled.usable and gen.warnings == []

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from _runs import make_run
 
-from difaug.diffusion.diffseg import colourise, explain_drift
+from difaug.diffusion.diffseg import explain_drift
+from difaug.diffusion.segment_eval import colourise
 from difaug.report import data, overlay
 
 
