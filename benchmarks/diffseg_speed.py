@@ -376,9 +376,15 @@ def compiled_vs_eager(device: str, tiny: bool, batch: int, size: int, repeats: i
         )
         if a.iou is not None
     ]
+    changed = float(
+        np.mean([np.mean(a != b) for a, b in zip(seg.segment(images), fast.segment(images), strict=True)])
+    )
     print(f"compiled scoring pass ({backend}): warm-up {warm:.1f} s, usable {fast.compiled.usable}")
     print(f"  ms per image: eager {eager_ms:.2f}, compiled {fast_ms:.2f}")
-    print(f"  max |Δ| attention maps {maps_delta:.2e}, max |Δ drift_iou| {max(ious, default=0.0):.4f}")
+    print(
+        f"  max |Δ| attention maps {maps_delta:.2e}, {changed:.2%} of label pixels changed, "
+        f"max |Δ drift_iou| {max(ious, default=0.0):.4f}"
+    )
     print(f"diffseg_compiled_vs_eager: {eager_ms / fast_ms:.2f}  (eager ms ÷ compiled ms, batch {batch})")
 
 
