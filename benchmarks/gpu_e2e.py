@@ -6,7 +6,10 @@ bundle; no download), with the same supports, prompts and settings (512², UniPC
 guidance 9 with CFG, fp16, HED condition, X aux images per support):
 
 1. **plain diffusers** — what a user writes in ten lines: one `StableDiffusionControlNetPipeline`
-   call per support with `num_images_per_prompt=X`, fp16, UniPC (conditions precomputed);
+   call per support with `num_images_per_prompt=X`, fp16, UniPC (conditions precomputed); then,
+   with `--compiled-plain on`, the same compiled the way diffusers' docs recommend for speed (UNet
+   and ControlNet channels_last, `torch.compile(mode="reduce-overhead", fullgraph=True)`; see
+   `compile_as_docs_say`), its warm-up printed apart;
 2. **difaug generator** — `AuxGenerator` alone on the same supports (conditions precomputed),
    with the default fast path (compile on for CUDA, warm-up timed separately);
 3. **difaug job** — the whole `difaug generate` on a local Dask cluster (1 worker): read, HED,
@@ -35,7 +38,8 @@ The job scores by default (`--job-score diffseg`, as `difaug generate`). Without
 `job_vs_generator: N` (job after warm-up ÷ generator), `mfu: N` (generator; n/a on the CPU),
 `job_with_score_vs_generator: N` (the same ratio, printed only when the job scored; target ≥
 0.95), `preset_images_per_s: N` (the preset's job with scoring; target ≥ 40 on an H100/H200),
-`preset_vs_reference: N` (÷ the reference's way; target ≥ 5).
+`preset_vs_reference: N` (÷ the reference's way; target ≥ 5), `speedup_vs_compiled_diffusers: N`
+(generator ÷ compiled plain diffusers, same run; target ≥ 1.5; n/a without `--compiled-plain`).
 """
 
 from __future__ import annotations
@@ -129,10 +133,19 @@ def load_plain(bundle: Path, device: str, dtype: Any) -> Any:
 
 
 def plain_diffusers(
-    bundle: Path, cfg: Any, samples: list, conds: list, device: str, scheduler: str = "unipc"
+    bundle: Path,
+    cfg: Any,
+    samples: list,
+    conds: list,
+    device: str,
+    scheduler: str = "unipc",
+    compile_mode: str = "",
+    backend: str = "inductor",
 ) -> tuple[float, float]:
     """(warm-up s, images/s): one pipeline call per support, `num_images_per_prompt=X`; UniPC, or
-    with "ddim" diffusers' `DDIMScheduler` as SD1.5 configures it (the preset's)."""
+    with "ddim" diffusers' `DDIMScheduler` as SD1.5 configures it (the preset's). With
+    `compile_mode`, compiled the way diffusers' docs recommend (`compile_as_docs_say`, which
+    prints whether `fullgraph=True` held)."""
     import torch
     from diffusers import DDIMScheduler, UniPCMultistepScheduler
     from PIL import Image
@@ -161,14 +174,55 @@ def plain_diffusers(
         )
 
     t0 = time.perf_counter()
-    call(0)
+    if compile_mode:
+        full = compile_as_docs_say(pipe, compile_mode, backend, lambda: call(0))
+        print(f"  compiled plain diffusers: UNet + ControlNet channels_last, fullgraph={full}")
+    else:
+        call(0)
     _sync()
     warm = time.perf_counter() - t0
     t0 = time.perf_counter()
     for i in range(len(samples)):
         call(i)
     _sync()
-    return warm, len(samples) * cfg.num_aux / (time.perf_counter() - t0)
+    rate = len(samples) * cfg.num_aux / (time.perf_counter() - t0)
+    if compile_mode:
+        del pipe
+        torch._dynamo.reset()  # frees the CUDA graphs' memory pools and the compiled code
+    return warm, rate
+
+
+def compile_as_docs_say(pipe: Any, mode: str, backend: str, warm_up: Any) -> bool:
+    """Plain diffusers as its docs recommend for speed, then one `warm_up()` call (compilation);
+    returns whether `fullgraph=True` held.
+
+    The recipe is the ControlNet one of diffusers' "Torch 2.0" page
+    (https://huggingface.co/docs/diffusers/optimization/torch2.0, "Benchmark" → ControlNet: UNet
+    and ControlNet in channels_last, each `torch.compile(..., mode="reduce-overhead",
+    fullgraph=True)`; fp16 and SDPA are diffusers' defaults on torch 2). The "Accelerate inference"
+    page (https://huggingface.co/docs/diffusers/optimization/fp16, "torch.compile") offers
+    `mode="max-autotune"` plus inductor flags for the same two calls (`--compiled-diffusers-mode`).
+    `fullgraph=True` where it compiles; a model whose graph breaks is compiled again without it,
+    and the line says so. `backend` "eager" (the CPU's quick run) captures the graphs with dynamo
+    and runs them eagerly: the code path in seconds, not a speed."""
+    import torch
+
+    options = {"mode": mode} if backend == "inductor" else {}
+    torch._dynamo.reset()  # the generator's compiled code: its guards are no use to these models
+    for name in ("unet", "controlnet"):
+        getattr(pipe, name).to(memory_format=torch.channels_last)
+        setattr(pipe, name, torch.compile(getattr(pipe, name), backend=backend, fullgraph=True, **options))
+    try:
+        warm_up()
+        return True
+    except Exception as exc:  # a graph break under fullgraph=True: the docs' fallback is without it
+        print(f"  fullgraph=True failed ({type(exc).__name__}: {str(exc)[:160]}); compiled again without it")
+        torch._dynamo.reset()
+        for name in ("unet", "controlnet"):
+            eager = getattr(pipe, name)._orig_mod
+            setattr(pipe, name, torch.compile(eager, backend=backend, **options))
+        warm_up()
+        return False
 
 
 def reference_way(bundle: Path, cfg: Any, samples: list, conds: list, device: str) -> tuple[float, float]:
@@ -383,6 +437,19 @@ def main() -> None:
     ap.add_argument("--no-options", action="store_true", help="skip the opt-in options table")
     ap.add_argument("--no-plain", action="store_true", help="skip plain diffusers (no speed-up figure)")
     ap.add_argument(
+        "--compiled-plain",
+        choices=("on", "off"),
+        default="",
+        help="plain diffusers compiled as its docs say, after plain diffusers; default on for the tiny "
+        "model (dynamo only, seconds), off on a GPU (a cold compile, ~90 s: gpu_session.sh issue21 "
+        "turns it on)",
+    )
+    ap.add_argument(
+        "--compiled-diffusers-mode",
+        default="reduce-overhead",
+        help="torch.compile mode of the compiled plain diffusers (the docs': reduce-overhead, max-autotune)",
+    )
+    ap.add_argument(
         "--job-score",
         choices=("none", "diffseg"),
         default="diffseg",
@@ -409,6 +476,7 @@ def main() -> None:
     steps = args.steps or (6 if tiny else 20)
     batch = args.batch_size or (4 if tiny else 16)
     compile_on = (args.compile or ("off" if tiny else "on")) == "on"
+    compiled_plain = not args.no_plain and (args.compiled_plain or ("on" if tiny else "off")) == "on"
     if tiny:
         torch.set_num_threads(1)
     name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
@@ -472,6 +540,27 @@ def main() -> None:
             print(f"  so far: speedup_vs_diffusers {gen_rate / base_rate:.2f}, mfu {mfu(gen_rate)}")
         if cuda:
             torch.cuda.empty_cache()
+        compiled_rate = float("nan")
+        if compiled_plain:
+            # On the CPU dynamo's eager backend: inductor on a small CPU takes minutes per model.
+            backend = "inductor" if device == "cuda" else "eager"
+            mode = args.compiled_diffusers_mode
+            label = f"  + torch.compile({mode if backend == 'inductor' else 'dynamo only'})"
+            try:
+                warm, compiled_rate = plain_diffusers(
+                    bundle, cfg, samples, conds, device, compile_mode=mode, backend=backend
+                )
+            except Exception as exc:  # the figures above still stand
+                print(f"{label:<34}failed: {type(exc).__name__}: {str(exc)[:300]}")
+            else:
+                print(f"{label:<34}{warm:>10.1f}{compiled_rate:>10.2f}{mfu(compiled_rate):>8}")
+                note = "; CPU: a code-path check, not a speed" if backend == "eager" else ""
+                print(
+                    f"  so far: speedup_vs_compiled_diffusers {gen_rate / compiled_rate:.2f} "
+                    f"(warm-up {warm:.1f} s not counted{note})"
+                )
+            if cuda:
+                torch.cuda.empty_cache()
         job = None
         job_result: dict[str, float] | None = None
         if not args.no_job:
@@ -525,6 +614,11 @@ def main() -> None:
     )
     print(f"preset_images_per_s: {preset_rate:.2f}")
     print(f"preset_vs_reference: {preset_rate / ref_rate:.2f}")
+    print(
+        f"speedup_vs_compiled_diffusers: {gen_rate / compiled_rate:.2f}"
+        if compiled_plain and not np.isnan(compiled_rate)
+        else "speedup_vs_compiled_diffusers: n/a"
+    )
 
 
 def options_table(cfg: Any, rt: Any, samples: list, conds: list, compiled_first: np.ndarray | None) -> None:
@@ -569,7 +663,7 @@ def options_table(cfg: Any, rt: Any, samples: list, conds: list, compiled_first:
             m, w = diff(images, reference)
             mean, worst = f"{m:.4f}", f"{w:.4f}"
         print(f"{label:<34}{rate:>10.2f}{rate / default_rate:>10.2f}{mean:>10}{worst:>10}")
-    print("FP8 matmuls: not implemented (to be measured on Hopper)")
+    print("FP8 matmuls: a row of step_candidates.py (torchao float8 linears, Ada / Hopper GPUs)")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,17 @@
 #     5. with what is left: runner_overlap.py --ms 20 on the GPU node's cores (≥ 0.9).
 #   One call: run(command="bash benchmarks/gpu_session.sh next", carry=[".whl"], timeout_s=590)
 #
+#   bash benchmarks/gpu_session.sh issue21 # THERE: issue 21, prepared 2026-12-02 without a GPU:
+#     1. gpu_e2e.py (a) alone, 16 supports × 4 (≤ 300 s): the generator, plain diffusers, and plain
+#        diffusers compiled as its docs say (UNet + ControlNet channels_last, reduce-overhead,
+#        fullgraph; warm-up apart); last line speedup_vs_compiled_diffusers (target ≥ 1.5);
+#     2. step_candidates.py with what is left (--budget; its default row warm from step 1's compile
+#        cache): eager, default, reduce-overhead, LCM compiled at batch 32 (≥ 40 img/s), FP8 linears
+#        (torchao, from .whl/issue21), LCM at batch 16, channels_last, freezing, inductor flags,
+#        max-autotune(-no-cudagraphs); a row that no longer fits says so, one cut short too.
+#     CANDIDATES="fp8 lcm ..." picks step 2's rows and E2E=0 skips step 1 (a later session's rest).
+#   One call: run(command="bash benchmarks/gpu_session.sh issue21", carry=[".whl"], timeout_s=590)
+#
 # With the device tool: run `fetch` once in the repo root, then one call
 #   run(command="bash benchmarks/gpu_session.sh explore", carry=[".whl"], timeout_s=590)
 # `run` was measured on 2026-12-01 (benchmarks/README.md, "GPU figures"); what is still open after it
@@ -44,6 +55,8 @@ WHEELS=(
 )
 # The `cuda` extra's pins (pyproject.toml): installed into a second folder, used by step 2 alone.
 CUDA_WHEELS=(dask==2026.7.1 distributed==2026.7.1 dask-cuda==26.10.0)
+# issue21's FP8 row alone (a third folder, so no other mode imports it); 0.18 is built for torch ≥ 2.11.
+ISSUE21_WHEELS=(torchao==0.18.0)
 
 # On the GPU machine: the carried wheels installed, difaug from this tree, $results and $budget set.
 prepare() {
@@ -64,7 +77,9 @@ fetch)
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any -d .whl "${WHEELS[@]}"
   python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform any -d .whl/cuda "${CUDA_WHEELS[@]}"
-  ls -la .whl .whl/cuda && du -sh .whl
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform any -d .whl/issue21 "${ISSUE21_WHEELS[@]}"
+  ls -la .whl .whl/cuda .whl/issue21 && du -sh .whl
   ;;
 run)
   prepare
@@ -154,8 +169,36 @@ next)
   fi
   echo "session script: ${SECONDS} s"
   ;;
+issue21)
+  prepare
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .whl/issue21/*.whl || echo "torchao not installed: the FP8 row will say why"
+  {
+    date -u +%FT%TZ
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+    python3 -c "import torch, diffusers; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| diffusers', diffusers.__version__, '| sm', torch.cuda.get_device_capability())"
+  } | tee "$results/env.txt"
+  # 1. The strongest simple alternative in the same run: part (a) alone (no job, options or preset).
+  if [ "${E2E:-1}" != 0 ]; then
+    timeout 300 python3 benchmarks/gpu_e2e.py --work /tmp/e2e --supports 16 --compiled-plain on --no-job \
+      --no-options --no-preset 2>&1 | grep --line-buffered -v "Loading pipeline components" \
+      | tee "$results/gpu_e2e.txt" || echo "gpu_e2e.py stopped (exit $?)" | tee -a "$results/gpu_e2e.txt"
+  fi
+  # 2. The step candidates, most important first, within what is left (each row capped by it).
+  left=$((budget - SECONDS))
+  if [ "$left" -gt 60 ]; then
+    # shellcheck disable=SC2086  # $CANDIDATES is a list of names
+    timeout $((left - 5)) python3 benchmarks/step_candidates.py --compile-cache /tmp/e2e/compile-cache \
+      --budget $((left - 15)) ${CANDIDATES:+--candidates $CANDIDATES} 2>&1 \
+      | grep --line-buffered -v "Loading pipeline components" | tee "$results/step_candidates.txt" \
+      || echo "step_candidates.py stopped (exit $?)" | tee -a "$results/step_candidates.txt"
+  else
+    echo "step_candidates.py skipped: ${left} s left of ${budget}" | tee "$results/step_candidates.txt"
+  fi
+  echo "session script: ${SECONDS} s"
+  ;;
 *)
-  echo "usage: $0 fetch|run|explore|next" >&2
+  echo "usage: $0 fetch|run|explore|next|issue21" >&2
   exit 2
   ;;
 esac

@@ -18,7 +18,9 @@ Run (GPU):  .venv/bin/python benchmarks/gpu_throughput.py [--batches 1 8 16] [--
             [--no-compile] [--compile-mode max-autotune] [--model models/sd15-bundle]
             [--channels-last]   (does channels_last win with compile? the default is contiguous)
 On a CPU it prints the FLOP counts and says that timings need a GPU (`--force-cpu` times a tiny
-`--size` on the CPU, only to exercise the code path).
+`--size` on the CPU, only to exercise the code path). The candidates for a faster step (CUDA
+graphs, max-autotune, channels_last with compile, inductor options, FP8, LCM compiled) are timed
+against this default, in one process, by `step_candidates.py` (its pipelines come from here).
 Last line: `gpu_tflop_per_image: N` (20 steps with CFG at 512²).
 """
 
@@ -195,31 +197,43 @@ def random_pipeline_parts(device: str) -> dict[str, Any]:
     return {"tokenizer": tok, **build_models(device, dtype, vocab_size=len(tok))}
 
 
-def build_generator(
-    args: argparse.Namespace, parts: dict[str, Any] | None, device: str, compile: bool, lcm: bool
-) -> Any:
+def generator_config(steps: int, lcm_steps: int, lcm: bool, model: str = "") -> Any:
+    """The generator's `JobConfig`: UniPC `steps` with CFG (guidance 9), or the LCM setting
+    (`lcm_steps` with guidance 1, so no CFG: a fused LCM-LoRA leaves the UNet's shape as it is)."""
+    from difaug.core.config import JobConfig
+
+    steps, guidance = (lcm_steps, 1.0) if lcm else (steps, 9.0)
+    return JobConfig(model=model, steps=steps, guidance_scale=guidance, scheduler="lcm" if lcm else "unipc")
+
+
+def assemble_pipeline(parts: dict[str, Any]) -> Any:
+    """A `StableDiffusionControlNetPipeline` of `parts` (tokenizer, text encoder, UNet, ControlNet,
+    VAE) with SD1.5's own scheduler config, before `prepare_pipeline`."""
     from diffusers import PNDMScheduler, StableDiffusionControlNetPipeline
 
-    from difaug.core.config import JobConfig, RuntimeConfig
-    from difaug.diffusion.loading import prepare_pipeline
-    from difaug.diffusion.sampler import AuxGenerator
     from difaug.testing.tiny import SD15_SCHEDULER
 
-    steps, guidance = (args.lcm_steps, 1.0) if lcm else (args.steps, 9.0)
-    cfg = JobConfig(
-        model=args.model, steps=steps, guidance_scale=guidance, scheduler="lcm" if lcm else "unipc"
-    )
-    if parts is None:
-        return AuxGenerator.from_config(cfg, RuntimeConfig(device=device, compile=compile))
-    pipe = StableDiffusionControlNetPipeline(
+    return StableDiffusionControlNetPipeline(
         **parts,
         scheduler=PNDMScheduler.from_config(SD15_SCHEDULER),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def build_generator(
+    args: argparse.Namespace, parts: dict[str, Any] | None, device: str, compile: bool, lcm: bool
+) -> Any:
+    from difaug.core.config import RuntimeConfig
+    from difaug.diffusion.loading import prepare_pipeline
+    from difaug.diffusion.sampler import AuxGenerator
+
+    cfg = generator_config(args.steps, args.lcm_steps, lcm, args.model)
+    if parts is None:
+        return AuxGenerator.from_config(cfg, RuntimeConfig(device=device, compile=compile))
     pipe = prepare_pipeline(
-        pipe,
+        assemble_pipeline(parts),
         device=device,
         scheduler=cfg.scheduler,
         compile=compile,
