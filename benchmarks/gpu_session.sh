@@ -25,7 +25,9 @@
 #        cache): eager, default, reduce-overhead, LCM compiled at batch 32 (≥ 40 img/s), FP8 linears
 #        (torchao, from .whl/issue21), LCM at batch 16, channels_last, freezing, inductor flags,
 #        max-autotune(-no-cudagraphs); a row that no longer fits says so, one cut short too.
-#     CANDIDATES="fp8 lcm ..." picks step 2's rows and E2E=0 skips step 1 (a later session's rest).
+#     CANDIDATES="fp8 lcm ..." picks step 2's rows (none: no row) and E2E=0 skips step 1.
+#     WARMUP=1 adds, between them, `difaug models warmup` (cold) and a fresh `difaug generate` on
+#     that cache: the per-worker warm-up with a warm cache (target ≤ 15 s) and the cache's size.
 #   One call: run(command="bash benchmarks/gpu_session.sh issue21", carry=[".whl"], timeout_s=590)
 #
 # With the device tool: run `fetch` once in the repo root, then one call
@@ -184,9 +186,30 @@ issue21)
       --no-options --no-preset 2>&1 | grep --line-buffered -v "Loading pipeline components" \
       | tee "$results/gpu_e2e.txt" || echo "gpu_e2e.py stopped (exit $?)" | tee -a "$results/gpu_e2e.txt"
   fi
+  # (WARMUP=1) A cluster compiles once: `difaug models warmup` into a fresh cache folder (cold: the
+  # generator batch and the scoring pass at 512²), then a fresh `difaug generate` process, a new
+  # worker, on that cache: its warm-up line (target ≤ 15 s per worker) and the cache's size.
+  if [ "${WARMUP:-0}" = 1 ]; then
+    if [ -f /tmp/e2e/data/manifest.csv ]; then
+      warm=(-m /tmp/e2e/data/manifest.csv -o /tmp/warm-job --model /tmp/e2e/models --condition hed --num-aux 4
+            --steps 20 --resolution 512 --detect-resolution 512 --batch-size 16 --limit 16 --compile
+            --compile-cache /tmp/warm-cache)
+      left=$((budget - SECONDS))
+      timeout $((left / 2)) python3 -m difaug models warmup "${warm[@]}" 2>&1 | tee "$results/warmup.txt" \
+        || echo "models warmup stopped (exit $?)" | tee -a "$results/warmup.txt"
+      du -sh /tmp/warm-cache 2>&1 | tee -a "$results/warmup.txt"
+      left=$((budget - SECONDS))
+      timeout $((left > 200 ? 150 : left - 30)) python3 -m difaug generate "${warm[@]}" --cluster sync --no-progress 2>&1 \
+        | tail -n 8 | tee -a "$results/warmup.txt" || echo "generate stopped (exit $?)" | tee -a "$results/warmup.txt"
+    else
+      echo "warm-up skipped: no /tmp/e2e bundle (run with E2E=1)" | tee "$results/warmup.txt"
+    fi
+  fi
   # 2. The step candidates, most important first, within what is left (each row capped by it).
   left=$((budget - SECONDS))
-  if [ "$left" -gt 60 ]; then
+  if [ "${CANDIDATES:-}" = none ]; then
+    echo "step_candidates.py skipped: CANDIDATES=none" | tee "$results/step_candidates.txt"
+  elif [ "$left" -gt 60 ]; then
     # shellcheck disable=SC2086  # $CANDIDATES is a list of names
     timeout $((left - 5)) python3 benchmarks/step_candidates.py --compile-cache /tmp/e2e/compile-cache \
       --budget $((left - 15)) ${CANDIDATES:+--candidates $CANDIDATES} 2>&1 \

@@ -55,3 +55,10 @@ def aux_images(out: Path) -> dict[str, bytes]:
         t = shards.read_shard(p, ["key", "aux_image"]).to_pylist()
         res.update({r["key"]: r["aux_image"]["bytes"] for r in t})
     return res
+
+
+def write_job_file(folder: Path, manifest: Path, keys: str) -> Path:
+    """`folder/job.yaml`: a job file for `manifest` with the YAML `keys` after it."""
+    path = folder / "job.yaml"
+    path.write_text(f"manifest: {manifest}\n{keys}", encoding="utf-8")
+    return path

@@ -21,6 +21,7 @@ from difaug.run.layout import summary_path
 from difaug.run.records import Summary
 
 MAX_LISTED_FAILURES = 20
+MAX_LISTED_WORKERS = 4  # more: the warm-up line gives min, median and max
 
 
 class GenerateView:
@@ -38,6 +39,8 @@ class GenerateView:
         self.t0 = time.perf_counter()
         self.bar: Any = None
         self.task: Any = None
+        self.compile_cache = ""  # the workers' compile cache folder ("" = they run eager)
+        self.warmups: dict[str, float] = {}  # worker (host:pid) → its warm-up seconds in this run
 
     def __enter__(self) -> GenerateView:
         return self
@@ -58,6 +61,8 @@ class GenerateView:
                 self.live.pop(event.index, None)
                 self.generated += event.images
                 self.finished += event.equivalent
+                if event.worker:
+                    self.warmups[event.worker] = self.warmups.get(event.worker, 0.0) + event.warmup_seconds
                 self._refresh()
         elif isinstance(event, driver.PlanMade):
             c.print(
@@ -71,6 +76,7 @@ class GenerateView:
                     + escape("; ".join(f"{name} ({reason})" for name, reason in event.invalid.items())),
                     highlight=False,
                 )
+            self.compile_cache = event.compile_cache
             self._start(event.images_todo)
         elif isinstance(event, driver.LockTakenOver):
             c.print(
@@ -135,6 +141,20 @@ class GenerateView:
                 self._refresh()
             self.bar.stop()
             self.bar = None
+
+
+def warmup_line(compile_cache: str, warmups: dict[str, float]) -> str:
+    """The compile cache the workers used and each worker's warm-up (its first calls of each shape,
+    compilation or loading it from the cache included), or '' when they ran eager or ran nothing."""
+    if not compile_cache or not warmups:
+        return ""
+    seconds = sorted(warmups.values())
+    if len(seconds) <= MAX_LISTED_WORKERS:
+        each = ", ".join(f"{name} {warmups[name]:.1f} s" for name in sorted(warmups))
+    else:
+        median = seconds[len(seconds) // 2]
+        each = f"min {seconds[0]:.1f} s, median {median:.1f} s, max {seconds[-1]:.1f} s"
+    return f"compile cache {compile_cache} · warm-up of {len(seconds)} worker(s): {each}"
 
 
 def print_summary(summary: Summary, console: Console) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import typer
+from rich.markup import escape
 
 from difaug.cli._common import add_options, console
 
@@ -103,7 +104,7 @@ def generate(
     import shlex
     import sys
 
-    from difaug.cli._progress import GenerateView, print_summary
+    from difaug.cli._progress import GenerateView, print_summary, warmup_line
     from difaug.core.config import resolve_job
     from difaug.run.cluster import interrupts_raise
     from difaug.run.driver import run
@@ -113,6 +114,9 @@ def generate(
     with interrupts_raise(), GenerateView(console, bar=job.runtime.progress) as view:
         summary = run(job, on_event=view, force_unlock=force_unlock, command=command)
     print_summary(summary, console)
+    line = warmup_line(view.compile_cache, view.warmups)
+    if line:
+        console.print(escape(line), highlight=False)
 
     if summary.stopped and summary.failed_shards and not summary.shards_done:
         raise typer.Exit(2)  # OUT could not be written at all: as if the job could not start

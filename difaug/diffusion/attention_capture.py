@@ -195,7 +195,7 @@ class CompiledPass:
 
         import torch
 
-        from difaug.diffusion.speed import DEFAULT_COMPILE_MODE
+        from difaug.diffusion.speed import DEFAULT_COMPILE_MODE, torch_compile_options
 
         self.pipe = pipe
         unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
@@ -210,15 +210,14 @@ class CompiledPass:
         self.reporter = reporter
         self.batch_size = batch_size or int(getattr(reporter, "batch_size", 0) or 1)
         self.cache_dir = getattr(reporter, "compile_cache_dir", "") if cache_dir is None else cache_dir
-        # The generator's own backend and mode (`compile_pipeline` records them) unless given.
+        # The generator's own backend and mode (`compile_pipeline` records them) unless given: with
+        # its `reduce-overhead` the pass is CUDA-graphed too.
         generator_options = getattr(pipe, "_difaug_compile_options", None) or {}
-        backend = backend or generator_options.get("backend", "inductor")
-        options = (
-            {"mode": mode or generator_options.get("mode", DEFAULT_COMPILE_MODE)}
-            if backend == "inductor"
-            else {}
+        self.backend = backend or generator_options.get("backend", "inductor")
+        self.mode = mode or generator_options.get("mode", DEFAULT_COMPILE_MODE)
+        self.fn = torch.compile(
+            self._forward, dynamic=False, **torch_compile_options(self.mode, self.backend)
         )
-        self.fn = torch.compile(self._forward, backend=backend, dynamic=False, **options)
         self.failed = False
         self.warm_shapes: set[tuple[int, ...]] = set()
 
@@ -268,7 +267,7 @@ class CompiledPass:
 
         import torch
 
-        from difaug.diffusion.speed import save_compile_cache
+        from difaug.diffusion.speed import first_call_done
 
         shape = tuple(latents.shape)
         if shape in self.warm_shapes:
@@ -284,14 +283,9 @@ class CompiledPass:
                 f"torch.compile of the drift-scoring pass failed, scoring eagerly: {type(exc).__name__}: {exc}"
             )
             return None
-        if self.cache_dir:
-            try:
-                save_compile_cache(self.cache_dir)
-            except OSError as exc:  # a read-only or full cache folder costs the next worker time only
-                self._warn(f"compile cache not saved: {exc}")
+        seconds = first_call_done(self.warm_shapes, shape, t0, self.cache_dir, self._warn)
         if self.reporter is not None and hasattr(self.reporter, "warmup_seconds"):
-            self.reporter.warmup_seconds += time.perf_counter() - t0
-        self.warm_shapes.add(shape)
+            self.reporter.warmup_seconds += seconds
         return maps
 
     def _warn(self, message: str) -> None:

@@ -164,6 +164,14 @@ def apply_preset_scheduler(pipe: Any, cfg: JobConfig) -> None:
         pipe.scheduler = type(base).from_config(base.config, **pinned)
 
 
+def compile_skipped(cfg: JobConfig) -> str:
+    """Why a generator of `cfg` runs eager even with compile on ('' = it compiles): the one rule,
+    for `AuxGenerator.from_config` and for what `difaug models warmup` refuses."""
+    if cfg.cache_interval > 1:
+        return "cache_interval > 1 runs eager (the cached branch is data-dependent)"
+    return ""
+
+
 T = TypeVar("T")
 Shape = tuple[int, ...]
 
@@ -290,11 +298,10 @@ class AuxGenerator:
             runtime.compile, device, None, runtime.compile_min_images, offload=runtime.offload
         )
         notes = []
-        if compile and cfg.cache_interval > 1:
+        skipped = compile_skipped(cfg) if compile else ""
+        if skipped:
             compile = False
-            notes.append(
-                "compile skipped: cache_interval > 1 runs eager (the cached branch is data-dependent)"
-            )
+            notes.append(f"compile skipped: {skipped}")
         pipe = load_pipeline(
             spec,
             device=device,
@@ -402,7 +409,7 @@ class AuxGenerator:
         """`sample`, timing the first call of each batch shape (where compilation happens). A
         compiled first call that fails falls back to the eager modules, with a warning kept in
         `self.warnings`, and is redone eagerly: a broken compiler never fails a shard."""
-        from difaug.diffusion.speed import is_compiled, restore_eager, save_compile_cache
+        from difaug.diffusion.speed import first_call_done, is_compiled, restore_eager
 
         shape = (len(items), *items[0].condition.shape)
         if shape in self._warm_shapes:
@@ -418,13 +425,10 @@ class AuxGenerator:
             restore_eager(self.pipe)
             self.pad_batches = False
             images = self.sample(items)
-        if is_compiled(self.pipe):
-            try:
-                save_compile_cache(self.compile_cache_dir)
-            except OSError as exc:  # a read-only or full cache folder costs the next worker time only
-                self.warnings.append(f"compile cache not saved: {exc}"[:500])
-        self.warmup_seconds += time.perf_counter() - t0
-        self._warm_shapes.add(shape)
+        cache_dir = self.compile_cache_dir if is_compiled(self.pipe) else ""
+        self.warmup_seconds += first_call_done(
+            self._warm_shapes, shape, t0, cache_dir, lambda message: self.warnings.append(message[:500])
+        )
         return images
 
     def run_batch(self, items: Sequence[WorkItem]) -> list[AuxResult]:

@@ -3,15 +3,17 @@
 What each option buys and costs, with measurements, is in one place: the README's "Speed options"
 section. Here: `fuse_qkv_projections` and `batched_vae_decode` (the fast path `prepare_pipeline`
 sets up), `decide_compile` (`compile: auto` on a worker), `compile_pipeline` /
-`use_compile_cache` / `save_compile_cache` (torch.compile and its shared cache folder) and
-`is_compiled` / `restore_eager` (the eager fallback). DeepCache-style feature caching is
-`difaug.diffusion.deepcache`.
+`torch_compile_options` / `use_compile_cache` / `save_compile_cache` / `first_call_done`
+(torch.compile and its shared cache folder) and `is_compiled` / `restore_eager` (the eager
+fallback). DeepCache-style feature caching is `difaug.diffusion.deepcache`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +162,26 @@ def save_compile_cache(cache_dir: str) -> int:
     return len(data)
 
 
+def first_call_done(
+    shapes: set[tuple[int, ...]],
+    shape: tuple[int, ...],
+    started: float,
+    cache_dir: str,
+    warn: Callable[[str], None],
+) -> float:
+    """Book the first call of a compiled callable with a new `shape` (where it compiled, or loaded
+    the compilation from the cache): save the cache, remember the shape, return the call's seconds
+    since `started` (`time.perf_counter`). For the generator and the compiled scoring pass alike.
+    A cache that cannot be saved is a warning: a read-only or full folder costs the next worker
+    time only."""
+    try:
+        save_compile_cache(cache_dir)
+    except OSError as exc:
+        warn(f"compile cache not saved: {exc}")
+    shapes.add(shape)
+    return time.perf_counter() - started
+
+
 def _owners(pipe: Any) -> dict[str, Any]:
     """The object holding each compilable part as an attribute of that name."""
     return {"unet": pipe, "controlnet": pipe, "decoder": pipe.vae}
@@ -181,16 +203,28 @@ def compile_pipeline(
     import torch
 
     use_compile_cache(cache_dir)
-    for key, value in INDUCTOR_OPTIONS.items():
-        setattr(torch._inductor.config, key, value)
     owners = _owners(pipe)
     pipe._difaug_eager = {part: getattr(owners[part], part) for part in parts}
-    options = {"mode": mode} if backend == "inductor" else {}
-    pipe._difaug_compile_options = {"backend": backend, **options}  # the scoring pass compiles alike
+    pipe._difaug_compile_options = {"backend": backend, "mode": mode}  # the scoring pass compiles alike
     for part in parts:
         # fullgraph=False: a graph break costs a little speed, a hard failure costs the job.
-        module = torch.compile(getattr(owners[part], part), backend=backend, dynamic=False, **options)
+        module = torch.compile(
+            getattr(owners[part], part), dynamic=False, **torch_compile_options(mode, backend)
+        )
         setattr(owners[part], part, module)
+
+
+def torch_compile_options(mode: str, backend: Any) -> dict[str, Any]:
+    """`torch.compile`'s keyword arguments for `mode` on `backend`: for inductor, the mode's own
+    options (`torch._inductor.list_mode_options`) and `INDUCTOR_OPTIONS`, passed with each compile.
+    Setting them on `torch._inductor.config` instead would not reach the job's compilation: its
+    overrides are thread-local, and a shard compiles on its device thread."""
+    import torch
+
+    if backend != "inductor":
+        return {"backend": backend}
+    options = {**torch._inductor.list_mode_options(mode, dynamic=False), **INDUCTOR_OPTIONS}
+    return {"backend": backend, "options": options}
 
 
 def is_compiled(pipe: Any) -> bool:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from difaug.adapters.run import Failure, RunView, open_run
 from difaug.core.config import DEFAULT_CONTROLNETS, JobConfig
 from difaug.run import shards
 from difaug.run.records import ShardStats, shard_name
+
+if TYPE_CHECKING:
+    from difaug.adapters.index import AuxIndex
 
 # The provenance columns (`shards.PROVENANCE_COLUMNS`) that say *which* models and hardware made
 # the images: listed with the config. The numeric ones (steps, guidance, …) repeat the config.
@@ -159,6 +162,28 @@ class ScoreStats:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class LowImage:
+    """One of `ScoreStats.lowest`: its key (`sample_id/k`), the sample, the score and the aux
+    image (None when the sample's shard holds fewer than k + 1 images)."""
+
+    key: str
+    sample_id: str
+    drift_iou: float
+    image: np.ndarray | None
+
+
+def lowest_images(stats: ScoreStats, index: AuxIndex) -> list[LowImage]:
+    """The lowest-scoring aux images of `stats`, read through `index`: what the lowest sheet shows
+    and `difaug inspect --explain` segments again."""
+    out = []
+    for key, iou in stats.lowest:
+        sid, _, k = key.rpartition("/")
+        aux = index.aux_images(sid)
+        out.append(LowImage(key, sid, iou, aux[int(k)] if int(k) < len(aux) else None))
+    return out
 
 
 # --- the job config ----------------------------------------------------------------------------

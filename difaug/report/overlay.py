@@ -23,7 +23,7 @@ from difaug.core import imageio
 from difaug.core.config import RuntimeConfig
 from difaug.diffusion.diffseg import DriftExplanation
 from difaug.diffusion.segment_eval import colourise
-from difaug.report.data import ScoreStats
+from difaug.report.data import ScoreStats, lowest_images
 
 OVERLAY_LEGEND = (
     "DiffSeg segments over the aux image, each in its own colour; striped and strongly tinted: the "
@@ -73,16 +73,14 @@ def explain_lowest(
     cannot be read are left out: their cell stays empty)."""
     index = index or AuxIndex(run_dir)
     todo: list[tuple[str, np.ndarray, np.ndarray, int]] = []
-    for key, _ in stats.lowest:
-        sid, _, k = key.rpartition("/")
-        aux = index.aux_images(sid)
-        info = index.info(sid)
+    for low in lowest_images(stats, index):
+        info = index.info(low.sample_id)
         try:
             mask = imageio.load_mask(info.mask)
         except (imageio.ImageReadError, OSError, ValueError):
             continue  # the support may live on another machine
-        if int(k) < len(aux) and aux[int(k)].shape[:2] == mask.shape:
-            todo.append((key, aux[int(k)], mask, info.class_id))
+        if low.image is not None and low.image.shape[:2] == mask.shape:
+            todo.append((low.key, low.image, mask, info.class_id))
     out: dict[str, Explained] = {}
     for start in range(0, len(todo), batch_size):
         part = todo[start : start + batch_size]

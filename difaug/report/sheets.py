@@ -21,7 +21,7 @@ from difaug.adapters.index import AuxIndex
 from difaug.core import fsio, imageio, sheet
 from difaug.core.classes import IGNORE_VALUE
 from difaug.core.text import display_text
-from difaug.report.data import ScoreStats
+from difaug.report.data import ScoreStats, lowest_images
 
 if TYPE_CHECKING:
     from difaug.report.overlay import Explained
@@ -111,18 +111,16 @@ def lowest_sheet_rows(
     and with `explained` (`difaug.report.overlay.explain_lowest`) its drift overlay after it."""
     index = index or AuxIndex(run_dir)
     out = []
-    for key, iou in stats.lowest:
-        sid, _, k = key.rpartition("/")
-        aux = index.aux_images(sid)
-        label = f"{key}  drift_iou {iou:.2f}"
-        if key in stats.lowest_attempts:  # a regenerating run: the kept attempt (the row's `attempt`)
-            kept, made = stats.lowest_attempts[key]
+    for low in lowest_images(stats, index):
+        label = f"{low.key}  drift_iou {low.drift_iou:.2f}"
+        if low.key in stats.lowest_attempts:  # a regenerating run: the kept attempt (the row's `attempt`)
+            kept, made = stats.lowest_attempts[low.key]
             label += f"  attempt {kept} ({made} generated)"
-        cells = [aux[int(k)]] if int(k) < len(aux) else []
-        if explained is not None and key in explained:
-            label += f"  ({explained[key].caption()})"
-            cells.append(explained[key].overlay)
-        out.append(_sheet_row(index, sid, label, cells))
+        cells = [low.image] if low.image is not None else []
+        if explained is not None and low.key in explained:
+            label += f"  ({explained[low.key].caption()})"
+            cells.append(explained[low.key].overlay)
+        out.append(_sheet_row(index, low.sample_id, label, cells))
     return out
 
 

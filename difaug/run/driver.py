@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from difaug.core.config import Job
+from difaug.core.config import Job, RuntimeConfig
 from difaug.core.folderlock import FolderLock
 from difaug.diffusion.sampler import CUT_PROMPT_PREFIX
 from difaug.inputs.manifest import (
@@ -56,6 +56,7 @@ from difaug.run.records import Failure, Plan, RunDirError, ShardRange, ShardStat
 from difaug.run.stages import failure
 from difaug.run.task import ShardSpec
 from difaug.run.verify import RunCheck
+from difaug.run.warmup import compile_cache_of
 
 __all__ = [
     "ClusterReady",
@@ -163,6 +164,8 @@ class PlanMade:
     shards_todo: int
     images_todo: int  # the progress bar's total: pending rows × X
     invalid: dict[str, str]  # shard name → why its marker did not verify (it is redone)
+    # The compile cache folder the workers use ('' when they run eager: `warmup.compile_cache_of`).
+    compile_cache: str = ""
 
 
 @dataclass(frozen=True)
@@ -217,10 +220,14 @@ class ShardProgress(ShardEvent):
 @dataclass(frozen=True)
 class ShardFinished(ShardEvent):
     """A shard ended: `images` written; `equivalent` = its rows × X (failed rows count too). A shard
-    that failed sends one too (0 images) before its `ShardFailed`, so a progress bar still counts it."""
+    that failed sends one too (0 images) before its `ShardFailed`, so a progress bar still counts it.
+    `warmup_seconds`: the generator's first calls of new shapes in this shard (compilation, when
+    compiled; marker `seconds.warmup`), on `worker` (`host:pid`; "" for a failed shard)."""
 
     images: int
     equivalent: int
+    warmup_seconds: float = 0.0
+    worker: str = ""
 
 
 @dataclass(frozen=True)
@@ -309,8 +316,15 @@ class _Tally:
         s.shards_done += 1
         s.failures.extend(replace(f, shard=spec.shard.name) for f in stats.failures)
         self.cut_prompts.update(w for w in stats.compile_warnings if w.startswith(CUT_PROMPT_PREFIX))
+        worker = f"{stats.worker.get('host', '')}:{stats.worker.get('pid', '')}" if stats.worker else ""
         self.emit(
-            ShardFinished(spec.shard.index, stats.images, spec.shard.num_rows * self.job.config.num_aux)
+            ShardFinished(
+                spec.shard.index,
+                stats.images,
+                spec.shard.num_rows * self.job.config.num_aux,
+                warmup_seconds=stats.seconds.get("warmup", 0.0),
+                worker=worker,
+            )
         )
 
     def error(self, spec: ShardSpec, error: BaseException) -> None:
@@ -361,8 +375,13 @@ def _preflight(job: Job) -> None:
 
     check_local_models(ModelSpec.from_config(job.config), job.config.condition)
     rt = job.runtime
-    if rt.cluster in ("sync", "local", "cuda") and not rt.scheduler_address:  # workers on this machine
+    if _workers_here(rt):
         resolve_dtype(rt.dtype, resolve_device(rt.device))
+
+
+def _workers_here(rt: RuntimeConfig) -> bool:
+    """The workers run on this machine (so their device and dtype resolve as they do here)."""
+    return rt.cluster in ("sync", "local", "cuda") and not rt.scheduler_address
 
 
 def _capped_workers(job: Job, shards: int) -> Job:
@@ -453,6 +472,7 @@ def _run_locked(
             shards_todo=len(pending),
             images_todo=planned_images,
             invalid=dict(summary.redone_shards),
+            compile_cache=compile_cache_of(job, planned_images, workers_here=_workers_here(job.runtime)),
         )
     )
     failures = pre_failures(manifest, pending, SizeLimits.for_job(job))

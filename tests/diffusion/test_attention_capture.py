@@ -195,6 +195,22 @@ def test_a_compiled_generator_gets_a_compiled_scorer_and_an_eager_one_does_not(t
     assert compiled is not None and compiled.batch_size == 3 and compiled.cache_dir == "cache-here"
     assert compiled.reporter is gen and compiled.usable
     assert diffseg.for_generator(gen, JobConfig(score="none").validate()) is None
+    assert compiled.backend == "aot_eager"
     # A generator whose compile failed runs eagerly: its scorer follows, with no warning of its own.
     restore_eager(pipe)
     assert not compiled.usable and gen.warnings == []
+
+
+def test_the_scoring_pass_compiles_in_the_generators_mode(tiny_models):
+    """A generator compiled with `reduce-overhead` (CUDA graphs) or `max-autotune` gets a scoring
+    pass compiled the same way (torch.compile is lazy: nothing compiles here)."""
+    from difaug.core.config import JobConfig, RuntimeConfig
+    from difaug.diffusion.sampler import AuxGenerator
+    from difaug.diffusion.speed import compile_pipeline
+
+    cfg = JobConfig(model=str(tiny_models), score="diffseg").validate()
+    for mode in ("reduce-overhead", "max-autotune"):
+        pipe = AuxGenerator.from_config(cfg, RuntimeConfig(device="cpu", compile="off")).pipe
+        compile_pipeline(pipe, mode=mode, parts=("unet",))
+        compiled = diffseg.for_generator(AuxGenerator(pipe, cfg, batch_size=2), cfg).compiled
+        assert compiled is not None and (compiled.backend, compiled.mode) == ("inductor", mode)

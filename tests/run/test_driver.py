@@ -25,6 +25,7 @@ from _runner_helpers import (
     verified_shards,
     verified_stats,
     write_csv,
+    write_job_file,
 )
 from PIL import Image
 
@@ -307,12 +308,8 @@ def _cli(*args: str) -> Any:
 
 
 def test_cli_exit_codes_and_yaml(tmp_path: Path, tiny_models: Path) -> None:
-    m = make_dataset(tmp_path / "d", 3)
-    cfg = tmp_path / "job.yaml"
-    cfg.write_text(
-        f"manifest: {m}\ncondition: seg\nnum_aux: 1\nresolution: 64\nsteps: 2\nshard_size: 2\n"
-        "execution:\n  cluster: sync\n  batch_size: 2\n"
-    )
+    keys = "condition: seg\nnum_aux: 1\nresolution: 64\nsteps: 2\nshard_size: 2\nexecution:\n  cluster: sync\n  batch_size: 2\n"
+    cfg = write_job_file(tmp_path, make_dataset(tmp_path / "d", 3), keys)
     out = tmp_path / "out"
     res = _cli("--config", str(cfg), "--model", str(tiny_models), "--out", str(out), "--no-progress")
     assert res.exit_code == 0, res.output
