@@ -267,15 +267,15 @@ class CompiledPass:
 
         import torch
 
-        from difaug.diffusion.speed import first_call_done
+        from difaug.diffusion.speed import compiled_shapes_allowed, first_call_done
 
         shape = tuple(latents.shape)
         if shape in self.warm_shapes:
-            with torch.no_grad():
+            with torch.no_grad(), compiled_shapes_allowed():
                 return self.fn(latents, timestep, context)
         t0 = time.perf_counter()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), compiled_shapes_allowed():
                 maps = self.fn(latents, timestep, context)
         except Exception as exc:
             self.failed = True

@@ -383,6 +383,8 @@ class AuxGenerator:
         """One pipeline call for `items` (one condition shape): float32 `B×H×W×3` in [0, 1]."""
         import torch
 
+        from difaug.diffusion.speed import compiled_shapes_allowed
+
         self._check_shape(items)
         # uint8 → float32 / 255, the same arithmetic as diffusers' PIL path (pil_to_numpy).
         cond = torch.from_numpy(np.stack([it.condition for it in items])).permute(0, 3, 1, 2)
@@ -392,17 +394,18 @@ class AuxGenerator:
         generators = [torch.Generator(device="cpu").manual_seed(it.seed) for it in items]
         if self.feature_cache is not None:
             self.feature_cache.begin_call()
-        images = self.pipe(
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_embeds,
-            image=cond,
-            num_inference_steps=self.cfg.steps,
-            guidance_scale=self.cfg.guidance_scale,
-            controlnet_conditioning_scale=self.cfg.controlnet_scale,
-            generator=generators,
-            output_type="np",
-            return_dict=False,
-        )[0]
+        with compiled_shapes_allowed():
+            images = self.pipe(
+                prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_embeds,
+                image=cond,
+                num_inference_steps=self.cfg.steps,
+                guidance_scale=self.cfg.guidance_scale,
+                controlnet_conditioning_scale=self.cfg.controlnet_scale,
+                generator=generators,
+                output_type="np",
+                return_dict=False,
+            )[0]
         return np.asarray(images, dtype=np.float32)
 
     def _sample_warm(self, items: Sequence[WorkItem]) -> np.ndarray:

@@ -3,8 +3,8 @@
 What each option buys and costs, with measurements, is in one place: the README's "Speed options"
 section. Here: `fuse_qkv_projections` and `batched_vae_decode` (the fast path `prepare_pipeline`
 sets up), `decide_compile` (`compile: auto` on a worker), `compile_pipeline` /
-`torch_compile_options` / `use_compile_cache` / `save_compile_cache` / `first_call_done`
-(torch.compile and its shared cache folder) and `is_compiled` / `restore_eager` (the eager
+`torch_compile_options` / `compiled_shapes_allowed` / `use_compile_cache` / `save_compile_cache` /
+`first_call_done` (torch.compile and its shared cache folder) and `is_compiled` / `restore_eager` (the eager
 fallback). DeepCache-style feature caching is `difaug.diffusion.deepcache`.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,11 @@ COMPILE_CACHE_DIRNAME = ".difaug-compile-cache"
 # by timing them, which gives up bit-for-bit equal reruns.
 INDUCTOR_OPTIONS: dict[str, Any] = {"conv_1x1_as_mm": True}
 MEGA_CACHE_FILE = "torch-compile-artifacts.bin"
+# Graphs one compiled module may hold: with static shapes, one per working size (the short side
+# at `resolution`, the long one any multiple of 64 up to `max_aspect` times it: PASCAL's aspect
+# ratios at 512 give well over 8). Dynamo's own limit, 8, would run the 9th size onward eagerly
+# without an error.
+COMPILED_SHAPES_LIMIT = 128
 COMPILED_PARTS = ("unet", "controlnet", "decoder")
 
 
@@ -182,6 +187,17 @@ def first_call_done(
     return time.perf_counter() - started
 
 
+@contextlib.contextmanager
+def compiled_shapes_allowed() -> Iterator[None]:
+    """Around a call of compiled modules: up to `COMPILED_SHAPES_LIMIT` graphs each instead of
+    dynamo's 8. Patched in the calling thread, where dynamo reads it (since torch 2.12 its config
+    overrides are thread-local, and a shard calls the models from its device thread)."""
+    import torch
+
+    with torch._dynamo.config.patch(recompile_limit=COMPILED_SHAPES_LIMIT):
+        yield
+
+
 def _owners(pipe: Any) -> dict[str, Any]:
     """The object holding each compilable part as an attribute of that name."""
     return {"unet": pipe, "controlnet": pipe, "decoder": pipe.vae}
@@ -217,8 +233,9 @@ def compile_pipeline(
 def torch_compile_options(mode: str, backend: Any) -> dict[str, Any]:
     """`torch.compile`'s keyword arguments for `mode` on `backend`: for inductor, the mode's own
     options (`torch._inductor.list_mode_options`) and `INDUCTOR_OPTIONS`, passed with each compile.
-    Setting them on `torch._inductor.config` instead would not reach the job's compilation: its
-    overrides are thread-local, and a shard compiles on its device thread."""
+    Setting them on `torch._inductor.config` instead would not reach the job's compilation: since
+    torch 2.12 its overrides are thread-local (pytorch#173568), and a shard compiles on its device
+    thread."""
     import torch
 
     if backend != "inductor":

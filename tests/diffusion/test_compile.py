@@ -14,6 +14,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,40 @@ def test_compiled_generator_matches_eager(cfg: JobConfig) -> None:
     first = gen.warmup_seconds
     gen.generate(items)  # the same shape again: no new warm-up
     assert gen.warmup_seconds == first
+
+
+def test_every_working_size_gets_its_graph_past_dynamos_limit_of_eight(cfg: JobConfig) -> None:
+    """Static shapes: one graph per working size. Called from another thread, as a shard's device
+    thread calls the generator, a decoder compiled for 10 sizes holds 10 graphs, where dynamo's
+    default limit would run the 9th and 10th eagerly."""
+    import threading
+
+    from torch._dynamo.utils import counters
+
+    from difaug.diffusion.speed import COMPILED_SHAPES_LIMIT
+
+    assert COMPILED_SHAPES_LIMIT >= 10
+    one = replace(cfg, num_aux=1, steps=1)
+    gen = _eager(one)
+    compile_pipeline(gen.pipe, backend="aot_eager", parts=("decoder",))
+    gen = AuxGenerator(gen.pipe, one, batch_size=1)
+    s = Sample(row=1, sample_id="a", image="", mask="", class_id=8, class_name="cat")
+    before = counters["stats"]["unique_graphs"]
+    errors: list[BaseException] = []
+
+    def device_thread() -> None:
+        try:
+            for k in range(1, 11):
+                cond = np.zeros((64, 64 * k, 3), np.uint8)
+                gen.generate(make_work_items(s, cond, (64 * k, 64), one))
+        except BaseException as exc:  # re-raised in the test's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=device_thread)
+    thread.start()
+    thread.join(timeout=600)
+    assert not thread.is_alive() and errors == []
+    assert counters["stats"]["unique_graphs"] - before == 10 and gen.warnings == []
 
 
 def _broken_backend(gm, example_inputs):
