@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from difaug import __version__
-from difaug.core.config import Job
+from difaug.core.config import Job, JobConfig
 from difaug.inputs.manifest import Manifest
 from difaug.run import layout
 from difaug.run.records import ManifestRef, Plan, RunDirError, cut
@@ -29,6 +29,7 @@ __all__ = [
     "differences",
     "manifest_fingerprint",
     "manifest_rows",
+    "predated_settings",
     "prepare_run_dir",
 ]
 
@@ -80,18 +81,35 @@ def build_plan(job: Job, manifest: Manifest, *, command: str = "", cwd: str = ""
     )
 
 
+def predated_settings(old: Plan, new: Plan) -> list[str]:
+    """The settings `new` has and `old` lacks, at their defaults: a plan written by an earlier
+    difaug, before they existed. A new setting's default keeps the earlier images byte for byte
+    (a change that cannot bumps `records.PLAN_VERSION`), so they do not make it another job."""
+    defaults = asdict(JobConfig())
+    return sorted(k for k in set(new.config) - set(old.config) if new.config[k] == defaults.get(k, object()))
+
+
+def _value(config: dict, key: str) -> str:
+    return repr(config[key]) if key in config else "not in the plan"
+
+
 def differences(old: Plan, new: Plan) -> list[str]:
-    """Human-readable reasons why two plans are not the same job."""
+    """Human-readable reasons why two plans are not the same job (`predated_settings` are not)."""
     out = []
     if old.version != new.version:
         out.append(f"plan version {old.version} → {new.version}")
-    changed = sorted(k for k in set(old.config) | set(new.config) if old.config.get(k) != new.config.get(k))
+    predated = set(predated_settings(old, new))
+    changed = sorted(
+        k
+        for k in set(old.config) | set(new.config)
+        if k not in predated and old.config.get(k) != new.config.get(k)
+    )
     if changed:
         out.append(
             "config differs in "
-            + ", ".join(f"{k} ({old.config.get(k)!r} → {new.config.get(k)!r})" for k in changed)
+            + ", ".join(f"{k} ({_value(old.config, k)} → {_value(new.config, k)})" for k in changed)
         )
-    elif old.config_fingerprint != new.config_fingerprint:
+    elif old.config_fingerprint != new.config_fingerprint and not predated:
         out.append("config fingerprint differs")
     om, nm = old.manifest, new.manifest
     if om.fingerprint != nm.fingerprint or om.rows != nm.rows:
@@ -101,7 +119,9 @@ def differences(old: Plan, new: Plan) -> list[str]:
         )
     if old.limit != new.limit:
         out.append(f"limit {old.limit} → {new.limit}")
-    if not out and old.plan_hash != new.plan_hash:
+    # The rest of the hash (rows, shards), over the old plan's config: predated settings aside.
+    same_config = replace(new, config=old.config, config_fingerprint=old.config_fingerprint, plan_hash="")
+    if not out and old.plan_hash != same_config.plan_hash:
         out.append("shard list differs")
     return out
 
@@ -129,8 +149,12 @@ def prepare_run_dir(job: Job, plan: Plan) -> RunCheck:
                 f"{out} holds a different job: {'; '.join(diffs)}. Use another --out, or --overwrite "
                 "to delete its shards and start over."
             )
-        # Same job: keep `created`; record where the manifest is now (data and manifest may have
-        # moved together) and the latest command, so `inspect` names one that works.
+        predated = predated_settings(old, plan)
+        if predated:
+            log.info("%s: the plan predates %s; resumed with their defaults", out, ", ".join(predated))
+        # Same job: keep `created` (and the old plan's config and hash, which its markers name);
+        # record where the manifest is now (data and manifest may have moved together) and the
+        # latest command, so `inspect` names one that works.
         plan = replace(
             old,
             manifest=replace(old.manifest, path=plan.manifest.path, folder=plan.manifest.folder),

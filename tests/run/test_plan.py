@@ -104,6 +104,35 @@ def test_changed_manifest_or_config_refused_overwrite_works(tmp_path: Path) -> N
     assert layout.read_plan(out).num_aux == 3
 
 
+def test_a_plan_from_before_a_setting_existed_resumes_at_its_default(tmp_path: Path) -> None:
+    """A plan written by an earlier difaug lacks the settings added since (here `cache_interval`
+    and `preset`). At their defaults it is the same job: the run resumes it as it is (its config,
+    its hash, which its markers name) and a rerun keeps every shard. Set otherwise, it is refused
+    naming the setting."""
+    import hashlib
+    import json
+
+    m = make_dataset(tmp_path / "d", 4)
+    out = tmp_path / "out"
+    plan = build_plan(job(m, out), read_manifest(m))
+    earlier = {k: v for k, v in plan.config.items() if k not in ("cache_interval", "preset")}
+    fingerprint = hashlib.sha256(json.dumps(earlier, sort_keys=True).encode()).hexdigest()
+    old = replace(plan, config=earlier, config_fingerprint=fingerprint, plan_hash="")
+    assert old.damage() == "" and old.plan_hash != plan.plan_hash
+    out.mkdir()
+    layout.write_plan(out, old)
+
+    assert differences(old, plan) == []
+    first = run(job(m, out), generator_factory=sleep_factory())
+    assert first.ok and first.done == 4
+    kept = layout.read_plan(out)
+    assert kept.plan_hash == old.plan_hash and "cache_interval" not in kept.config
+    again = run(job(m, out), generator_factory=sleep_factory())
+    assert again.skipped == 4 and again.done == 0
+    with pytest.raises(PlanError, match=r"config differs in cache_interval \(not in the plan → 2\)"):
+        run(job(m, out, cache_interval=2), generator_factory=sleep_factory())
+
+
 def test_runtime_may_change_on_resume(tmp_path: Path) -> None:
     m = make_dataset(tmp_path / "d", 4)
     out = tmp_path / "out"
