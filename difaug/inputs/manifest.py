@@ -443,6 +443,13 @@ def _check_file(kind: str, path: str, deep: bool, class_ids: frozenset[int] = fr
     return _FileCheck(width=mask.shape[1], height=mask.shape[0], missing=dict.fromkeys(absent, values))
 
 
+def image_size(path: str) -> tuple[int, int] | str:
+    """An image file's (width, height) from its header, or why it cannot be used: the check
+    `validate_manifest` makes of every image (header and end marker)."""
+    check = _check_file("image", path, deep=False)
+    return check.error or (check.width, check.height)
+
+
 def _values_text(counts: dict[int, int], limit: int = 8) -> str:
     values = list(counts)
     text = ", ".join(str(v) for v in values[:limit])

@@ -14,7 +14,7 @@ shape at its first call. A job's shapes follow from its settings and its manifes
 `job_shapes` finds them from the image headers alone. `warm_up` loads the generator as a worker
 does (the job's factory and runtime, compile on, the cache folder), makes one call per shape with
 the job's own prompts and a synthetic condition, scores that batch through the job's scorer
-(`ModelCache.drift_scorer`) and saves the cache (`speed.save_compile_cache`). `eager_reason` says
+(`diffseg.for_generator`, as `ModelCache.drift_scorer` builds it) and saves the cache (`speed.save_compile_cache`). `eager_reason` says
 why a job's workers would not compile: the warm-up refuses such a job, and `difaug generate`
 names the compile cache only when its workers compile (`compile_cache_of`).
 """
@@ -197,26 +197,16 @@ def job_shapes(
     job: Job, samples: Sequence[Sample], *, progress: ProgressFn | None = None, workers: int | None = None
 ) -> JobShapes:
     """The generator shapes of `job` over `samples` (the manifest's rows; the job's `limit` is
-    applied here), from the image headers only. Rows whose header cannot be read or whose size the
-    job refuses (`SizeLimits`) are left out with why: the job records them as failures."""
-    from difaug.core import imageio
+    applied here), from the image files alone (`image_size`: header and end marker). Rows whose
+    file cannot be used or whose size the job refuses (`SizeLimits`) are left out with why: the job
+    records them as failures."""
     from difaug.core.geometry import working_size
     from difaug.core.parallel import parallel_map
-    from difaug.inputs.manifest import SizeLimits
+    from difaug.inputs.manifest import SizeLimits, image_size
 
     rows = [s for s in samples if not job.limit or s.row <= job.limit]
     paths = list(dict.fromkeys(s.image for s in rows))
-
-    def header(path: str) -> tuple[int, int] | str:
-        try:
-            width, height, _ = imageio.probe(path)
-        except imageio.ImageReadError as e:
-            return imageio.error_reason(e, path)
-        except OSError as e:  # fsspec / network errors
-            return f"cannot read {path}: {e}"
-        return width, height
-
-    read = parallel_map(header, paths, workers=workers, progress=progress, label="reading headers")
+    read = parallel_map(image_size, paths, workers=workers, progress=progress, label="reading headers")
     headers = dict(zip(paths, read, strict=True))
     limits = SizeLimits.for_job(job)
     by_size: dict[tuple[int, int], dict[tuple[int, int], list[Sample]]] = {}
@@ -224,7 +214,7 @@ def job_shapes(
     for s in rows:
         got = headers[s.image]
         problem = got if isinstance(got, str) else limits.problem(*got)
-        if problem or isinstance(got, str):
+        if problem:
             skipped.append((s.row, problem))
             continue
         by_size.setdefault(working_size(*got, job.config.resolution), {}).setdefault(got, []).append(s)
@@ -266,7 +256,7 @@ def warm_up(
     from difaug.diffusion.speed import is_compiled, save_compile_cache
     from difaug.inputs.manifest import read_manifest
     from difaug.run.compile_policy import runtime_for_plan
-    from difaug.run.model_cache import ModelCache, default_generator_factory
+    from difaug.run.model_cache import default_generator_factory
     from difaug.run.plan import manifest_rows
     from difaug.run.shard_process import shard_process
 
@@ -294,10 +284,8 @@ def warm_up(
         raise WarmupError(
             f"the job's generator was not compiled{f' ({notes})' if notes else ''}; nothing to warm up"
         )
-    # The job's scorer, built once per generator as a shard task builds it.
-    scorer = _Scorer(
-        ModelCache().drift_scorer(generator, job.config), diffseg.for_generator(generator, job.config)
-    )
+    # The job's scorer, built as a shard task builds it (`ModelCache.drift_scorer`).
+    scorer = _Scorer(diffseg.for_generator(generator, job.config))
     warmed: list[ShapeWarmed] = []
     # torch's thread count as a shard pins it: inductor's CPU kernels are compiled for (and
     # cached under) the thread count of the process that compiles them.
@@ -320,9 +308,8 @@ def warm_up(
 
 @dataclass
 class _Scorer:
-    """The job's drift scorer (None when it does not score) and the DiffSeg behind it (its sizes)."""
+    """The job's DiffSeg scorer (None when it does not score) and the sizes it has warmed."""
 
-    score: Any
     model: Any
     done: set[tuple[int, int]] = field(default_factory=set)  # sizes warmed (two working sizes may share one)
 
@@ -355,7 +342,7 @@ def _warm_size(
     if not is_compiled(generator.pipe):  # the compiler failed: the generator fell back to eager
         _failed(generator, before, f"generating at {w}×{h}")
     emit(out[-1])
-    if scorer.score is None or scorer.model is None:
+    if scorer.model is None:
         return out
     by_input: dict[tuple[int, int], list[SupportSize]] = {}
     for support in size.supports:
@@ -372,7 +359,7 @@ def _warm_size(
         )
         before = len(generator.warnings)
         t0 = time.perf_counter()
-        scorer.score(images, [mask] * len(images), [size.sample.class_id] * len(images))
+        scorer.model.drift_scores(images, [mask] * len(images), [size.sample.class_id] * len(images))
         out.append(
             ShapeWarmed("score", sw, sh, batch, sum(s.rows for s in supports), time.perf_counter() - t0)
         )

@@ -7,7 +7,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 import pytest
-import typer
+from _cli import command_options
 from _configs import CHANGED_JOB, CHANGED_RUNTIME
 from typer.testing import CliRunner
 
@@ -21,18 +21,13 @@ OWN_OPTIONS = {"--config", "--manifest", "-m", "--out", "-o", "--limit", "--over
 OWN_OPTIONS |= {"--force-unlock", "--help"}
 
 
-def _declared_options() -> set[str]:
-    command = typer.main.get_command(app).commands["generate"]
-    return {opt for p in command.params for opt in (*p.opts, *p.secondary_opts)} | {"--help"}
-
-
 def test_options_are_exactly_the_fields_with_a_flag_and_the_verbs_own() -> None:
     from_fields = set()
     for f in (*fields(JobConfig), *fields(RuntimeConfig)):
         if (flag := cli_flag(f)) is not None:
             from_fields |= set(flag.split("/"))
     assert {"--hed-batch", "--prepare-threads", "--compile-min-images"} <= from_fields
-    assert _declared_options() == from_fields | OWN_OPTIONS
+    assert command_options("generate") | {"--help"} == from_fields | OWN_OPTIONS
 
 
 def test_flag_tables_name_the_field_they_set() -> None:

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 import pytest
-import typer
+from _cli import command_options
 from _runner_helpers import job, make_dataset, sleep_factory, write_job_file
 from rich.console import Console
 from typer.testing import CliRunner
@@ -24,15 +24,8 @@ from difaug.cli._progress import GenerateView, warmup_line
 from difaug.run import driver
 
 
-def _options(*path: str) -> set[str]:
-    command = typer.main.get_command(app)
-    for name in path:
-        command = command.commands[name]  # type: ignore[attr-defined]
-    return {opt for p in command.params for opt in (*p.opts, *p.secondary_opts)}
-
-
 def test_warmup_takes_generates_flags() -> None:
-    warmup, generate = _options("models", "warmup"), _options("generate")
+    warmup, generate = command_options("models", "warmup"), command_options("generate")
     assert warmup <= generate
     assert {"--config", "--manifest", "--out", "--compile-cache", "--device", "--batch-size"} <= warmup
     assert {"--vae-batch", "--compile-mode", "--resolution", "--score", "--limit"} <= warmup
